@@ -1,0 +1,722 @@
+"""Local prediction server speaking ML Engine, AutoML v1beta1 and Vertex AI.
+
+One aiohttp application answers all three wire formats (see
+``/work/shared/PROTOCOLS.md``) with the deterministic colour classifier from
+:mod:`localserver.model`, and can simulate the unpleasant parts of a real
+service: latency, limited capacity, a QPS quota, injected 429/503 errors and
+abrupt connection resets. Counters at ``GET /stats`` let tests and benchmarks
+see what the server actually received.
+
+Routes (predict routes match on the path *suffix*, under any prefix):
+
+* ``POST .../models/{model}[/versions/{v}]:predict`` -- ML Engine when the
+  body has ``instances``, AutoML v1beta1 when it has ``payload``.
+* ``POST .../endpoints/{endpoint}:predict`` -- Vertex AI.
+* ``GET /stats``, ``POST /stats/reset``, ``GET|POST /config``, ``GET /healthz``.
+
+Order of events for a predict request: arrival (counted in ``in_flight``),
+body read, quota check (429 + ``Retry-After: 1``), injected fault draw
+(reset / 503 / 429 + ``Retry-After: 0``), body size limit, JSON parse,
+capacity slot + latency, classification, response.
+"""
+
+import argparse
+import asyncio
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+import random
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+import typing
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from aiohttp import web
+
+from localserver import model
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_BODY_BYTES = 1572864
+#: aiohttp's own cap on bodies; far above ours so that the limit check is ours.
+CLIENT_MAX_SIZE = 64 * 1024 * 1024
+DEPLOYED_MODEL_ID = "local-color-1"
+#: Seconds aiohttp waits for in-flight handlers on shutdown before cancelling.
+SHUTDOWN_TIMEOUT = 2.0
+
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "INVALID_ARGUMENT",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+MODEL_PREDICT_PATH = re.compile(r"/models/[^/:]+(?:/versions/[^/:]+)?:predict$")
+ENDPOINT_PREDICT_PATH = re.compile(r"/endpoints/[^/:]+:predict$")
+
+MODELS_ROUTE = "models"  # ML Engine or AutoML, told apart by the body
+ENDPOINTS_ROUTE = "endpoints"  # Vertex AI
+
+FAULT_RESET = "reset"
+FAULT_503 = "503"
+FAULT_429 = "429"
+
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Runtime switches; names match the CLI flags and ``POST /config`` keys."""
+
+    latency_ms: float = 0.0
+    capacity: int = 64
+    quota_qps: float = 0.0
+    fail_429_rate: float = 0.0
+    fail_503_rate: float = 0.0
+    reset_rate: float = 0.0
+    seed: int = 0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    model_name: str = "local-color-classifier"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if any switch is out of range."""
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        if self.capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if self.quota_qps < 0:
+            raise ValueError("quota_qps must be >= 0 (0 disables the quota)")
+        for name in ("fail_429_rate", "fail_503_rate", "reset_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.max_body_bytes < 0:
+            raise ValueError("max_body_bytes must be >= 0")
+        if not self.model_name:
+            raise ValueError("model_name must not be empty")
+
+
+CONFIG_HELP = {
+    "latency_ms": "added latency per predict request, spent holding a capacity slot",
+    "capacity": "concurrent processing slots; further requests wait for a slot",
+    "quota_qps": "token-bucket quota in requests/second (0 = off); over it -> 429",
+    "fail_429_rate": "probability of an injected 429 (Retry-After: 0)",
+    "fail_503_rate": "probability of an injected 503",
+    "reset_rate": "probability of abruptly resetting the TCP connection",
+    "seed": "seed of the random generator that draws injected faults",
+    "max_body_bytes": "largest accepted request body in bytes",
+    "model_name": "model name reported in responses",
+}
+
+
+def config_types() -> Dict[str, type]:
+    """Map each switch name to its Python type (int, float or str)."""
+    return typing.get_type_hints(Config)
+
+
+def coerce_switch(name: str, kind: type, raw: Any) -> Any:
+    """Convert a JSON or CLI value for switch ``name`` to ``kind``."""
+    if kind is str:
+        if not isinstance(raw, str):
+            raise ValueError(f"{name} must be a string")
+        return raw
+    if isinstance(raw, bool):
+        raise ValueError(f"{name} must be a number, not a boolean")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if kind is int:
+        if value != int(value):
+            raise ValueError(f"{name} must be an integer, got {raw!r}")
+        return int(value)
+    return value
+
+
+def updated_config(config: Config, changes: Mapping[str, Any]) -> Config:
+    """Return ``config`` with ``changes`` applied and validated."""
+    types = config_types()
+    unknown = sorted(set(changes) - set(types))
+    if unknown:
+        raise ValueError(f"unknown switch(es): {', '.join(unknown)}")
+    values = {name: coerce_switch(name, types[name], raw) for name, raw in changes.items()}
+    new = dataclasses.replace(config, **values)
+    new.validate()
+    return new
+
+
+# --------------------------------------------------------------------------
+# Counters, quota and fault injection
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters served at ``GET /stats``."""
+
+    requests: int = 0
+    responses_by_status: Dict[str, int] = dataclasses.field(default_factory=dict)
+    instances: int = 0
+    predicted: int = 0
+    max_request_bytes: int = 0
+    max_request_instances: int = 0
+    max_in_flight: int = 0
+    in_flight: int = 0
+    quota_429: int = 0
+    injected_429: int = 0
+    injected_503: int = 0
+    injected_resets: int = 0
+    per_second: Dict[int, int] = dataclasses.field(default_factory=dict)
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    def enter(self) -> None:
+        """A predict request arrived."""
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        """A predict request is done (answered or reset)."""
+        self.in_flight -= 1
+
+    def count_status(self, status: int) -> None:
+        key = str(status)
+        self.responses_by_status[key] = self.responses_by_status.get(key, 0) + 1
+
+    def count_admitted(self, now: float) -> None:
+        second = int(now)
+        self.per_second[second] = self.per_second.get(second, 0) + 1
+
+    def count_instances(self, count: int) -> None:
+        self.instances += count
+        self.max_request_instances = max(self.max_request_instances, count)
+
+    def reset(self) -> "Stats":
+        """Fresh counters; the ``in_flight`` gauge carries over."""
+        fresh = Stats(in_flight=self.in_flight, max_in_flight=self.in_flight)
+        return fresh
+
+    def to_json(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["per_second"] = {str(k): v for k, v in sorted(self.per_second.items())}
+        return data
+
+
+class TokenBucket:
+    """Token bucket of ``rate`` tokens/s holding at most ``max(1, rate)`` tokens."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock()
+
+    def try_acquire(self) -> bool:
+        """Take one token if available."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def draw_fault(rng: random.Random, config: Config) -> Optional[str]:
+    """Draw at most one injected fault for a request.
+
+    Exactly one uniform number is drawn per call, so the fault sequence only
+    depends on the seed and the number of admitted requests. The rates are
+    stacked (reset, then 503, then 429), so each is its own probability as long
+    as they sum to at most 1.
+    """
+    draw = rng.random()
+    for fault, rate in (
+        (FAULT_RESET, config.reset_rate),
+        (FAULT_503, config.fail_503_rate),
+        (FAULT_429, config.fail_429_rate),
+    ):
+        if draw < rate:
+            return fault
+        draw -= rate
+    return None
+
+
+class ServerState:
+    """Everything mutable the handlers share: config, counters, slots, quota, RNG."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.stats = Stats()
+        self.slots = asyncio.Semaphore(config.capacity)
+        self.bucket = make_bucket(config.quota_qps)
+        self.rng = random.Random(config.seed)
+
+    def configure(self, changes: Mapping[str, Any]) -> Config:
+        """Apply runtime switch changes.
+
+        Passing ``quota_qps`` refills the bucket, passing ``seed`` re-seeds the
+        fault generator, and a new ``capacity`` applies to requests that arrive
+        after the change.
+        """
+        old = self.config
+        self.config = updated_config(old, changes)
+        if self.config.capacity != old.capacity:
+            self.slots = asyncio.Semaphore(self.config.capacity)
+        if "quota_qps" in changes:
+            self.bucket = make_bucket(self.config.quota_qps)
+        if "seed" in changes:
+            self.rng = random.Random(self.config.seed)
+        return self.config
+
+    def admit(self) -> bool:
+        """Quota check; True if the request may proceed."""
+        return self.bucket is None or self.bucket.try_acquire()
+
+
+def make_bucket(quota_qps: float) -> Optional[TokenBucket]:
+    return TokenBucket(quota_qps) if quota_qps > 0 else None
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+# --------------------------------------------------------------------------
+# Responses and request parsing helpers
+# --------------------------------------------------------------------------
+
+
+class BadRequest(Exception):
+    """A request to answer with a Google-style error."""
+
+    def __init__(self, message: str, code: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def google_error_body(code: int, message: str) -> Dict[str, Any]:
+    """``{"error": {"code", "message", "status"}}`` as Google APIs return it."""
+    status = STATUS_NAMES.get(code, "UNKNOWN")
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def google_error(code: int, message: str, headers: Optional[Mapping[str, str]] = None) -> web.Response:
+    return web.json_response(google_error_body(code, message), status=code, headers=headers)
+
+
+def decode_base64(text: Any) -> bytes:
+    """Decode standard or URL-safe base64, tolerating whitespace and missing padding."""
+    if not isinstance(text, str):
+        raise ValueError(f"base64 data must be a string, got {type(text).__name__}")
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        return base64.b64decode(compact, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"invalid base64 data: {exc}") from None
+
+
+def parse_json_object(body: bytes) -> Dict[str, Any]:
+    """Parse a request body that must be a JSON object."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Invalid JSON payload received. {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Invalid JSON payload received. Expected a JSON object.")
+    return data
+
+
+def parse_number(value: Any, name: str) -> float:
+    """A number given as JSON number or numeric string."""
+    if isinstance(value, bool):
+        raise BadRequest(f"Invalid value for {name}: {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"Invalid value for {name}: {value!r}") from None
+
+
+def size_limit_message(limit: int) -> str:
+    return f"Request payload size exceeds the limit: {limit} bytes."
+
+
+# --------------------------------------------------------------------------
+# The three protocols: parse (cheap, before the slot) and run (classify)
+# --------------------------------------------------------------------------
+
+#: A parsed request: (instance count, function returning (status, body, predicted)).
+Job = Tuple[int, Callable[[], Tuple[int, Dict[str, Any], int]]]
+
+
+def classify_image_value(value: Any) -> model.Prediction:
+    """Classify an ML Engine image value: ``{"b64": ...}`` or an RGB tensor."""
+    if isinstance(value, dict) and "b64" in value:
+        return model.classify_bytes(decode_base64(value["b64"]))
+    if isinstance(value, list):
+        return model.classify_array(value)
+    raise ValueError(f"unsupported image value of type {type(value).__name__}; "
+                     "expected {\"b64\": ...} or an H x W x 3 list")
+
+
+def labels_and_scores(ranked: model.Prediction) -> Dict[str, List]:
+    return {"labels": [label for label, _ in ranked], "scores": [score for _, score in ranked]}
+
+
+def mlengine_prediction(instance: Any) -> Dict[str, Any]:
+    """One ML Engine prediction for one instance (raises ``ValueError``)."""
+    if isinstance(instance, list):
+        return labels_and_scores(model.classify_array(instance))
+    if not isinstance(instance, dict):
+        raise ValueError(f"unsupported instance of type {type(instance).__name__}")
+    if set(instance) == {"b64"}:
+        return labels_and_scores(classify_image_value(instance))
+    if "image" not in instance:
+        raise ValueError("named-input instance has no 'image' input")
+    echoed = {name: value for name, value in instance.items() if name != "image"}
+    return {**echoed, **labels_and_scores(classify_image_value(instance["image"]))}
+
+
+def run_mlengine(instances: List[Any]) -> Tuple[int, Dict[str, Any], int]:
+    """Predict every instance; any failure fails the whole request (string error)."""
+    predictions = []
+    for index, instance in enumerate(instances):
+        try:
+            predictions.append(mlengine_prediction(instance))
+        except ValueError as exc:
+            return 400, {"error": f"Prediction failed: instance {index}: {exc}"}, 0
+    return 200, {"predictions": predictions}, len(predictions)
+
+
+def parse_mlengine(body: Dict[str, Any]) -> Job:
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
+    return len(instances), lambda: run_mlengine(instances)
+
+
+def run_automl(image_b64: Any, threshold: float) -> Tuple[int, Dict[str, Any], int]:
+    try:
+        ranked = model.classify_bytes(decode_base64(image_b64))
+    except ValueError as exc:
+        return 400, google_error_body(400, f"Invalid image content: {exc}"), 0
+    payload = [
+        {"displayName": label, "classification": {"score": score}}
+        for label, score in ranked
+        if score >= threshold
+    ]
+    return 200, {"payload": payload}, 1
+
+
+def parse_automl(body: Dict[str, Any]) -> Job:
+    payload = body["payload"]
+    image = payload.get("image") if isinstance(payload, dict) else None
+    if not isinstance(image, dict) or "imageBytes" not in image:
+        raise BadRequest("Invalid JSON payload: expected payload.image.imageBytes.")
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise BadRequest("Invalid JSON payload: 'params' must be an object.")
+    threshold = parse_number(params.get("score_threshold", 0.5), "params.score_threshold")
+    return 1, lambda: run_automl(image["imageBytes"], threshold)
+
+
+def vertex_prediction(instance: Any, threshold: float, limit: int) -> Dict[str, List]:
+    """One Vertex classification prediction (raises ``ValueError``)."""
+    if not isinstance(instance, dict) or "content" not in instance:
+        raise ValueError("expected an object with a 'content' field")
+    ranked = model.classify_bytes(decode_base64(instance["content"]))
+    kept = [(label, score) for label, score in ranked if score >= threshold][:limit]
+    return {
+        "ids": [str(model.LABELS.index(label)) for label, _ in kept],
+        "displayNames": [label for label, _ in kept],
+        "confidences": [score for _, score in kept],
+    }
+
+
+def run_vertex(instances: List[Any], threshold: float, limit: int,
+               model_name: str) -> Tuple[int, Dict[str, Any], int]:
+    predictions = []
+    for index, instance in enumerate(instances):
+        try:
+            predictions.append(vertex_prediction(instance, threshold, limit))
+        except ValueError as exc:
+            message = f"Invalid image content at instances[{index}]: {exc}"
+            return 400, google_error_body(400, message), 0
+    body = {
+        "predictions": predictions,
+        "deployedModelId": DEPLOYED_MODEL_ID,
+        "model": f"projects/local/locations/local/models/{model_name}",
+        "modelDisplayName": model_name,
+    }
+    return 200, body, len(predictions)
+
+
+def parse_vertex(body: Dict[str, Any], model_name: str) -> Job:
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest("Invalid JSON payload: 'parameters' must be an object.")
+    threshold = parse_number(parameters.get("confidenceThreshold", 0.0),
+                             "parameters.confidenceThreshold")
+    limit = parse_number(parameters.get("maxPredictions", len(model.LABELS)),
+                         "parameters.maxPredictions")
+    if limit < 1 or limit != int(limit):
+        raise BadRequest("Invalid value for parameters.maxPredictions: must be a positive integer.")
+    return len(instances), lambda: run_vertex(instances, threshold, int(limit), model_name)
+
+
+def parse_predict(route: str, raw: bytes, config: Config) -> Job:
+    """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
+    body = parse_json_object(raw)
+    if route == ENDPOINTS_ROUTE:
+        return parse_vertex(body, config.model_name)
+    if "instances" in body:
+        return parse_mlengine(body)
+    if "payload" in body:
+        return parse_automl(body)
+    raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "
+                     "or 'payload' (AutoML).")
+
+
+# --------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------
+
+
+def reset_connection(request: web.Request) -> None:
+    """Close the client's TCP connection abruptly (RST, no HTTP response).
+
+    SO_LINGER with a zero timeout makes the kernel send a RST instead of a FIN
+    when the socket closes; ``transport.abort()`` closes it without flushing.
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(size_limit_message(CLIENT_MAX_SIZE), code=413) from None
+
+
+async def predict(request: web.Request, route: str) -> Optional[web.Response]:
+    """Run one predict request through quota, faults, limits and the model.
+
+    Returns the response, or None when the connection was reset.
+    """
+    state = request.app[STATE]
+    try:
+        raw = await read_body(request)
+    except BadRequest as exc:
+        return google_error(exc.code, exc.message)
+    state.stats.max_request_bytes = max(state.stats.max_request_bytes, len(raw))
+
+    if not state.admit():
+        state.stats.quota_429 += 1
+        message = (f"Quota exceeded for online prediction requests "
+                   f"({state.config.quota_qps:g} per second).")
+        return google_error(429, message, headers={"Retry-After": "1"})
+    state.stats.count_admitted(time.time())
+
+    fault = draw_fault(state.rng, state.config)
+    if fault == FAULT_RESET:
+        state.stats.injected_resets += 1
+        reset_connection(request)
+        return None
+    if fault == FAULT_503:
+        state.stats.injected_503 += 1
+        return google_error(503, "The service is currently unavailable (injected fault).")
+    if fault == FAULT_429:
+        state.stats.injected_429 += 1
+        return google_error(429, "Resource has been exhausted (injected fault).",
+                            headers={"Retry-After": "0"})
+
+    config = state.config
+    if len(raw) > config.max_body_bytes:
+        return google_error(400, size_limit_message(config.max_body_bytes))
+    try:
+        count, run = parse_predict(route, raw, config)
+    except BadRequest as exc:
+        return google_error(exc.code, exc.message)
+    state.stats.count_instances(count)
+
+    async with state.slots:
+        if config.latency_ms > 0:
+            await asyncio.sleep(config.latency_ms / 1000.0)
+        status, body, predicted = run()
+    state.stats.predicted += predicted
+    return web.json_response(body, status=status)
+
+
+async def handle_predict(request: web.Request, route: str) -> web.StreamResponse:
+    """Count a predict request from arrival to response.
+
+    Counters are always updated on ``state.stats`` as it is *now*: a
+    ``/stats/reset`` during the request swaps in a fresh object that carries
+    the ``in_flight`` gauge over.
+    """
+    state = request.app[STATE]
+    state.stats.enter()
+    try:
+        response = await predict(request, route)
+    finally:
+        state.stats.leave()
+    if response is None:
+        # The transport is gone; aiohttp's attempt to send this fails quietly.
+        return web.Response(status=500)
+    state.stats.count_status(response.status)
+    return response
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].stats.to_json())
+
+
+async def handle_stats_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.stats = state.stats.reset()
+    return web.json_response(state.stats.to_json())
+
+
+async def handle_get_config(request: web.Request) -> web.Response:
+    return web.json_response(dataclasses.asdict(request.app[STATE].config))
+
+
+async def handle_post_config(request: web.Request) -> web.Response:
+    try:
+        changes = parse_json_object(await request.read())
+        config = request.app[STATE].configure(changes)
+    except BadRequest as exc:
+        return google_error(exc.code, exc.message)
+    except ValueError as exc:
+        return google_error(400, str(exc))
+    return web.json_response(dataclasses.asdict(config))
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+ADMIN_ROUTES = {
+    ("GET", "/stats"): handle_stats,
+    ("POST", "/stats/reset"): handle_stats_reset,
+    ("GET", "/config"): handle_get_config,
+    ("POST", "/config"): handle_post_config,
+    ("GET", "/healthz"): handle_healthz,
+}
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Route by method and path suffix; everything else is a Google-style 404."""
+    path = request.path
+    if request.method == "POST":
+        if ENDPOINT_PREDICT_PATH.search(path):
+            return await handle_predict(request, ENDPOINTS_ROUTE)
+        if MODEL_PREDICT_PATH.search(path):
+            return await handle_predict(request, MODELS_ROUTE)
+    handler = ADMIN_ROUTES.get((request.method, path))
+    if handler is not None:
+        return await handler(request)
+    return google_error(404, f"The requested URL {path} was not found on this server.")
+
+
+def build_app(config: Config) -> web.Application:
+    """The aiohttp application; must be called inside a running event loop."""
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[STATE] = ServerState(config)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+# --------------------------------------------------------------------------
+# Process entry point
+# --------------------------------------------------------------------------
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket; port 0 picks a free port."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    return sock
+
+
+def listening_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def serve(host: str, port: int, config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, printing ``LISTENING <url>`` once ready."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    runner = web.AppRunner(build_app(config), access_log=None,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    sock = bind_socket(host, port)
+    try:
+        await web.SockSite(runner, sock).start()
+        print(f"LISTENING {listening_url(sock)}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m localserver",
+        description="Local ML Engine / AutoML / Vertex prediction server "
+                    "with a deterministic colour classifier.")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
+    defaults = Config()
+    for name, kind in config_types().items():
+        parser.add_argument(f"--{name}", type=kind, default=getattr(defaults, name),
+                            help=f"{CONFIG_HELP[name]} (default: %(default)s)")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    host, port = args.pop("host"), args.pop("port")
+    config = Config(**args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(host, port, config))
+    return 0

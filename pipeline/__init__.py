@@ -1,0 +1,1 @@
+"""Batch image prediction on Apache Beam: options, config, graph and entry point."""

@@ -1,0 +1,63 @@
+"""The pipeline's command-line flags, as Beam PipelineOptions.
+
+Parsed once, in `pipeline.run`; every Beam flag (`--runner`, `--project`, ...) passes
+through untouched. `pipeline.config` turns these into a validated JobConfig.
+"""
+from apache_beam.options.pipeline_options import PipelineOptions
+
+DEFAULT_MAX_REQUEST_BYTES = 1_500_000
+
+
+class PredictOptions(PipelineOptions):
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("batch prediction")
+        add = group.add_argument
+        # Inputs
+        add("--input", action="append", default=None,
+            help="Repeatable. A folder, a glob (photos/**/*.jpg), a gs://bucket/prefix/** "
+                 "glob, a .csv/.jsonl file of rows, or a file list (one URI per line).")
+        add("--input_format", default="auto",
+            choices=("auto", "images", "csv", "jsonl", "filelist"),
+            help="How to read --input: by extension (auto), or as named.")
+        add("--uri_field", default="uri", help="Row column holding an image URI.")
+        add("--b64_field", default=None, help="Row column holding inline base64 image bytes.")
+        add("--key_field", default=None, help="Row column holding the record key "
+                                              "(default: the URI).")
+        # Endpoint and encoding
+        add("--endpoint", default=None, help="The full :predict URL (http or https).")
+        add("--protocol", default="mlengine", choices=("mlengine", "automl", "vertex"),
+            help="Wire protocol of the endpoint.")
+        add("--instance_format", default="b64", choices=("b64", "named", "tensor"),
+            help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists.")
+        add("--image_size", default=None, help="Optional WxH to resize images to fit.")
+        add("--label_names", default=None,
+            help="Comma-separated label names, for models that return bare score lists.")
+        add("--score_threshold", type=float, default=None,
+            help="AutoML params.score_threshold / Vertex confidenceThreshold.")
+        # Requests
+        add("--max_instances_per_request", type=int, default=32,
+            help="Hard cap on instances per request.")
+        add("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+            help="Hard cap on the serialized request body, in bytes.")
+        add("--max_concurrent_requests", type=int, default=16,
+            help="Requests in flight per worker process.")
+        add("--qps", type=float, default=0.0,
+            help="Requests per second for the whole job, shared across workers; 0 = no limit.")
+        add("--qps_worker_processes", type=int, default=None,
+            help="How many worker processes share --qps (default: derived from the runner "
+                 "options, see README).")
+        add("--max_retries", type=int, default=5, help="Retries per request.")
+        add("--request_timeout_s", type=float, default=60.0, help="Per-attempt timeout.")
+        add("--auth", default="auto", choices=("auto", "adc", "none"),
+            help="auto: Application Default Credentials for https, none for http.")
+        # Outputs
+        add("--output", default=None, help="Output prefix (local path or gs://).")
+        add("--output_format", default="parquet",
+            choices=("parquet", "jsonl", "both", "bigquery"), help="What to write.")
+        add("--errors", default=None, help="Dead-letter prefix (default <output>-errors).")
+        add("--skip_existing", action="store_true", default=False,
+            help="Backfill: keys already present under --output are not predicted again.")
+        add("--config", default=None,
+            help="A YAML file of these options; command-line flags win.")

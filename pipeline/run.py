@@ -1,0 +1,121 @@
+"""Entry point: `python -m pipeline.run` and the `batch-predict` console script.
+
+Local run (DirectRunner):
+    python -m pipeline.run --input photos/ --endpoint http://127.0.0.1:8080/v1/projects/p/models/m:predict \
+        --output out/predictions
+
+Dataflow: the same command plus --runner DataflowRunner --project P --region R
+    --temp_location gs://B/tmp --setup_file ./setup.py (see README, "Run on Dataflow").
+"""
+import collections
+import json
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.config import ConfigError, JobConfig, build_config, check_known_flags, \
+    with_config_file
+from pipeline.graph import build_pipeline
+from transforms import metrics
+from transforms.read import pattern_for
+from transforms.write import write_bigquery_schema, write_text
+
+_LOG = logging.getLogger("batch_predict")
+
+
+def parse(argv: Sequence[str]):
+    """(PipelineOptions, JobConfig) for a command line; ConfigError for a bad one."""
+    argv = with_config_file(argv)
+    check_known_flags(argv)
+    options = PipelineOptions(argv)
+    return options, build_config(options)
+
+
+def preflight(config: JobConfig):
+    """Checks that need I/O, made before the job starts: every --input matches something."""
+    for given in config.inputs:
+        pattern = pattern_for(given)
+        try:
+            matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError with the cause inside
+            raise ConfigError(f"--input {given}: cannot list {pattern}: {e}")
+        if not matched:
+            raise ConfigError(f"--input {given}: no file matched {pattern}")
+
+
+def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
+    """The run summary from the job's metrics (committed where the runner has them)."""
+    counts = collections.Counter()
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counts[counter.key.metric.name] += value or 0
+    failed_by_stage = {k[len("failed_"):]: v for k, v in counts.items()
+                       if k.startswith("failed_") and v}
+    skipped_by_reason = {k[len("skipped_"):]: v for k, v in counts.items()
+                         if k.startswith("skipped_") and v}
+    retries_by_cause = {k[len("retries_"):]: v for k, v in counts.items()
+                        if k.startswith("retries_") and v}
+    summary = {
+        "run_id": config.run_id,
+        "inputs": counts["inputs"],
+        "predicted": counts["predicted"],
+        "failed": sum(failed_by_stage.values()),
+        "skipped": counts["skipped"],
+        "failed_by_stage": failed_by_stage,
+        "skipped_by_reason": skipped_by_reason,
+        "requests": counts["requests"],
+        "retries": counts["retries"],
+        "retries_by_cause": retries_by_cause,
+        "splits": counts["splits"],
+        "elapsed_s": round(elapsed_s, 3),
+        "images_per_s": round(counts["predicted"] / elapsed_s, 1) if elapsed_s else None,
+        "output": config.output_run_prefix,
+        "errors": config.errors_run_prefix,
+    }
+    summary["accounted"] = (summary["inputs"]
+                            == summary["predicted"] + summary["failed"] + summary["skipped"])
+    return summary
+
+
+def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
+    """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
+    options, config = parse(sys.argv[1:] if argv is None else argv)
+    preflight(config)
+    write_bigquery_schema(config.schema_path)
+    started = time.monotonic()
+    p = test_pipeline or beam.Pipeline(options=options)
+    build_pipeline(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    summary = summarize(result, config, time.monotonic() - started)
+    write_text(config.summary_path, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _LOG.setLevel(logging.INFO)
+    try:
+        summary = run(argv)
+    except ConfigError as e:
+        print(f"batch-predict: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    print(f"predictions: {summary['output']}-*", file=sys.stderr)
+    print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
+    if not summary["accounted"]:
+        print("batch-predict: error: inputs != predicted + failed + skipped; "
+              "some records are unaccounted for", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

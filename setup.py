@@ -1,0 +1,30 @@
+"""Installs the `pipeline` and `transforms` packages (and the local prediction server used by
+the demo and tests), with the `batch-predict` console script. This is also the file Dataflow
+workers install: `--setup_file ./setup.py`.
+"""
+import setuptools
+
+setuptools.setup(
+    name="beam-batch-predict",
+    version="0.1.0",
+    description="Batch image prediction on Apache Beam against AutoML, ML Engine and Vertex AI "
+                "endpoints: concurrent, rate limited, with per-record dead letters.",
+    python_requires=">=3.9",
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
+                                               "transforms.*", "localserver", "localserver.*"]),
+    install_requires=[
+        "apache-beam[gcp]>=2.60,<3",
+        "google-auth>=2.20,<3",
+        "google-cloud-storage>=2.10,<4",
+        "pillow>=10,<13",
+        "pyarrow>=14,<26",
+        # async HTTP for the concurrent fan-out inside the Predict DoFn, and for the local
+        # prediction server: the field's standard asyncio HTTP client/server.
+        "aiohttp>=3.9,<4",
+        "PyYAML>=6,<7",
+    ],
+    extras_require={
+        "test": ["pytest>=7,<10", "gcp-storage-emulator>=2024.0"],
+    },
+    entry_points={"console_scripts": ["batch-predict=pipeline.run:main"]},
+)

@@ -1,0 +1,1 @@
+"""The pipeline's stages as composite PTransforms, and the pure functions they are made of."""

@@ -1,0 +1,228 @@
+"""EncodeInstances: read each image's bytes, check them, normalise only when needed, and
+serialize the instance for the endpoint's protocol.
+
+The hot path sends the original bytes untouched: the image header is parsed (cheap, lazy)
+to learn the format, mode, size and EXIF orientation, and the pixels are decoded only when
+the image must change (orientation, colour mode, format, `--image_size`, or a size over the
+request budget).
+"""
+import base64
+import binascii
+import io
+from typing import Iterator, NamedTuple, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, ImageOps
+
+from transforms import metrics
+from transforms.protocols import Protocol
+from transforms.records import ImageRef, Instance, dead_letter
+
+FAILED = "failed"
+
+# Formats an endpoint takes as they are, with their MIME types.
+SENDABLE_FORMATS = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "WEBP": "image/webp",
+}
+SENDABLE_MODES = ("RGB", "L")
+ORIENTATION_TAG = 0x0112
+
+# Re-encoding steps for an image too large for one request: JPEG qualities, then downscales.
+JPEG_QUALITIES = (85, 70, 55, 40)
+DOWNSCALE_FACTOR = 0.75
+MAX_DOWNSCALES = 8
+
+
+class ImageError(ValueError):
+    """An input that cannot become an instance; `stage` says where it failed."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+class Prepared(NamedTuple):
+    data: bytes
+    mime_type: str
+    pixels: Optional[list] = None  # rows x cols x [r, g, b], for tensor instances
+
+
+def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
+    """`"224x224"` -> (224, 224); None stays None."""
+    if not text:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image_size must look like WxH (e.g. 224x224), not {text!r}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"--image_size must be positive, not {text!r}")
+    return width, height
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Parse the image header; ImageError(stage='decode') when it is not a readable image."""
+    if not data:
+        raise ImageError("decode", "empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError("decode", f"decompression bomb refused: {e}")
+    except Image.UnidentifiedImageError:
+        raise ImageError("decode", f"not a recognised image format ({len(data)} bytes, "
+                                   f"starting {data[:8]!r})")
+    except Exception as e:  # Pillow raises many types for bad headers
+        raise ImageError("decode", f"not a readable image: {type(e).__name__}: {e}")
+
+
+def orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:
+        return 1
+
+
+def needs_normalising(img: Image.Image, image_size: Optional[Tuple[int, int]]) -> bool:
+    return (img.format not in SENDABLE_FORMATS
+            or img.mode not in SENDABLE_MODES
+            or orientation(img) != 1
+            or (image_size is not None and img.size != image_size))
+
+
+def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]], exact: bool = False):
+    """Upright RGB pixels (alpha over white), resized to fit `image_size` (or to it exactly)."""
+    try:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            img = img.point(lambda v: v / 256).convert("L")
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            img = canvas
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        if image_size and exact:
+            img = img.resize(image_size, Image.Resampling.BILINEAR)
+        elif image_size:
+            img = ImageOps.contain(img, image_size, Image.Resampling.BILINEAR)
+        img.load()
+        return img
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError("decode", f"cannot decode image: {e}")
+
+
+def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=quality, optimize=False)
+    else:
+        img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
+            tensor: bool = False) -> Prepared:
+    """The bytes (and pixels, for tensors) to send for one image."""
+    img = open_image(data)
+    if tensor:
+        pixels = normalised(img, image_size, exact=True)
+        return Prepared(b"", "application/json", _pixel_rows(pixels))
+    if not needs_normalising(img, image_size):
+        return Prepared(data, SENDABLE_FORMATS[img.format])
+    fmt = "PNG" if img.format in ("PNG", "GIF", "BMP", "TIFF") else "JPEG"
+    return Prepared(encode_image(normalised(img, image_size), fmt), SENDABLE_FORMATS[fmt])
+
+
+def smaller_versions(data: bytes) -> Iterator[Tuple[bytes, str]]:
+    """JPEG re-encodings of an image at stepped-down quality, then at stepped-down size."""
+    img = normalised(open_image(data), None)
+    for quality in JPEG_QUALITIES:
+        yield encode_image(img, "JPEG", quality), "image/jpeg"
+    for _ in range(MAX_DOWNSCALES):
+        width, height = img.size
+        if width < 2 or height < 2:
+            return
+        img = img.resize((max(1, int(width * DOWNSCALE_FACTOR)),
+                          max(1, int(height * DOWNSCALE_FACTOR))), Image.Resampling.BILINEAR)
+        yield encode_image(img, "JPEG", JPEG_QUALITIES[-1]), "image/jpeg"
+
+
+def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes: int,
+                    image_size: Optional[Tuple[int, int]] = None) -> Instance:
+    """One serialized instance that fits a request of `max_request_bytes` on its own."""
+    tensor = getattr(protocol, "instance_format", None) == "tensor"
+    prepared = prepare(data, image_size, tensor)
+    body = protocol.instance(key, prepared.data, prepared.mime_type, prepared.pixels)
+    if _fits(protocol, body, max_request_bytes):
+        return Instance(key, body)
+    if not tensor:
+        for smaller, mime_type in smaller_versions(prepared.data):
+            body = protocol.instance(key, smaller, mime_type)
+            if _fits(protocol, body, max_request_bytes):
+                return Instance(key, body)
+    raise ImageError(
+        "encode", f"image of {len(data)} bytes does not fit --max_request_bytes="
+        f"{max_request_bytes} even after re-encoding (smallest request "
+        f"{protocol.body_size([len(body)])} bytes)")
+
+
+def _fits(protocol: Protocol, body: bytes, max_request_bytes: int) -> bool:
+    return protocol.body_size([len(body)]) <= max_request_bytes
+
+
+def _pixel_rows(img: Image.Image) -> list:
+    width, height = img.size
+    flat = list(img.getdata())
+    return [[list(p) for p in flat[row * width:(row + 1) * width]] for row in range(height)]
+
+
+def read_bytes(ref: ImageRef) -> bytes:
+    """The image's bytes, from its URI or its inline base64; ImageError(stage='read') if not."""
+    if ref.inline_b64 is not None:
+        try:
+            return base64.b64decode(ref.inline_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ImageError("read", f"invalid base64 in row: {e}")
+    try:
+        with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
+            return f.read()
+    except Exception as e:
+        raise ImageError("read", f"cannot read {ref.uri}: {type(e).__name__}: {e}")
+
+
+class _EncodeFn(beam.DoFn):
+    def __init__(self, protocol: Protocol, max_request_bytes: int,
+                 image_size: Optional[Tuple[int, int]]):
+        self._protocol = protocol
+        self._max_request_bytes = max_request_bytes
+        self._image_size = image_size
+
+    def process(self, ref: ImageRef):
+        try:
+            data = read_bytes(ref)
+            yield encode_instance(ref.key, data, self._protocol, self._max_request_bytes,
+                                  self._image_size)
+            metrics.counter("encoded").inc()
+        except ImageError as e:
+            metrics.counter(f"failed_{e.stage}").inc()
+            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(ref.key, e.stage, str(e)))
+
+
+class EncodeInstances(beam.PTransform):
+    """ImageRef -> Instance, with a `failed` output of dead-letter rows."""
+
+    def __init__(self, protocol: Protocol, max_request_bytes: int,
+                 image_size: Optional[Tuple[int, int]] = None):
+        super().__init__()
+        self._fn = _EncodeFn(protocol, max_request_bytes, image_size)
+
+    def expand(self, refs):
+        return refs | "Encode" >> beam.ParDo(self._fn).with_outputs(FAILED, main="instances")

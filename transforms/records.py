@@ -1,0 +1,118 @@
+"""The records the pipeline emits, and their declared schemas.
+
+Every output row is a plain dict matching `PREDICTION_SCHEMA` (Arrow, for Parquet) and
+`bigquery_schema()` (for JSONL loads and WriteToBigQuery). Dead letters match
+`DEAD_LETTER_FIELDS`. Nothing downstream formats strings by hand.
+"""
+import datetime
+from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
+
+import pyarrow as pa
+
+STAGES = ("read", "decode", "encode", "predict", "parse")
+
+LABEL_TYPE = pa.struct([("label", pa.string()), ("score", pa.float64())])
+
+PREDICTION_SCHEMA = pa.schema([
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("labels", pa.list_(LABEL_TYPE)),
+        pa.field("top_label", pa.string()),
+        pa.field("top_score", pa.float64()),
+        pa.field("model", pa.string()),
+        pa.field("predicted_at", pa.timestamp("us", tz="UTC")),
+])
+
+DEAD_LETTER_FIELDS = ("key", "stage", "error", "http_status", "attempts", "failed_at")
+
+BIGQUERY_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class ImageRef(NamedTuple):
+    """A pointer to one input image: what travels through the graph before the bytes are read."""
+    key: str
+    uri: Optional[str]  # where to read the bytes from; None when they are inline
+    inline_b64: Optional[str] = None  # base64 bytes carried by a CSV/JSONL row
+    size: Optional[int] = None
+
+
+class Instance(NamedTuple):
+    """One encoded instance: its key and its serialized JSON, ready to be joined into a body."""
+    key: str
+    body: bytes
+
+
+class PredictRequest(NamedTuple):
+    """A packed request: the keys and serialized instances it carries, in order."""
+    keys: Tuple[str, ...]
+    instances: Tuple[bytes, ...]
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def prediction_record(
+        key: str,
+        labels: Iterable[Tuple[str, float]],
+        model: str,
+        predicted_at: datetime.datetime) -> dict:
+    """A prediction row: labels sorted by score descending, top label and score alongside."""
+    ranked = sorted(((str(l), float(s)) for l, s in labels), key=lambda ls: -ls[1])
+    top_label, top_score = ranked[0] if ranked else (None, None)
+    return {
+            "key": key,
+            "labels": [{"label": l, "score": s} for l, s in ranked],
+            "top_label": top_label,
+            "top_score": top_score,
+            "model": model,
+            "predicted_at": predicted_at,
+    }
+
+
+def dead_letter(
+        key: str,
+        stage: str,
+        error: str,
+        http_status: Optional[int] = None,
+        attempts: int = 0,
+        failed_at: Optional[datetime.datetime] = None) -> dict:
+    """A dead-letter row for one record that could not be predicted."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    return {
+            "key": key,
+            "stage": stage,
+            "error": error,
+            "http_status": http_status,
+            "attempts": attempts,
+            "failed_at": format_timestamp(failed_at or utc_now()),
+    }
+
+
+def format_timestamp(ts: datetime.datetime) -> str:
+    """UTC timestamp in the form BigQuery loads from JSON: `YYYY-MM-DD hh:mm:ss.ffffff`."""
+    return ts.astimezone(datetime.timezone.utc).strftime(BIGQUERY_TIMESTAMP_FORMAT)
+
+
+def to_json_row(record: dict) -> dict:
+    """A prediction record as a BigQuery-loadable JSON object (timestamps as strings)."""
+    row = dict(record)
+    row["predicted_at"] = format_timestamp(record["predicted_at"])
+    return row
+
+
+def bigquery_schema(extra_fields: Sequence[str] = ()) -> list:
+    """The BigQuery schema of prediction rows as a JSON-able list (the `bq load` schema file)."""
+    fields = [
+            {"name": "key", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "labels", "type": "RECORD", "mode": "REPEATED", "fields": [
+                    {"name": "label", "type": "STRING", "mode": "NULLABLE"},
+                    {"name": "score", "type": "FLOAT", "mode": "NULLABLE"},
+            ]},
+            {"name": "top_label", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "top_score", "type": "FLOAT", "mode": "NULLABLE"},
+            {"name": "model", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "predicted_at", "type": "TIMESTAMP", "mode": "NULLABLE"},
+    ]
+    fields += [{"name": f, "type": "STRING", "mode": "NULLABLE"} for f in extra_fields]
+    return fields
