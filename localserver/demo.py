@@ -1,0 +1,80 @@
+"""Demo and test images whose correct label is known: `python -m localserver.demo DIR [N]`.
+
+Each image is a mid-tone of one of the model's label colours with mild noise, in a mix of
+formats and sizes, some in sub-folders; the label is the first part of the file name
+(`red_0007.jpg`). One deliberately corrupt file (`corrupt.jpg`) shows the dead letters.
+Existing demo sets are left as they are.
+"""
+import os
+import random
+import sys
+from typing import Dict, Tuple
+
+from PIL import Image
+
+# A colour that the local model classifies as each label (not the pure prototype).
+LABEL_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "red": (205, 35, 30),
+    "green": (30, 190, 45),
+    "blue": (35, 40, 200),
+    "yellow": (215, 210, 40),
+    "cyan": (40, 205, 210),
+    "magenta": (200, 40, 205),
+    "white": (238, 236, 240),
+    "black": (18, 20, 22),
+}
+FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP"))
+
+
+def color_image(label: str, size=(96, 64), seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """An image of `label`'s colour with mild deterministic noise."""
+    rng = random.Random(seed)
+    r, g, b = LABEL_COLOURS[label]
+    img = Image.new("RGB", size, (r, g, b))
+    pixels = img.load()
+    for _ in range(size[0] * size[1] // 8):
+        x, y = rng.randrange(size[0]), rng.randrange(size[1])
+        jitter = rng.randint(-20, 20)
+        pixels[x, y] = tuple(max(0, min(255, c + jitter)) for c in (r, g, b))
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def write_image(path: str, label: str, seed: int = 0, size=(96, 64), fmt: str = None,
+                **save_args) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    img = color_image(label, size, seed)
+    img.save(path, fmt, **save_args)
+    return path
+
+
+def make_demo_set(folder: str, count: int = 48) -> int:
+    """Write `count` labelled images (plus one corrupt file) into an empty `folder`."""
+    labels = list(LABEL_COLOURS)
+    for i in range(count):
+        label = labels[i % len(labels)]
+        ext, fmt = FORMATS[i % len(FORMATS)]
+        sub = os.path.join(folder, "batch_b") if i % 3 == 0 else folder
+        write_image(os.path.join(sub, f"{label}_{i:04d}.{ext}"), label, seed=i,
+                    size=(64 + 8 * (i % 5), 48 + 8 * (i % 4)), fmt=fmt)
+    with open(os.path.join(folder, "corrupt.jpg"), "wb") as f:
+        f.write(b"this is not a JPEG")
+    return count + 1
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m localserver.demo DIR [COUNT]", file=sys.stderr)
+        return 2
+    folder, count = argv[0], int(argv[1]) if len(argv) > 1 else 48
+    if os.path.isdir(folder) and os.listdir(folder):
+        print(f"demo: using the images in {folder}", file=sys.stderr)
+        return 0
+    written = make_demo_set(folder, count)
+    print(f"demo: wrote {written} files to {folder} ({count} images, 1 corrupt)",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
