@@ -154,11 +154,13 @@ class LocalServer:
         """Full ``:predict`` URL for ``"mlengine"``, ``"automl"`` or ``"vertex"``."""
         if not self.url:
             raise RuntimeError("LocalServer not started")
-        model = urllib.parse.quote(str(self.switches.get("model_name", DEFAULT_MODEL_NAME)), safe="")
+        name = str(self.switches.get("model_name", DEFAULT_MODEL_NAME))
+        model = urllib.parse.quote(name, safe="")
+        location = f"projects/{PROJECT}/locations/{LOCATION}"
         paths = {
             "mlengine": f"/v1/projects/{PROJECT}/models/{model}:predict",
-            "automl": f"/v1beta1/projects/{PROJECT}/locations/{LOCATION}/models/{model}:predict",
-            "vertex": f"/v1/projects/{PROJECT}/locations/{LOCATION}/endpoints/{ENDPOINT_ID}:predict",
+            "automl": f"/v1beta1/{location}/models/{model}:predict",
+            "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
         }
         if protocol not in paths:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -207,8 +207,7 @@ class Stats:
 
     def reset(self) -> "Stats":
         """Fresh counters; the ``in_flight`` gauge carries over."""
-        fresh = Stats(in_flight=self.in_flight, max_in_flight=self.in_flight)
-        return fresh
+        return Stats(in_flight=self.in_flight, max_in_flight=self.in_flight)
 
     def to_json(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -316,7 +315,9 @@ def google_error_body(code: int, message: str) -> Dict[str, Any]:
     return {"error": {"code": code, "message": message, "status": status}}
 
 
-def google_error(code: int, message: str, headers: Optional[Mapping[str, str]] = None) -> web.Response:
+def google_error(code: int, message: str,
+                 headers: Optional[Mapping[str, str]] = None) -> web.Response:
+    """A JSON response carrying :func:`google_error_body`."""
     return web.json_response(google_error_body(code, message), status=code, headers=headers)
 
 

@@ -373,7 +373,8 @@ def test_vertex_bad_instance_names_its_index(srv):
     ("mlengine", b'{"something": "else"}'),
     ("mlengine", b'{"instances": []}'),
     ("automl", b'{"payload": {"image": {}}}'),
-    ("automl", b'{"payload": {"image": {"imageBytes": "AA=="}}, "params": {"score_threshold": "x"}}'),
+    ("automl", b'{"payload": {"image": {"imageBytes": "AA=="}}, '
+               b'"params": {"score_threshold": "x"}}'),
     ("vertex", b'{"payload": {}}'),
     ("vertex", b'{"instances": [{}], "parameters": {"maxPredictions": 0}}'),
 ])

@@ -1,0 +1,69 @@
+"""The command line: bad invocations exit non-zero with one clear line on stderr."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import labelled_images
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def one_error_line(result):
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("batch-predict: error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path):
+    labelled_images(tmp_path / "images", ["red", "blue"])
+    return str(tmp_path / "images")
+
+
+def test_no_input_matched(tmp_path):
+    line = one_error_line(cli("--input", str(tmp_path / "nothing" / "*.jpg"),
+                              "--endpoint", "http://127.0.0.1:9/v1/m:predict",
+                              "--output", str(tmp_path / "o")))
+    assert "no file matched" in line
+
+
+def test_unknown_protocol(images, tmp_path):
+    result = cli("--input", images, "--endpoint", "http://127.0.0.1:9/v1/m:predict",
+                 "--output", str(tmp_path / "o"), "--protocol", "grpc")
+    assert result.returncode != 0
+    assert "--protocol" in result.stderr and "grpc" in result.stderr
+
+
+def test_unknown_flag(images, tmp_path):
+    line = one_error_line(cli("--input", images, "--endpoint", "http://127.0.0.1:9/m:predict",
+                              "--output", str(tmp_path / "o"), "--no_such_flag", "1"))
+    assert "--no_such_flag" in line
+
+
+def test_bad_endpoint_url(images, tmp_path):
+    line = one_error_line(cli("--input", images, "--endpoint", "ftp://example/x",
+                              "--output", str(tmp_path / "o")))
+    assert "--endpoint" in line
+
+
+def test_unreadable_config(tmp_path):
+    line = one_error_line(cli("--config", str(tmp_path / "missing.yaml")))
+    assert "--config" in line
+
+
+def test_config_file_with_command_line_override(images, tmp_path, server):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"input: [{images}]\nendpoint: http://127.0.0.1:9/unused:predict\n"
+                      f"output: {tmp_path / 'from_config'}\nmax_instances_per_request: 1\n")
+    result = cli("--config", str(config), "--endpoint", server.endpoint("mlengine"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["predicted"] == 2 and summary["requests"] == 2
+    assert summary["output"].startswith(str(tmp_path / "from_config"))

@@ -1,0 +1,39 @@
+"""PackRequests: both caps hold, exactly measured, and nothing is lost across bundles."""
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.pack import PackRequests, pack
+from transforms.protocols import make_protocol
+from transforms.records import Instance
+
+
+def instances(sizes):
+    return [Instance(f"k{i}", b'{"b64":"' + b"A" * size + b'"}') for i, size in enumerate(sizes)]
+
+
+def test_pack_respects_count_and_exact_bytes():
+    protocol = make_protocol("mlengine")
+    items = instances([100, 300, 50, 900, 10, 10, 10, 10, 10, 400])
+    requests = list(pack(items, protocol, max_instances=3, max_bytes=1000))
+    for request in requests:
+        body = protocol.body(request.instances)
+        assert len(request.keys) <= 3
+        assert len(body) <= 1000
+        assert protocol.body_size([len(i) for i in request.instances]) == len(body)
+    assert [k for r in requests for k in r.keys] == [i.key for i in items]
+
+
+def test_automl_is_one_image_per_request():
+    requests = list(pack(instances([10] * 5), make_protocol("automl"), 32, 10_000))
+    assert [len(r.keys) for r in requests] == [1] * 5
+
+
+def test_pack_requests_in_a_pipeline_keeps_every_key_once():
+    protocol = make_protocol("vertex")
+    items = instances([40] * 23)
+    with TestPipeline() as p:
+        keys = (p | beam.Create(items)
+                | PackRequests(protocol, max_instances=4, max_bytes=10_000)
+                | beam.FlatMap(lambda r: r.keys))
+        assert_that(keys, equal_to([i.key for i in items]))
