@@ -24,6 +24,7 @@ FAILED = "failed"
 # Formats an endpoint takes as they are, with their MIME types.
 SENDABLE_FORMATS = {
     "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",  # a camera JPEG with extra frames: a JPEG to any decoder
     "PNG": "image/png",
     "GIF": "image/gif",
     "BMP": "image/bmp",
@@ -32,10 +33,13 @@ SENDABLE_FORMATS = {
 SENDABLE_MODES = ("RGB", "L")
 ORIENTATION_TAG = 0x0112
 
-# Re-encoding steps for an image too large for one request: JPEG qualities, then downscales.
+# Re-encoding steps for an image too large for one request: JPEG qualities, then downscales
+# by DOWNSCALE_FACTOR, never below MIN_SIDE pixels on the shorter side (or --image_size's
+# shorter side, or the image's own): smaller than a model's input, the image is not worth
+# predicting, and it goes to the dead letters instead.
 JPEG_QUALITIES = (85, 70, 55, 40)
 DOWNSCALE_FACTOR = 0.75
-MAX_DOWNSCALES = 8
+MIN_SIDE = 224
 
 
 class ImageError(ValueError):
@@ -66,11 +70,12 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Parse the image header; ImageError(stage='decode') when it is not a readable image."""
+    """Parse the image header (no pixels decoded); ImageError(stage='decode') when it is not
+    a readable image or declares more pixels than Pillow's MAX_IMAGE_PIXELS."""
     if not data:
         raise ImageError("decode", "empty file (0 bytes)")
     try:
-        return Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageError("decode", f"decompression bomb refused: {e}")
     except Image.UnidentifiedImageError:
@@ -78,11 +83,24 @@ def open_image(data: bytes) -> Image.Image:
                                    f"starting {data[:8]!r})")
     except Exception as e:  # Pillow raises many types for bad headers
         raise ImageError("decode", f"not a readable image: {type(e).__name__}: {e}")
+    width, height = img.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ImageError("decode", f"decompression bomb refused: {width}x{height} = "
+                                   f"{width * height} pixels, over the limit of {limit}")
+    return img
 
 
 def orientation(img: Image.Image) -> int:
+    """The EXIF orientation found in the header (1 when none). `img.getexif()` is not used:
+    for PNG it decodes the whole image to look for a late eXIf chunk."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
     try:
-        return int(img.getexif().get(ORIENTATION_TAG, 1))
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(ORIENTATION_TAG, 1))
     except Exception:
         return 1
 
@@ -141,17 +159,18 @@ def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
     return Prepared(encode_image(normalised(img, image_size), fmt), SENDABLE_FORMATS[fmt])
 
 
-def smaller_versions(data: bytes) -> Iterator[Tuple[bytes, str]]:
-    """JPEG re-encodings of an image at stepped-down quality, then at stepped-down size."""
+def smaller_versions(data: bytes, min_side: int = MIN_SIDE) -> Iterator[Tuple[bytes, str]]:
+    """JPEG re-encodings of an image at stepped-down quality, then at stepped-down size
+    (while the shorter side stays at least `min_side`, or the image's own if smaller)."""
     img = normalised(open_image(data), None)
     for quality in JPEG_QUALITIES:
         yield encode_image(img, "JPEG", quality), "image/jpeg"
-    for _ in range(MAX_DOWNSCALES):
-        width, height = img.size
-        if width < 2 or height < 2:
+    floor = max(1, min(min_side, *img.size))
+    while True:  # ends: each step shrinks both sides by a quarter
+        width, height = (int(side * DOWNSCALE_FACTOR) for side in img.size)
+        if min(width, height) < floor:
             return
-        img = img.resize((max(1, int(width * DOWNSCALE_FACTOR)),
-                          max(1, int(height * DOWNSCALE_FACTOR))), Image.Resampling.BILINEAR)
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
         yield encode_image(img, "JPEG", JPEG_QUALITIES[-1]), "image/jpeg"
 
 
@@ -164,7 +183,8 @@ def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes
     if _fits(protocol, body, max_request_bytes):
         return Instance(key, body)
     if not tensor:
-        for smaller, mime_type in smaller_versions(prepared.data):
+        min_side = min(image_size) if image_size else MIN_SIDE
+        for smaller, mime_type in smaller_versions(prepared.data, min_side):
             body = protocol.instance(key, smaller, mime_type)
             if _fits(protocol, body, max_request_bytes):
                 return Instance(key, body)
@@ -180,22 +200,35 @@ def _fits(protocol: Protocol, body: bytes, max_request_bytes: int) -> bool:
 
 def _pixel_rows(img: Image.Image) -> list:
     width, height = img.size
-    flat = list(img.getdata())
-    return [[list(p) for p in flat[row * width:(row + 1) * width]] for row in range(height)]
+    raw = img.tobytes()  # RGB, row-major
+    return [[list(raw[i:i + 3]) for i in range(row * 3 * width, (row + 1) * 3 * width, 3)]
+            for row in range(height)]
 
 
 def read_bytes(ref: ImageRef) -> bytes:
     """The image's bytes, from its URI or its inline base64; ImageError(stage='read') if not."""
+    where = f" (row {ref.origin})" if ref.origin else ""
     if ref.inline_b64 is not None:
         try:
             return base64.b64decode(ref.inline_b64, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise ImageError("read", f"invalid base64 in row: {e}")
+            raise ImageError("read", f"invalid base64{where}: {e}")
     try:
         with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
             return f.read()
+    except FileNotFoundError:
+        raise ImageError("read", f"file not found: {ref.uri}{where}")
     except Exception as e:
-        raise ImageError("read", f"cannot read {ref.uri}: {type(e).__name__}: {e}")
+        if _is_not_found(e):
+            raise ImageError("read", f"file not found: {ref.uri}{where}")
+        raise ImageError("read", f"cannot read {ref.uri}{where}: {type(e).__name__}: {e}")
+
+
+def _is_not_found(error: Exception) -> bool:
+    """A missing object, however the filesystem says it (GCS: NotFound / HTTP 404)."""
+    return (getattr(error, "code", None) == 404
+            or type(error).__name__ == "NotFound"
+            or isinstance(error.__cause__, FileNotFoundError))
 
 
 class _EncodeFn(beam.DoFn):
@@ -214,6 +247,10 @@ class _EncodeFn(beam.DoFn):
         except ImageError as e:
             metrics.counter(f"failed_{e.stage}").inc()
             yield beam.pvalue.TaggedOutput(FAILED, dead_letter(ref.key, e.stage, str(e)))
+        except Exception as e:  # anything else about one image must not fail the bundle
+            metrics.counter("failed_encode").inc()
+            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(
+                ref.key, "encode", f"cannot encode: {type(e).__name__}: {e}"))
 
 
 class EncodeInstances(beam.PTransform):

@@ -1,41 +1,101 @@
-"""ReadImages: input patterns -> one ImageRef per image file, without reading any bytes.
+"""ReadInputs: every --input -> one ImageRef per record, without reading any image bytes.
 
-Matching goes through Beam's FileSystems (local paths, globs, `gs://`), so the same code lists
-a laptop folder and a bucket. Only references (URI, size) travel on from here; the bytes are
-read next to the request (EncodeInstances), so memory does not grow with the job.
+Two kinds of input:
+- images (`ReadImages`): folders, globs and `gs://` prefixes, matched through Beam's
+  FileSystems, so the same code lists a laptop folder and a bucket;
+- rows (`ReadRows`): CSV and JSONL files whose rows name an image (`--uri_field`) or carry it
+  inline as base64 (`--b64_field`), and file lists (one URI per line), read with Beam's
+  `fileio.MatchAll` + `ReadMatches`, one streamed pass per file.
+
+Only references (URI, size, a row's other columns) travel on from here; the bytes are read
+next to the request (EncodeInstances), so memory does not grow with the job. Every record
+counts once in `inputs`; bad rows become `read` dead letters naming their file and line.
 """
+import binascii
+import csv
+import json
 import os
 import posixpath
-from typing import Iterable, List, Tuple
+from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
-from transforms.records import ImageRef
+from transforms.records import ImageRef, dead_letter
 
 SKIPPED = "skipped"
+FAILED = "failed"
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 GLOB_CHARS = frozenset("*?[")
+
+INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist")
+ROW_FORMATS = ("csv", "jsonl", "filelist")
+ROW_EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",  # read as JSON Lines: one object per line
+    ".txt": "filelist",
+    ".lst": "filelist",
+}
+COMPRESSED_EXTENSIONS = (".gz", ".bz2", ".deflate", ".zst", ".lzma")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and their formats
 
 
 def has_glob(path: str) -> bool:
     return any(c in GLOB_CHARS for c in path)
 
 
+def input_format(given: str, requested: str = "auto") -> str:
+    """The format of one --input: `requested`, or (auto) by extension; folders are images."""
+    if requested not in INPUT_FORMATS:
+        raise ValueError(f"unknown --input_format {requested!r}")
+    if requested != "auto":
+        return requested
+    if "://" not in given and os.path.isdir(given):
+        return "images"
+    name = given.rstrip("/").lower()
+    for compressed in COMPRESSED_EXTENSIONS:
+        if name.endswith(compressed):
+            name = name[:-len(compressed)]
+    return ROW_EXTENSIONS.get(posixpath.splitext(name)[1], "images")
+
+
+def split_inputs(inputs: Sequence[str], requested: str = "auto"):
+    """(image patterns, [(row pattern, format)]) for the given --input values."""
+    images, rows = [], []
+    for given in inputs:
+        fmt = input_format(given, requested)
+        if fmt == "images":
+            images.append(pattern_for(given))
+        else:
+            rows.append((pattern_for(given), fmt))
+    return images, rows
+
+
 def pattern_for(path: str) -> str:
     """A folder becomes a recursive glob of everything under it; other paths stay as they are."""
     if has_glob(path):
-        return path
+        return path if "://" in path else os.path.abspath(path)
     if path.startswith("gs://"):
         bucket_only = path.rstrip("/").count("/") == 2
-        if path.endswith("/") or bucket_only:
+        no_extension = "." not in path.rstrip("/").rsplit("/", 1)[-1]
+        if path.endswith("/") or bucket_only or no_extension:  # a prefix ("folder")
             return path.rstrip("/") + "/**"
         return path
     if os.path.isdir(path):
         return os.path.join(os.path.abspath(path), "**")
     return os.path.abspath(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image files
 
 
 def glob_root(pattern: str) -> str:
@@ -57,16 +117,22 @@ def is_hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/") if part)
 
 
-def match_pattern(pattern: str) -> Iterable[Tuple[str, int, str]]:
-    """(path, size, root) for every file the pattern matches."""
+def skip_reason(path: str, root: str) -> Optional[str]:
+    """Why a listed file is not an input image (a `skipped_*` counter), or None."""
+    if is_hidden(path, root):
+        return "skipped_hidden"
+    if not is_image_path(path):
+        return "skipped_not_image"
+    return None
+
+
+def match_pattern(pattern: str) -> Iterable[Tuple[str, Tuple[int, Optional[str]]]]:
+    """(path, (size, skip reason)) for every file the pattern matches: small values, as
+    these cross the dedupe shuffle."""
     root = glob_root(pattern)
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
-            yield metadata.path, metadata.size_in_bytes, root
-
-
-def key_by_path(match: Tuple[str, int, str]):
-    return match[0], match
+            yield metadata.path, (metadata.size_in_bytes, skip_reason(metadata.path, root))
 
 
 def first(values: Iterable):
@@ -76,24 +142,19 @@ def first(values: Iterable):
 
 def classify_file(path: str, size: int, root: str):
     """An ImageRef, or the reason the file is skipped."""
-    if is_hidden(path, root):
-        return "skipped_hidden"
-    if not is_image_path(path):
-        return "skipped_not_image"
-    return ImageRef(key=path, uri=path, size=size)
+    return skip_reason(path, root) or ImageRef(key=path, uri=path, size=size)
 
 
 class _RefFn(beam.DoFn):
     def process(self, match):
-        path, size, root = match
+        path, (size, reason) = match
         metrics.counter("inputs").inc()
-        ref = classify_file(path, size, root)
-        if isinstance(ref, ImageRef):
-            yield ref
+        if reason is None:
+            yield ImageRef(key=path, uri=path, size=size)
         else:
-            metrics.counter(ref).inc()
+            metrics.counter(reason).inc()
             metrics.counter("skipped").inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (path, ref))
+            yield beam.pvalue.TaggedOutput(SKIPPED, (path, reason))
 
 
 class ReadImages(beam.PTransform):
@@ -107,7 +168,366 @@ class ReadImages(beam.PTransform):
         return (pbegin
                 | "Patterns" >> beam.Create(self._patterns)
                 | "Match" >> beam.FlatMap(match_pattern)
-                | "KeyByPath" >> beam.Map(key_by_path)
                 | "Dedupe" >> beam.CombinePerKey(first)
-                | "Files" >> beam.Values()
                 | "ToRefs" >> beam.ParDo(_RefFn()).with_outputs(SKIPPED, main="refs"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows: CSV, JSONL, file lists
+
+
+class Outputs(NamedTuple):
+    """What ReadRows and ReadInputs produce: refs, read dead letters, skipped files."""
+    refs: beam.PCollection
+    failed: beam.PCollection
+    skipped: Optional[beam.PCollection] = None
+
+
+class RowSpec(NamedTuple):
+    """Which row fields hold the image URI, the inline base64 bytes, and the record key."""
+    uri_field: str = "uri"
+    b64_field: Optional[str] = None
+    key_field: Optional[str] = None
+
+
+class RowError(ValueError):
+    """A row that cannot become an ImageRef (the message names its file and line)."""
+
+
+def resolve_uri(uri: str, source: str) -> str:
+    """`uri` as an absolute path or full URI; relative paths resolve against `source`'s folder."""
+    uri = uri.strip()
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri:
+        return uri
+    if "://" in source:
+        scheme, rest = source.split("://", 1)
+        bucket, _, path = rest.partition("/")
+        joined = posixpath.normpath(posixpath.join("/", posixpath.dirname(path), uri))
+        return f"{scheme}://{bucket}{joined}"
+    if not os.path.isabs(uri):
+        uri = os.path.join(os.path.dirname(source), uri)
+    return os.path.normpath(uri)
+
+
+def as_text(value) -> Optional[str]:
+    """A row value as text for pass-through: strings as they are, other JSON as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _value(row: dict, field: Optional[str]) -> Optional[str]:
+    """A field's non-blank value as text, or None."""
+    if not field:
+        return None
+    value = row.get(field)
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = as_text(value).strip()
+    return text or None
+
+
+def row_ref(row: dict, spec: RowSpec, source: str, line: int) -> ImageRef:
+    """The ImageRef of one parsed row; RowError when the row names no image or no key."""
+    origin = f"{source}:{line}"
+    b64 = _value(row, spec.b64_field)
+    uri = None if b64 else _value(row, spec.uri_field)
+    if not b64 and not uri:
+        wanted = " or ".join(repr(f) for f in (spec.b64_field, spec.uri_field) if f)
+        columns = ", ".join(str(k) for k in row) or "none"
+        raise RowError(f"{source} line {line}: no value in {wanted} (fields: {columns})")
+    key = None
+    if spec.key_field:
+        key = _value(row, spec.key_field)
+        if key is None:
+            raise RowError(f"{source} line {line}: no value in key field "
+                           f"{spec.key_field!r}")
+    fields = {str(k): as_text(v) for k, v in row.items() if k != spec.b64_field}
+    if b64:
+        return ImageRef(key=key or origin, uri=None, inline_b64=b64, fields=fields,
+                        origin=origin)
+    uri = resolve_uri(uri, source)
+    return ImageRef(key=key or uri, uri=uri, fields=fields, origin=origin)
+
+
+def text_lines(binary_lines: Iterable[bytes]) -> Iterator[Tuple[int, str]]:
+    """(line number from 1, text) of a byte stream; invalid UTF-8 survives as surrogates."""
+    for number, raw in enumerate(binary_lines, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        yield number, raw.decode("utf-8", "surrogateescape")
+
+
+def _check_utf8(text: str, source: str, line: int):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(f"{source} line {line}: not valid UTF-8")
+
+
+def parse_jsonl(lines: Iterable[Tuple[int, str]], source: str):
+    """(line, row dict or RowError) per non-blank line of a JSON Lines file."""
+    for number, text in lines:
+        if not text.strip():
+            continue
+        try:
+            _check_utf8(text, source, number)
+            try:
+                row = json.loads(text)
+            except ValueError as e:
+                raise RowError(f"{source} line {number}: not JSON ({e})")
+            if not isinstance(row, dict):
+                raise RowError(f"{source} line {number}: not a JSON object "
+                               f"({type(row).__name__})")
+            yield number, row
+        except RowError as e:
+            yield number, e
+
+
+def parse_csv(lines: Iterable[Tuple[int, str]], source: str):
+    """(line, row dict or RowError) per data row of a CSV file with a header row."""
+    numbered = iter(lines)
+    last = [0]
+
+    def texts():
+        for number, text in numbered:
+            last[0] = number
+            yield text
+
+    reader = csv.reader(texts())
+    header = None
+    for cells in reader:
+        number = last[0]
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        try:
+            for cell in cells:
+                _check_utf8(cell, source, number)
+            if header is None:
+                header = [c.strip() for c in cells]
+                continue
+            if len(cells) > len(header):
+                raise RowError(f"{source} line {number}: {len(cells)} fields but the header "
+                               f"has {len(header)} (an unquoted comma?)")
+            yield number, dict(zip(header, cells + [None] * (len(header) - len(cells))))
+        except RowError as e:
+            yield number, e
+
+
+def parse_filelist(lines: Iterable[Tuple[int, str]], source: str, uri_field: str):
+    """(line, {uri_field: uri} or RowError) per URI line; blank lines and `#` comments skipped."""
+    for number, text in lines:
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            _check_utf8(text, source, number)
+            yield number, {uri_field: text}
+        except RowError as e:
+            yield number, e
+
+
+def parse_rows(fmt: str, lines: Iterable[Tuple[int, str]], source: str, spec: RowSpec):
+    """(line, ImageRef or RowError) per record of a row file."""
+    if fmt == "csv":
+        rows = parse_csv(lines, source)
+    elif fmt == "jsonl":
+        rows = parse_jsonl(lines, source)
+    elif fmt == "filelist":
+        rows = parse_filelist(lines, source, spec.uri_field)
+        spec = spec._replace(b64_field=None, key_field=None)
+    else:
+        raise ValueError(f"not a row format: {fmt!r}")
+    for number, row in rows:
+        if isinstance(row, RowError):
+            yield number, row
+            continue
+        try:
+            ref = row_ref(row, spec, source, number)
+            yield number, ref._replace(fields=None) if fmt == "filelist" else ref
+        except RowError as e:
+            yield number, e
+
+
+def csv_header(path: str) -> List[str]:
+    """The header row of a CSV file (for the preflight check)."""
+    with FileSystems.open(path) as f:
+        for _, text in text_lines(iter(f.readline, b"")):
+            cells = next(csv.reader([text]), [])
+            if any(c.strip() for c in cells):
+                return [c.strip() for c in cells]
+    return []
+
+
+def check_csv_header(path: str, spec: RowSpec):
+    """ValueError when a CSV's header has none of the image fields (or not the key field)."""
+    header = csv_header(path)
+    wanted = [f for f in (spec.b64_field, spec.uri_field) if f]
+    if not any(f in header for f in wanted):
+        raise ValueError(f"{path}: the header has no {' or '.join(map(repr, wanted))} column "
+                         f"(columns: {', '.join(header) or 'none'}); set --uri_field or "
+                         f"--b64_field")
+    if spec.key_field and spec.key_field not in header:
+        raise ValueError(f"{path}: the header has no --key_field {spec.key_field!r} column "
+                         f"(columns: {', '.join(header) or 'none'})")
+
+
+def check_input(given: str, requested: str, first_path: str, spec: RowSpec):
+    """ValueError when a row input cannot work with these fields (checked on its first file)."""
+    if input_format(given, requested) == "csv":
+        check_csv_header(first_path, spec)
+
+
+class _ParseRowsFn(beam.DoFn):
+    """A row file (fileio.ReadableFile) -> ImageRef per row, streamed; bad rows are failed."""
+
+    def __init__(self, fmt: str, spec: RowSpec):
+        self._fmt = fmt
+        self._spec = spec
+
+    def process(self, readable):
+        source = readable.metadata.path
+        line = 0
+        try:
+            with readable.open() as f:
+                for line, ref in parse_rows(self._fmt, text_lines(iter(f.readline, b"")),
+                                            source, self._spec):
+                    metrics.counter("inputs").inc()
+                    if isinstance(ref, ImageRef):
+                        yield ref
+                    else:
+                        yield self._failed(f"{source}:{line}", str(ref))
+        except Exception as e:  # the file itself failed mid-way: one record for the rest
+            metrics.counter("inputs").inc()
+            yield self._failed(source, f"{source}: cannot read rows after line {line}: "
+                                       f"{type(e).__name__}: {e}")
+
+    @staticmethod
+    def _failed(key: str, message: str):
+        metrics.counter("failed_read").inc()
+        return beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", message))
+
+
+def keyed_by_path(metadata):
+    return metadata.path, metadata
+
+
+class ReadRows(beam.PTransform):
+    """[(pattern, format)] of row files -> ImageRef per row, with a `failed` output."""
+
+    def __init__(self, inputs: Sequence[Tuple[str, str]], spec: RowSpec):
+        super().__init__()
+        self._inputs = list(inputs)
+        self._spec = spec
+
+    def expand(self, pbegin):
+        refs, failed = [], []
+        for fmt in ROW_FORMATS:
+            patterns = [p for p, f in self._inputs if f == fmt]
+            if not patterns:
+                continue
+            name = {"csv": "Csv", "jsonl": "Jsonl", "filelist": "FileList"}[fmt]
+            parsed = (pbegin
+                      | f"{name}Patterns" >> beam.Create(patterns)
+                      | f"{name}Match" >> fileio.MatchAll()
+                      | f"{name}ByPath" >> beam.Map(keyed_by_path)
+                      | f"{name}Dedupe" >> beam.CombinePerKey(first)
+                      | f"{name}Files" >> beam.Values()
+                      | f"{name}Open" >> fileio.ReadMatches()
+                      | f"{name}Parse" >> beam.ParDo(_ParseRowsFn(fmt, self._spec))
+                      .with_outputs(FAILED, main="refs"))
+            refs.append(parsed.refs)
+            failed.append(parsed.failed)
+        return Outputs(refs | "Refs" >> beam.Flatten(pipeline=pbegin.pipeline),
+                       failed | "Failed" >> beam.Flatten(pipeline=pbegin.pipeline))
+
+
+# ----------------------------------------------------------------------------------------------
+# All inputs together
+
+
+def ref_rank(ref: ImageRef) -> tuple:
+    """Which of several records with one key wins: rows (they carry fields), then by origin."""
+    source, _, line = (ref.origin or "").rpartition(":")
+    return (ref.fields is None, source, int(line) if line.isdigit() else 0)
+
+
+def key_with_rank(ref: ImageRef):
+    return ref.key, (ref_rank(ref), ref)
+
+
+class _FirstAndCount(beam.CombineFn):
+    """The best-ranked (rank, ref) of a key and how many records had that key."""
+
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, accumulator, value):
+        best, count = accumulator
+        return (value if best is None or value[0] < best[0] else best), count + 1
+
+    def merge_accumulators(self, accumulators):
+        best, count = None, 0
+        for other, n in accumulators:
+            if other is not None and (best is None or other[0] < best[0]):
+                best = other
+            count += n
+        return best, count
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class _UniqueFn(beam.DoFn):
+    def process(self, keyed):
+        key, ((_, ref), count) = keyed
+        if count > 1:
+            metrics.counter("skipped").inc(count - 1)
+            metrics.counter("skipped_duplicate_key").inc(count - 1)
+        yield ref
+
+
+class UniqueKeys(beam.PTransform):
+    """ImageRefs -> one per key (the others counted as skipped `duplicate_key`).
+
+    Only refs cross this shuffle: URI rows carry no bytes. Inline base64 rows do (their
+    bytes are in the row); a job of millions of those is better given as URIs.
+    """
+
+    def expand(self, refs):
+        return (refs
+                | "KeyByKey" >> beam.Map(key_with_rank)
+                | "FirstPerKey" >> beam.CombinePerKey(_FirstAndCount())
+                | "Unique" >> beam.ParDo(_UniqueFn()))
+
+
+class ReadInputs(beam.PTransform):
+    """Every --input -> ImageRef per record (unique keys), with `failed` (read dead letters)
+    and `skipped` outputs. Image folders and row files may be mixed in one job."""
+
+    def __init__(self, inputs: Sequence[str], requested_format: str = "auto",
+                 spec: RowSpec = RowSpec()):
+        super().__init__()
+        self._images, self._rows = split_inputs(inputs, requested_format)
+        self._spec = spec
+
+    def expand(self, pbegin):
+        p = pbegin.pipeline
+        refs, failed, skipped = [], [], []
+        if self._images:
+            images = pbegin | "ReadImages" >> ReadImages(self._images)
+            refs.append(images.refs)
+            skipped.append(images.skipped)
+        if self._rows:
+            rows = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
+            failed.append(rows.failed)
+            refs = [(refs + [rows.refs])
+                    | "AllRefs" >> beam.Flatten(pipeline=p)
+                    | "UniqueKeys" >> UniqueKeys()]
+        return Outputs(refs | "Refs" >> beam.Flatten(pipeline=p),
+                       failed | "Failed" >> beam.Flatten(pipeline=p),
+                       skipped | "Skipped" >> beam.Flatten(pipeline=p))

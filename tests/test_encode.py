@@ -1,0 +1,272 @@
+"""EncodeInstances: original bytes on the hot path, normalisation only when needed, stepped
+re-encoding for oversize images, and every protocol's encoding accepted by the local server."""
+import base64
+import io
+import json
+import random
+import struct
+import urllib.request
+import zlib
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from localserver.demo import color_image
+from transforms import encode
+from transforms.encode import (EncodeInstances, ImageError, encode_instance, open_image,
+                               parse_size, prepare, read_bytes)
+from transforms.protocols import make_protocol
+from transforms.records import ImageRef
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def image_bytes(label="red", fmt="JPEG", size=(40, 30), mode="RGB", **save_args) -> bytes:
+    img = color_image(label, size, seed=1)
+    if mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save_args)
+    return buf.getvalue()
+
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def noisy_jpeg(size=(600, 600)) -> bytes:
+    """A JPEG that compresses badly (random pixels), for the size-budget tests."""
+    img = Image.frombytes("RGB", size, random.Random(7).randbytes(3 * size[0] * size[1]))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=100)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels (a decompression-bomb header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+# -- the hot path ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,mime", [("JPEG", "image/jpeg"), ("PNG", "image/png"),
+                                      ("WEBP", "image/webp"), ("BMP", "image/bmp")])
+def test_acceptable_image_is_sent_as_its_original_bytes(fmt, mime):
+    data = image_bytes(fmt=fmt)
+    prepared = prepare(data)
+    assert prepared.data is data  # the very same object: no decode, no re-encode
+    assert prepared.mime_type == mime
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_header_inspection_decodes_no_pixels(fmt):
+    img = open_image(image_bytes(fmt=fmt))
+    assert not encode.needs_normalising(img, None)
+    assert img._im is None, "the pixels were decoded (Pillow fills ._im on load())"
+
+
+def test_grayscale_jpeg_is_sent_as_is():
+    data = image_bytes(mode="L")
+    assert prepare(data).data is data
+
+
+# -- normalisation -----------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[encode.ORIENTATION_TAG] = 6  # rotate 90 degrees clockwise to display
+    data = image_bytes(size=(40, 20), exif=exif.tobytes())
+    prepared = prepare(data)
+    assert prepared.data != data
+    assert prepared.mime_type == "image/jpeg"
+    assert decoded(prepared.data).size == (20, 40)
+
+
+@pytest.mark.parametrize("fmt,mode,out_mime", [
+    ("JPEG", "CMYK", "image/jpeg"),
+    ("PNG", "P", "image/png"),
+    ("PNG", "LA", "image/png"),
+    ("PNG", "RGBA", "image/png"),
+    ("TIFF", "RGB", "image/png"),
+    ("GIF", "P", "image/png"),
+])
+def test_other_modes_become_rgb(fmt, mode, out_mime):
+    prepared = prepare(image_bytes(fmt=fmt, mode=mode))
+    assert prepared.mime_type == out_mime
+    img = decoded(prepared.data)
+    assert img.mode == "RGB"
+    r, g, b = img.resize((1, 1)).getpixel((0, 0))
+    if mode == "LA":
+        assert abs(r - g) < 8 and abs(g - b) < 8  # grey stays grey
+    else:
+        assert r > 150 and g < 90 and b < 90  # still red
+
+
+def test_alpha_is_composited_over_white():
+    img = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    out = decoded(prepare(buf.getvalue()).data)
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sixteen_bit_grayscale_becomes_rgb():
+    img = Image.new("I;16", (8, 8), 40000)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    assert open_image(buf.getvalue()).mode.startswith("I")
+    out = decoded(prepare(buf.getvalue()).data)
+    assert out.mode == "RGB"
+    assert out.getpixel((3, 3)) == (156, 156, 156)  # 40000 / 256
+
+
+def test_image_size_fits_inside_the_box():
+    prepared = prepare(image_bytes(size=(200, 100)), image_size=(50, 50))
+    assert decoded(prepared.data).size == (50, 25)
+
+
+def test_tensor_is_rows_of_rgb_at_the_exact_size():
+    prepared = prepare(image_bytes(size=(30, 20)), image_size=(4, 3), tensor=True)
+    assert len(prepared.pixels) == 3 and len(prepared.pixels[0]) == 4
+    assert all(len(p) == 3 for row in prepared.pixels for p in row)
+
+
+def test_parse_size():
+    assert parse_size("224x160") == (224, 160)
+    assert parse_size(None) is None
+    for bad in ("224", "0x10", "axb"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+# -- bad images --------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("data,message", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not a recognised image format"),
+    (png_header_only(20000, 20000), "decompression bomb"),  # Pillow refuses it itself
+    (png_header_only(10000, 10000), "decompression bomb"),  # Pillow only warns: we refuse
+])
+def test_bad_images_fail_at_decode(data, message):
+    with pytest.raises(ImageError) as error:
+        encode_instance("k", data, make_protocol("mlengine"), 1_500_000)
+    assert error.value.stage == "decode"
+    assert message in str(error.value)
+
+
+def test_truncated_jpeg_passes_the_header_check():
+    """Its header parses, so it is sent as it is; the server rejects it (stage predict)."""
+    data = noisy_jpeg((100, 100))
+    truncated = data[:len(data) * 2 // 3]
+    assert prepare(truncated).data is truncated
+
+
+def test_oversize_image_is_reencoded_until_it_fits():
+    data = noisy_jpeg()
+    protocol = make_protocol("mlengine")
+    budget = len(data) // 3
+    instance = encode_instance("k", data, protocol, budget)
+    assert protocol.body_size([len(instance.body)]) <= budget
+    sent = base64.b64decode(json.loads(instance.body)["b64"])
+    assert decoded(sent).format == "JPEG"
+
+
+def test_downscaling_stops_at_the_minimum_side():
+    data = noisy_jpeg((900, 600))
+    versions = [decoded(v) for v, _ in encode.smaller_versions(data)]
+    assert versions[-1].size[1] >= encode.MIN_SIDE
+    assert versions[-1].size[1] < encode.MIN_SIDE / encode.DOWNSCALE_FACTOR
+    assert [v.size for v in versions[:len(encode.JPEG_QUALITIES)]] == [(900, 600)] * 4
+    small = [decoded(v).size for v, _ in encode.smaller_versions(noisy_jpeg((100, 80)))]
+    assert small == [(100, 80)] * len(encode.JPEG_QUALITIES)  # small: quality steps only
+
+
+def test_image_too_large_even_after_reencoding_fails_at_encode_with_its_size():
+    data = noisy_jpeg((200, 200))
+    with pytest.raises(ImageError) as error:
+        encode_instance("k", data, make_protocol("mlengine"), 120)
+    assert error.value.stage == "encode"
+    assert f"image of {len(data)} bytes" in str(error.value)
+    assert "--max_request_bytes=120" in str(error.value)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def test_read_bytes_inline_and_from_a_file(tmp_path):
+    data = image_bytes()
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    assert read_bytes(ImageRef("k", str(path))) == data
+    assert read_bytes(ImageRef("k", None, base64.b64encode(data).decode())) == data
+
+
+def test_read_bytes_errors_name_the_row(tmp_path):
+    with pytest.raises(ImageError) as error:
+        read_bytes(ImageRef("k", None, "not base64!", origin="rows.jsonl:7"))
+    assert error.value.stage == "read" and "rows.jsonl:7" in str(error.value)
+    missing = str(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError) as error:
+        read_bytes(ImageRef(missing, missing, origin="rows.csv:3"))
+    assert str(error.value) == f"file not found: {missing} (row rows.csv:3)"
+
+
+def test_encode_instances_composite(tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(image_bytes())
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"text")
+    refs = [ImageRef(str(good), str(good)), ImageRef(str(bad), str(bad)),
+            ImageRef("row:1", None, "%%%")]
+    with TestPipeline() as p:
+        out = p | beam.Create(refs) | EncodeInstances(make_protocol("mlengine"), 1_500_000)
+        assert_that(out.instances | beam.Map(lambda i: i.key), equal_to([str(good)]),
+                    label="instances")
+        assert_that(out.failed | beam.Map(lambda r: (r["key"], r["stage"])),
+                    equal_to([(str(bad), "decode"), ("row:1", "read")]), label="failed")
+
+
+# -- every protocol's encoding, against the local server ---------------------------------------
+
+def post(url: str, body: bytes) -> dict:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with _OPENER.open(request, timeout=20) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.parametrize("protocol_name,instance_format,image_size", [
+    ("mlengine", "b64", None),
+    ("mlengine", "named", None),
+    ("mlengine", "tensor", (16, 16)),
+    ("automl", "b64", None),
+    ("vertex", "b64", None),
+])
+def test_each_encoding_is_understood_by_the_server(server, protocol_name, instance_format,
+                                                   image_size):
+    protocol = make_protocol(protocol_name, instance_format)
+    images = {"green": image_bytes("green", "PNG"), "blue": image_bytes("blue", "WEBP"),
+              "yellow": image_bytes("yellow", "JPEG", mode="CMYK")}
+    for label, data in images.items():
+        instance = encode_instance(label, data, protocol, 1_500_000, image_size)
+        response = post(server.endpoint(protocol_name), protocol.body([instance.body]))
+        [parsed] = protocol.parse(response, 1)
+        labels = getattr(parsed, "labels", parsed)
+        assert max(labels, key=lambda ls: ls[1])[0] == label, (label, response)
+
+
+def test_vertex_carries_the_right_mime_type():
+    protocol = make_protocol("vertex")
+    for fmt, mime in (("PNG", "image/png"), ("WEBP", "image/webp"), ("JPEG", "image/jpeg")):
+        body = json.loads(encode_instance("k", image_bytes(fmt=fmt), protocol, 10**6).body)
+        assert body["mimeType"] == mime

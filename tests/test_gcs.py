@@ -1,0 +1,168 @@
+"""gs:// inputs end to end against gcp-storage-emulator on 127.0.0.1: a bucket prefix gives the
+same predictions, failures and counts as the same images in a local folder, and a CSV stored
+in the bucket resolves its relative URIs against its own gs:// folder.
+
+Beam's GCS filesystem asks google-auth for Application Default Credentials and, when there
+are none, retries for ~20-25 s before connecting anonymously. The `gcs` fixture points
+GOOGLE_APPLICATION_CREDENTIALS at a stub `authorized_user` file holding a static, unexpiring
+token: google-auth loads it offline, the storage client sends it to the emulator (which
+ignores it) and never refreshes it. See docs/INPUTS.md.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from pipeline.run import run
+from tests.conftest import assert_accounted, labelled_images, read_dead_letters, read_predictions
+
+PROJECT = "emulated-project"
+BUCKET = "photos-bucket"
+STARTUP_TIMEOUT_S = 20.0
+
+STUB_CREDENTIALS = {
+    "type": "authorized_user",
+    "client_id": "emulator",
+    "client_secret": "emulator",
+    "refresh_token": "emulator",
+    "token": "emulator-stub-token",
+    "expiry": "2999-01-01T00:00:00Z",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_listening(port: int, process: subprocess.Popen):
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gcp-storage-emulator exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"gcp-storage-emulator did not listen within {STARTUP_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
+    port = free_port()
+    command = [os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
+               "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_until_listening(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def gcs(emulator, tmp_path, monkeypatch):
+    """The environment of a job against the emulator; yields a client of a fresh bucket."""
+    stub = tmp_path / "stub-adc.json"
+    stub.write_text(json.dumps(STUB_CREDENTIALS))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(stub))
+    client = storage.Client(credentials=AnonymousCredentials(), project=PROJECT)
+    bucket = client.bucket(BUCKET)
+    if bucket.exists():
+        for blob in client.list_blobs(BUCKET):
+            blob.delete()
+    else:
+        client.create_bucket(BUCKET)
+    return client.bucket(BUCKET)
+
+
+def upload_folder(bucket, folder, prefix):
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            bucket.blob(f"{prefix}/{os.path.relpath(path, folder)}").upload_from_filename(path)
+
+
+def make_corpus(folder):
+    truth = labelled_images(folder, ["red", "green", "blue", "yellow", "cyan", "white"])
+    labelled_images(os.path.join(folder, "ünï cödé"), ["magenta"])
+    with open(os.path.join(folder, "corrupt.jpg"), "wb") as f:
+        f.write(b"not a jpeg")
+    with open(os.path.join(folder, ".hidden.png"), "wb") as f:
+        f.write(b"x")
+    with open(os.path.join(folder, "notes.txt"), "w") as f:
+        f.write("not an image")
+    return truth
+
+
+def job(server, output, *inputs):
+    return run([f"--input={i}" for i in inputs]
+               + ["--endpoint", server.endpoint("vertex"), "--protocol", "vertex",
+                  "--output", str(output)])
+
+
+def by_relative(rows, root):
+    return {r["key"][len(root):]: r for r in rows}
+
+
+COUNTS = ("inputs", "predicted", "failed", "skipped", "failed_by_stage", "skipped_by_reason")
+
+
+def test_bucket_prefix_gives_the_same_outputs_as_the_local_folder(server, gcs, tmp_path):
+    folder = tmp_path / "photos"
+    make_corpus(str(folder))
+    upload_folder(gcs, str(folder), "batch")
+
+    local = job(server, tmp_path / "local" / "p", folder)
+    remote = job(server, tmp_path / "remote" / "p", f"gs://{BUCKET}/batch/")
+    assert_accounted(remote)
+    assert {k: remote[k] for k in COUNTS} == {k: local[k] for k in COUNTS}
+    assert remote["predicted"] == 7 and remote["skipped"] == 2 and remote["failed"] == 1
+
+    local_rows = by_relative(read_predictions(str(tmp_path / "local" / "p")), f"{folder}/")
+    remote_rows = by_relative(read_predictions(str(tmp_path / "remote" / "p")),
+                              f"gs://{BUCKET}/batch/")
+    assert set(remote_rows) == set(local_rows)
+    for rel, row in remote_rows.items():
+        assert row["labels"] == local_rows[rel]["labels"], rel
+    remote_dead = by_relative(read_dead_letters(remote["errors"]), f"gs://{BUCKET}/batch/")
+    local_dead = by_relative(read_dead_letters(local["errors"]), f"{folder}/")
+    assert {k: r["stage"] for k, r in remote_dead.items()} == \
+        {k: r["stage"] for k, r in local_dead.items()} == {"corrupt.jpg": "decode"}
+
+
+def test_csv_in_a_bucket_resolves_relative_uris_there(server, gcs, tmp_path):
+    folder = tmp_path / "photos"
+    truth = labelled_images(folder, ["red", "blue", "green"])
+    upload_folder(gcs, str(folder), "in")
+    lines = ["uri,id"] + [f"{os.path.relpath(p, folder)},{i}" for i, p in enumerate(truth)]
+    lines.append("missing/gone.jpg,99")
+    gcs.blob("in/rows.csv").upload_from_string("\n".join(lines) + "\n")
+
+    summary = run([f"--input=gs://{BUCKET}/in/rows.csv", "--key_field", "id",
+                   "--endpoint", server.endpoint("mlengine"), "--output",
+                   str(tmp_path / "out" / "p")])
+    assert_accounted(summary)
+    predicted = {r["key"]: r["top_label"] for r in read_predictions(str(tmp_path / "out" / "p"))}
+    assert predicted == {str(i): label for i, label in enumerate(truth.values())}
+    [dead] = read_dead_letters(summary["errors"])
+    assert dead["key"] == "99" and dead["stage"] == "read"
+    assert dead["error"] == (f"file not found: gs://{BUCKET}/in/missing/gone.jpg "
+                             f"(row gs://{BUCKET}/in/rows.csv:{len(truth) + 2})")
