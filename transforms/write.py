@@ -1,21 +1,137 @@
-"""WriteResults and WriteDeadLetters: sharded Parquet / BigQuery-ready JSONL, and the
-launcher-side files of a run (the BigQuery schema and the summary).
+"""WriteResults and WriteDeadLetters: sharded Parquet / BigQuery-ready JSONL, or BigQuery
+itself, and the launcher-side files of a run (the BigQuery schema and the summary).
 
 Shard names carry the run id (`<output>-<run_id>-SSSSS-of-NNNNN.parquet`), so running the
-same command again adds files and never overwrites an earlier run's.
+same command again adds files and never overwrites an earlier run's. Beam's file sinks write
+each shard into a `beam-temp-*` folder and rename it into place when the job finalizes, so a
+file with a shard name is always complete (see `transforms.existing`).
+
+Output prefixes may carry `{date}` (the run's UTC date, YYYY-MM-DD) and `{run_id}`, so a
+scheduled job writes each run under its own folder: `--output gs://b/preds/{date}/pred`.
 """
+import dataclasses
 import json
-from typing import Sequence
+import re
+import shlex
+import uuid
+from typing import Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.io.textio import WriteToText
 
-from transforms.records import PREDICTION_SCHEMA, bigquery_schema, to_json_row
+from transforms.records import bigquery_schema, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
+FILE_FORMATS = {"parquet": ("parquet",), "jsonl": ("jsonl",), "both": ("parquet", "jsonl"),
+                "bigquery": ()}
 
+# Parquet: snappy, and row groups of up to 64 MB of buffered rows (Beam's default; a
+# prediction row is ~200-400 bytes, so a row group holds ~200k rows and a shard of a small
+# job is one row group). Lists in the standard 3-level form (`list.element`) that BigQuery's
+# list inference and other readers expect.
+PARQUET_CODEC = "snappy"
+PARQUET_ROW_GROUP_BYTES = 64 * 1024 * 1024
+PARQUET_RECORD_BATCH_SIZE = 1000
+
+PLACEHOLDERS = ("date", "run_id")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+# new_run_id(): `YYYYMMDDThhmmssZ-` and hex.
+RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]+"
+_PLACEHOLDER_PATTERNS = {"date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}", "run_id": RUN_ID_PATTERN}
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
+_BIGQUERY_TABLE = re.compile(
+    r"^(?:(?P<project>[A-Za-z0-9][A-Za-z0-9.:_-]*?):)?"
+    r"(?P<dataset>\w{1,1024})\.(?P<table>[^.:\s]{1,1024})$")
+
+
+# -- output paths --------------------------------------------------------------------------
+
+def render_path(template: str, date: str, run_id: str) -> str:
+    """`template` with `{date}` and `{run_id}` filled in; ValueError for another `{name}`."""
+    values = {"date": date, "run_id": run_id}
+
+    def fill(match):
+        name = match.group(1)
+        if name not in values:
+            raise ValueError(f"unknown placeholder {{{name}}} in {template!r}; "
+                             f"use {{date}} or {{run_id}}")
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def template_glob(template: str) -> str:
+    """A glob matching every rendering of `template` (each placeholder becomes `*`)."""
+    return _PLACEHOLDER.sub("*", template)
+
+
+def shard_regex(template: str, extension: str) -> str:
+    """A regex for the full path of every prediction shard any run of `template` wrote.
+
+    `<output>-<run_id>-SSSSS-of-NNNNN.<ext>`: the run id right after the prefix keeps out the
+    dead letters (`<output>-errors-<run_id>-...`) and any other prefix that starts alike.
+    """
+    parts = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[last:match.start()]))
+        parts.append(_PLACEHOLDER_PATTERNS.get(match.group(1), "[^/]*"))
+        last = match.end()
+    parts.append(re.escape(template[last:]))
+    return ("^" + "".join(parts) + "-" + RUN_ID_PATTERN
+            + r"-[0-9]{5,}-of-[0-9]{5,}\." + re.escape(extension) + "$")
+
+
+def shard_glob(template: str, extension: str) -> str:
+    """The glob that lists candidate prediction shards (filtered by `shard_regex`)."""
+    return f"{template_glob(template)}-*-of-*.{extension}"
+
+
+# -- sink flags ----------------------------------------------------------------------------
+
+def parse_passthrough_fields(text: Optional[str]) -> Tuple[str, ...]:
+    """`a,b` -> ("a", "b"); ValueError for a name BigQuery or the output schema rejects."""
+    if not text:
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    reserved = set(prediction_schema().names)
+    for name in names:
+        if not _FIELD_NAME.match(name):
+            raise ValueError(f"--passthrough_fields: {name!r} is not a valid column name "
+                             "(letters, digits and _, not starting with a digit)")
+        if name in reserved:
+            raise ValueError(f"--passthrough_fields: {name!r} is already an output column")
+    if len(set(names)) != len(names):
+        raise ValueError("--passthrough_fields: a field is named twice")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class BigQueryTarget:
+    """Where `--output_format bigquery` appends rows, and its GCS staging location."""
+    table: str  # `project:dataset.table` or `dataset.table` (project from --project)
+    temp_location: str  # gs:// folder for the load job's files
+
+
+def parse_bigquery_table(text: Optional[str]) -> str:
+    if not text or not _BIGQUERY_TABLE.match(text):
+        raise ValueError(f"--bigquery_table must be project:dataset.table or dataset.table, "
+                         f"not {text!r}")
+    return text
+
+
+def bigquery_target(table: Optional[str], temp_location: Optional[str]) -> BigQueryTarget:
+    """The validated target of `--output_format bigquery`; ValueError says what is missing."""
+    if not temp_location or not temp_location.startswith("gs://"):
+        raise ValueError("--output_format bigquery loads through files on GCS: give "
+                         "--bigquery_temp_location gs://BUCKET/tmp (or --temp_location gs://...)")
+    return BigQueryTarget(parse_bigquery_table(table), temp_location)
+
+
+# -- transforms ----------------------------------------------------------------------------
 
 def json_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
@@ -26,27 +142,54 @@ def prediction_json_line(record: dict) -> str:
 
 
 class WriteResults(beam.PTransform):
-    """Prediction records -> Parquet (explicit Arrow schema) and/or JSONL shards."""
+    """Prediction records -> Parquet (explicit Arrow schema) and/or JSONL shards, or a
+    BigQuery table (file loads, appending)."""
 
-    def __init__(self, run_prefix: str, output_format: str):
+    def __init__(self, run_prefix: str, output_format: str,
+                 extra_fields: Sequence[str] = (),
+                 bigquery: Optional[BigQueryTarget] = None):
         super().__init__()
-        if output_format not in ("parquet", "jsonl", "both"):
-            raise ValueError(f"WriteResults writes parquet, jsonl or both, not {output_format}")
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"unknown output format {output_format!r}")
+        if (output_format == "bigquery") != (bigquery is not None):
+            raise ValueError("a BigQueryTarget is needed exactly for --output_format bigquery")
         self._run_prefix = run_prefix
         self._format = output_format
+        self._extra_fields = tuple(extra_fields)
+        self._bigquery = bigquery
 
     def expand(self, records):
         written = []
-        if self._format in ("parquet", "both"):
+        formats = FILE_FORMATS[self._format]
+        if "parquet" in formats:
             written.append(records | "WriteParquet" >> WriteToParquet(
-                self._run_prefix, schema=PREDICTION_SCHEMA, codec="snappy",
+                self._run_prefix, schema=prediction_schema(self._extra_fields),
+                codec=PARQUET_CODEC, row_group_buffer_size=PARQUET_ROW_GROUP_BYTES,
+                record_batch_size=PARQUET_RECORD_BATCH_SIZE, use_compliant_nested_type=True,
                 file_name_suffix=".parquet"))
-        if self._format in ("jsonl", "both"):
+        if "jsonl" in formats:
             written.append(records
                            | "ToJson" >> beam.Map(prediction_json_line)
                            | "WriteJsonl" >> WriteToText(self._run_prefix,
                                                          file_name_suffix=".jsonl"))
+        if self._bigquery is not None:
+            written.append(records
+                           | "ToBigQueryRows" >> beam.Map(to_json_row)
+                           | "WriteBigQuery" >> write_to_bigquery(
+                               self._bigquery, self._extra_fields))
         return written
+
+
+def write_to_bigquery(target: BigQueryTarget, extra_fields: Sequence[str] = ()):
+    """Beam's WriteToBigQuery for prediction rows: batch file loads, create if needed, append."""
+    from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+    return WriteToBigQuery(
+        target.table,
+        schema={"fields": bigquery_schema(extra_fields)},
+        method=WriteToBigQuery.Method.FILE_LOADS,
+        create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+        write_disposition=BigQueryDisposition.WRITE_APPEND,
+        custom_gcs_temp_location=target.temp_location)
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -65,11 +208,45 @@ class WriteDeadLetters(beam.PTransform):
                                          skip_if_empty=True))
 
 
+# -- launcher-side files -------------------------------------------------------------------
+
 def write_text(path: str, text: str):
-    """Write a small file through Beam's FileSystems (local or gs://)."""
-    with FileSystems.create(path, mime_type="application/json") as f:
+    """Write a small file through Beam's FileSystems (local or gs://), atomically: into a
+    temp name next to it, then renamed, so a killed run never leaves half a file."""
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temp, mime_type="application/json") as f:
         f.write(text.encode("utf-8"))
+    FileSystems.rename([temp], [path])  # replaces an existing file (os.rename, GCS rewrite)
 
 
 def write_bigquery_schema(path: str, extra_fields: Sequence[str] = ()):
     write_text(path, json.dumps(bigquery_schema(extra_fields), indent=2) + "\n")
+
+
+def bq_load_command(run_prefix: str, schema_path: str, table: Optional[str] = None,
+                    shards: Sequence[str] = ()) -> str:
+    """The `bq load` command that appends this run's JSONL shards to a BigQuery table.
+
+    `bq load` takes a wildcard only for gs:// sources, one file at a time from local disk,
+    and the schema from a local file. `shards` are the run's local shard paths.
+    """
+    table = table or "DATASET.TABLE"
+    load = "bq load --source_format=NEWLINE_DELIMITED_JSON " + shlex.quote(table)
+    if run_prefix.startswith("gs://"):
+        local_schema = "./" + schema_path.rsplit("/", 1)[-1]
+        return (f"gcloud storage cp {shlex.quote(schema_path)} {shlex.quote(local_schema)} && "
+                f"{load} {shlex.quote(run_prefix + '-*.jsonl')} {shlex.quote(local_schema)}")
+    if len(shards) == 1:
+        return f"{load} {shlex.quote(shards[0])} {shlex.quote(schema_path)}"
+    pattern = shlex.quote(run_prefix) + "-*.jsonl"
+    return (f"for f in {pattern}; do {load} \"$f\" {shlex.quote(schema_path)} || break; "
+            "done")
+
+
+def jsonl_load_command(run_prefix: str, schema_path: str, table: Optional[str] = None) -> str:
+    """`bq_load_command` for a finished run, listing its local shards."""
+    shards = ()
+    if not run_prefix.startswith("gs://"):
+        found = FileSystems.match([f"{run_prefix}-*.jsonl"])[0].metadata_list
+        shards = sorted(m.path for m in found)
+    return bq_load_command(run_prefix, schema_path, table, shards)

@@ -1,0 +1,347 @@
+"""The sinks: Parquet with the declared Arrow schema, BigQuery-loadable JSONL checked against
+the written schema file, WriteToBigQuery built offline, output path templates, passthrough."""
+import datetime
+import glob
+import json
+import re
+import subprocess
+import sys
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline.config import ConfigError, new_run_id
+from pipeline.graph import build_pipeline
+from pipeline.run import parse
+from tests.conftest import assert_accounted, labelled_images
+from transforms.passthrough import JoinPassthrough, as_string
+from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_schema,
+                                prediction_record, prediction_schema, to_json_row)
+from transforms.write import (WriteResults, bq_load_command, parse_bigquery_table,
+                              parse_passthrough_fields, render_path, shard_glob, shard_regex,
+                              template_glob, write_bigquery_schema)
+
+AT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc)
+RUN = "20240506T070809Z-a1b2c3"
+
+
+def records(n=5, extra=None):
+    out = []
+    for i in range(n):
+        record = prediction_record(f"/data/img_{i}.jpg", [("red", 0.1 * i), ("blue", 0.5)],
+                                   "projects/p/models/m", AT)
+        out.append(record)
+    out.append(prediction_record("/data/empty.jpg", [], "projects/p/models/m", AT))
+    return [{**record, **(extra or {})} for record in out]
+
+
+def write(tmp_path, rows, fmt, extra_fields=()):
+    prefix = str(tmp_path / f"pred-{RUN}")
+    with TestPipeline() as p:
+        p | beam.Create(rows) | WriteResults(prefix, fmt, extra_fields)
+    return prefix
+
+
+# -- Parquet -------------------------------------------------------------------------------
+
+def test_parquet_has_the_declared_arrow_schema_snappy_and_standard_lists(tmp_path):
+    rows = records()
+    prefix = write(tmp_path, rows, "parquet")
+    paths = glob.glob(f"{prefix}-*-of-*.parquet")
+    assert paths
+    for path in paths:
+        assert pq.read_schema(path) == PREDICTION_SCHEMA == prediction_schema()
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata
+        assert meta.num_row_groups >= 1
+        for g in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                assert meta.row_group(g).column(c).compression == "SNAPPY"
+        # the 3-level LIST form (list.element) BigQuery's list inference reads
+        paths_in_file = {parquet.schema.column(i).path for i in range(meta.num_columns)}
+        assert "labels.list.element.label" in paths_in_file
+        assert parquet.schema.column(0).max_definition_level == 0  # key is REQUIRED
+    back = [r for path in paths for r in pq.read_table(path).to_pylist()]
+    assert sorted(back, key=lambda r: r["key"]) == sorted(rows, key=lambda r: r["key"])
+
+
+def test_parquet_with_passthrough_columns(tmp_path):
+    rows = records(3, extra={"customer": "acme", "note": None})
+    prefix = write(tmp_path, rows, "parquet", ("customer", "note"))
+    [path] = glob.glob(f"{prefix}-*.parquet")
+    schema = pq.read_schema(path)
+    assert schema == prediction_schema(("customer", "note"))
+    assert schema.names[-2:] == ["customer", "note"]
+    assert {r["customer"] for r in pq.read_table(path).to_pylist()} == {"acme"}
+
+
+# -- JSONL against the written schema file -------------------------------------------------
+
+BQ_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+
+
+def check_value(value, field, where):
+    """Raise AssertionError unless `value` loads into BigQuery column `field` from JSON."""
+    mode = field.get("mode", "NULLABLE")
+    if mode == "REPEATED":
+        assert isinstance(value, list), f"{where}: REPEATED needs a list, got {value!r}"
+        for i, item in enumerate(value):
+            assert item is not None, f"{where}[{i}]: null in a REPEATED field"
+            check_value(item, {**field, "mode": "REQUIRED"}, f"{where}[{i}]")
+        return
+    if value is None:
+        assert mode == "NULLABLE", f"{where}: null in a {mode} field"
+        return
+    kind = field["type"]
+    if kind == "STRING":
+        assert isinstance(value, str), f"{where}: STRING got {value!r}"
+    elif kind in ("FLOAT", "FLOAT64"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    elif kind in ("INTEGER", "INT64"):
+        assert isinstance(value, int) and not isinstance(value, bool), where
+    elif kind == "TIMESTAMP":
+        assert isinstance(value, str) and BQ_TIMESTAMP.match(value), f"{where}: {value!r}"
+    elif kind == "RECORD":
+        check_row(value, field["fields"], where)
+    else:
+        raise AssertionError(f"{where}: type {kind} not handled by this check")
+
+
+def check_row(row, fields, where="row"):
+    assert isinstance(row, dict), f"{where}: not an object"
+    names = {f["name"] for f in fields}
+    assert set(row) <= names, f"{where}: fields not in the schema: {set(row) - names}"
+    for field in fields:
+        if field["name"] not in row:  # an absent column loads as NULL (REPEATED: empty)
+            assert field.get("mode") != "REQUIRED", f"{where}: no {field['name']}"
+            continue
+        check_value(row[field["name"]], field, f"{where}.{field['name']}")
+
+
+def check_jsonl_against_schema_file(jsonl_paths, schema_path):
+    """Every line of every file is one JSON object that matches the schema file's types."""
+    with open(schema_path, encoding="utf-8") as f:
+        fields = json.load(f)
+    assert isinstance(fields, list) and all({"name", "type", "mode"} <= set(x) for x in fields)
+    rows = []
+    for path in jsonl_paths:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                assert line.endswith("\n") and line.strip(), f"{path}:{n}: blank or unterminated"
+                row = json.loads(line)
+                check_row(row, fields, f"{path}:{n}")
+                rows.append(row)
+    return rows
+
+
+def test_jsonl_lines_match_the_schema_file(tmp_path):
+    rows = records(4, extra={"customer": "acme"})
+    prefix = write(tmp_path, rows, "jsonl", ("customer",))
+    write_bigquery_schema(str(tmp_path / "pred.schema.json"), ("customer",))
+    paths = glob.glob(f"{prefix}-*.jsonl")
+    back = check_jsonl_against_schema_file(paths, str(tmp_path / "pred.schema.json"))
+    assert sorted(r["key"] for r in back) == sorted(r["key"] for r in rows)
+    assert {r["predicted_at"] for r in back} == {"2024-05-06 07:08:09.123456"}
+    empty = next(r for r in back if r["key"] == "/data/empty.jpg")
+    assert empty["labels"] == [] and empty["top_label"] is None
+
+
+def test_schema_check_rejects_what_bq_load_rejects():
+    fields = bigquery_schema()
+    good = json.loads(json.dumps(to_json_row(records(1)[0])))
+    check_row(good, fields)
+    bad_rows = [
+        {**good, "predicted_at": "2024-05-06T07:08:09+00:00Z"},
+        {**good, "labels": {"red": 0.5}},  # a map, not REPEATED RECORD
+        {**good, "key": None},
+        {**good, "top_score": "0.5"},
+        {**good, "surprise": 1},
+        {**good, "labels": None},  # null, not absent, in a REPEATED field
+        {k: v for k, v in good.items() if k != "key"},
+    ]
+    for row in bad_rows:
+        with pytest.raises(AssertionError):
+            check_row(row, fields)
+
+
+def test_bigquery_schema_matches_the_arrow_schema():
+    arrow_to_bq = {"string": "STRING", "double": "FLOAT", "timestamp[us, tz=UTC]": "TIMESTAMP"}
+    for extra in ((), ("customer",)):
+        arrow, bq = prediction_schema(extra), bigquery_schema(extra)
+        assert [f.name for f in arrow] == [f["name"] for f in bq]
+        for a, b in zip(arrow, bq):
+            if b["type"] == "RECORD":
+                assert b["mode"] == "REPEATED"
+                assert [f.name for f in a.type.value_type] == [f["name"] for f in b["fields"]]
+            else:
+                assert arrow_to_bq[str(a.type)] == b["type"]
+                assert (b["mode"] == "REQUIRED") == (not a.nullable)
+
+
+def test_bq_load_command():
+    schema = "/out/pred.schema.json"
+    one = bq_load_command("/out/pred-R", schema, "p:d.t", ["/out/pred-R-00000-of-00001.jsonl"])
+    assert one == ("bq load --source_format=NEWLINE_DELIMITED_JSON p:d.t "
+                   "/out/pred-R-00000-of-00001.jsonl /out/pred.schema.json")
+    many = bq_load_command("/out/pred-R", schema, None, ["a", "b"])
+    assert many.startswith("for f in /out/pred-R-*.jsonl; do bq load "
+                           "--source_format=NEWLINE_DELIMITED_JSON DATASET.TABLE \"$f\" ")
+    gcs = bq_load_command("gs://b/pred-R", "gs://b/pred.schema.json", "d.t")
+    assert gcs == ("gcloud storage cp gs://b/pred.schema.json ./pred.schema.json && "
+                   "bq load --source_format=NEWLINE_DELIMITED_JSON d.t 'gs://b/pred-R-*.jsonl' "
+                   "./pred.schema.json")
+
+
+# -- BigQuery, built offline ---------------------------------------------------------------
+
+def bigquery_transforms(pipeline):
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            if isinstance(node.transform, WriteToBigQuery):
+                found.append(node.transform)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+BASE = ["--input", "/nowhere/images", "--endpoint", "http://127.0.0.1:9/v1/m:predict"]
+
+
+def test_bigquery_sink_is_built_with_the_same_schema_and_file_loads(tmp_path):
+    options, config = parse(BASE + [
+        "--output", str(tmp_path / "p"), "--output_format", "bigquery",
+        "--bigquery_table", "my-project:my_dataset.predictions",
+        "--bigquery_temp_location", "gs://bucket/tmp", "--passthrough_fields", "customer"])
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, config)  # built, never run: there is no BigQuery here
+    [sink] = bigquery_transforms(p)
+    assert sink.schema == {"fields": bigquery_schema(("customer",))}
+    assert sink.method == WriteToBigQuery.Method.FILE_LOADS
+    assert sink.create_disposition == BigQueryDisposition.CREATE_IF_NEEDED
+    assert sink.write_disposition == BigQueryDisposition.WRITE_APPEND
+    assert sink.custom_gcs_temp_location == "gs://bucket/tmp"
+    ref = sink.table_reference
+    assert (ref.projectId, ref.datasetId, ref.tableId) == \
+        ("my-project", "my_dataset", "predictions")
+
+
+def test_bigquery_falls_back_to_temp_location(tmp_path):
+    _, config = parse(BASE + ["--output", str(tmp_path / "p"), "--output_format", "bigquery",
+                              "--bigquery_table", "ds.t", "--temp_location", "gs://b/t"])
+    assert config.bigquery.temp_location == "gs://b/t" and config.bigquery.table == "ds.t"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--bigquery_table", "ds.t"], "gs://"),
+    (["--bigquery_table", "ds.t", "--temp_location", "/tmp/x"], "gs://"),
+    (["--bigquery_table", "no_dataset", "--bigquery_temp_location", "gs://b/t"],
+     "project:dataset.table"),
+    (["--bigquery_table", "ds.t", "--bigquery_temp_location", "gs://b/t", "--skip_existing"],
+     "--skip_existing"),
+])
+def test_bigquery_flags_are_checked(tmp_path, flags, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(BASE + ["--output", str(tmp_path / "p"), "--output_format", "bigquery", *flags])
+
+
+def test_parse_bigquery_table():
+    assert parse_bigquery_table("proj-1:ds_2.table_3") == "proj-1:ds_2.table_3"
+    for bad in (None, "", "a.b.c", "proj:ds", "proj:ds.t:x"):
+        with pytest.raises(ValueError):
+            parse_bigquery_table(bad)
+
+
+# -- templated paths and which files are shards --------------------------------------------
+
+def test_render_path_and_unknown_placeholder():
+    assert render_path("gs://b/{date}/p-{run_id}", "2024-05-06", RUN) == \
+        f"gs://b/2024-05-06/p-{RUN}"
+    assert render_path("/plain/p", "2024-05-06", RUN) == "/plain/p"
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        render_path("/o/{day}/p", "2024-05-06", RUN)
+    assert template_glob("/o/{date}/p-{run_id}") == "/o/*/p-*"
+
+
+def test_templated_output_and_errors_in_config(tmp_path):
+    _, config = parse(BASE + ["--output", str(tmp_path / "{date}" / "pred"),
+                              "--errors", str(tmp_path / "dl" / "{run_id}" / "e")])
+    date = datetime.datetime.strptime(config.run_id[:8], "%Y%m%d").strftime("%Y-%m-%d")
+    assert config.output == str(tmp_path / date / "pred")
+    assert config.errors == str(tmp_path / "dl" / config.run_id / "e")
+    assert config.output_template == str(tmp_path / "{date}" / "pred")
+    with pytest.raises(ConfigError, match="unknown placeholder"):
+        parse(BASE + ["--output", str(tmp_path / "{when}" / "pred")])
+
+
+def test_shard_regex_trusts_only_complete_prediction_shards():
+    template = "/o/{date}/pred"
+    run = new_run_id()
+    regex = shard_regex(template, "parquet")
+    assert shard_glob(template, "parquet") == "/o/*/pred-*-of-*.parquet"
+    trusted = [f"/o/2024-05-06/pred-{run}-00000-of-00001.parquet",
+               f"/o/2024-05-06/pred-{run}-00012-of-00100.parquet"]
+    not_trusted = [
+        f"/o/2024-05-06/pred-errors-{run}-00000-of-00001.parquet",  # dead letters
+        f"/o/2024-05-06/pred-{run}-summary.json",
+        f"/o/2024-05-06/beam-temp-pred-{run}-0a1b/7e3f.pred-{run}.parquet",  # a temp file
+        f"/o/2024-05-06/pred-{run}-00000-of-00001.jsonl",
+        f"/o/2024-05-06/pred-old-{run}-00000-of-00001.parquet",  # another prefix
+        f"/o/not-a-date/pred-{run}-00000-of-00001.parquet",
+        f"/o/2024-05-06/x/pred-{run}-00000-of-00001.parquet",
+    ]
+    assert [p for p in trusted if re.match(regex, p)] == trusted
+    assert [p for p in not_trusted if re.match(regex, p)] == []
+
+
+# -- passthrough ---------------------------------------------------------------------------
+
+def test_parse_passthrough_fields():
+    assert parse_passthrough_fields(" a, b_2 ,") == ("a", "b_2")
+    assert parse_passthrough_fields(None) == ()
+    for bad in ("key", "a,a", "2a", "a-b"):
+        with pytest.raises(ValueError):
+            parse_passthrough_fields(bad)
+
+
+def test_as_string():
+    assert [as_string(v) for v in (None, "x", 3, 2.5, True, [1, "a"], {"k": 1})] == \
+        [None, "x", "3", "2.5", "true", '[1,"a"]', '{"k":1}']
+
+
+def test_join_passthrough_adds_row_fields_by_key():
+    predictions = [prediction_record(k, [("red", 0.9)], "m", AT) for k in ("a", "b", "img")]
+    refs = [ImageRef("a", "gs://x/a.jpg", fields={"customer": "acme", "n": "1", "other": "z"}),
+            ImageRef("b", "gs://x/b.jpg", fields={"customer": "bolt"}),
+            ImageRef("img", "/images/img.jpg")]  # an image input: no row fields
+    expected = [{**predictions[0], "customer": "acme", "n": "1"},
+                {**predictions[1], "customer": "bolt", "n": None},
+                {**predictions[2], "customer": None, "n": None}]
+    with TestPipeline() as p:
+        out = ((p | "P" >> beam.Create(predictions), p | "R" >> beam.Create(refs))
+               | JoinPassthrough(("customer", "n")))
+        assert_that(out, equal_to(expected))
+
+
+def test_the_run_prints_the_bq_load_command_after_the_summary(tmp_path, server):
+    labelled_images(tmp_path / "images", ["red", "blue"])
+    out = str(tmp_path / "out" / "pred")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--input", str(tmp_path / "images"),
+         "--endpoint", server.endpoint("mlengine"), "--output", out, "--output_format", "jsonl",
+         "--bigquery_table", "proj:ds.preds"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert_accounted(summary)
+    [shard] = glob.glob(f"{summary['output']}-*.jsonl")
+    command = ("bq load --source_format=NEWLINE_DELIMITED_JSON proj:ds.preds "
+               f"{shard} {out}.schema.json")
+    assert f"load the JSONL into BigQuery: {command}" in result.stderr.splitlines()
+    assert summary["bq_load"] == command
+    check_jsonl_against_schema_file([shard], f"{out}.schema.json")

@@ -1,0 +1,187 @@
+"""Backfill: which input records still need a prediction.
+
+`SelectTodo` joins the input refs, by key, with the keys already present in earlier runs'
+outputs (`--skip_existing`) and/or the keys of earlier dead letters (`--retry_dead_letters`),
+inside the pipeline: a CoGroupByKey, so no key set is held in memory on the launcher or on
+a worker. Every ref it drops is counted as skipped, by reason.
+
+Which files are trusted: only complete prediction shards,
+`<output>-<run_id>-SSSSS-of-NNNNN.parquet|.jsonl` (`transforms.write.shard_regex`). Beam's
+file sinks write into `beam-temp-*` folders and rename a finished shard into place at the end
+of the job (an atomic rename locally, an atomic object copy on GCS), so a killed run leaves
+only temp files, which these patterns never match. Dead letters (`<output>-errors-...`) and
+summaries are not prediction shards and are never read as such.
+"""
+import json
+import logging
+import re
+from typing import Iterable, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquet
+from apache_beam.io.textio import ReadAllFromText
+
+from transforms import metrics
+from transforms.records import ImageRef
+from transforms.write import shard_glob, shard_regex
+
+SKIPPED = "skipped"
+SKIPPED_EXISTING = "skipped_existing"
+SKIPPED_NOT_DEAD_LETTER = "skipped_not_dead_letter"
+
+_LOG = logging.getLogger("batch_predict")
+
+
+def dead_letter_glob(prefix: str) -> str:
+    """Every dead-letter shard under a `--retry_dead_letters` prefix, from any run."""
+    return f"{prefix}-*.jsonl"
+
+
+def is_shard(path: str, pattern: str) -> bool:
+    return re.match(pattern, path) is not None
+
+
+def metadata_path(metadata) -> str:
+    return metadata.path
+
+
+def key_of_json_line(line: str) -> Iterable[str]:
+    """The `key` of a JSONL prediction row; nothing (and a counter) for an unreadable line."""
+    try:
+        row = json.loads(line)
+        key = row["key"]
+    except (ValueError, KeyError, TypeError):
+        if line.strip():
+            metrics.counter("existing_unreadable_lines").inc()
+        return
+    if isinstance(key, str):
+        yield key
+
+
+def key_of_dead_letter(line: str) -> Iterable[str]:
+    """The key of a dead-letter row (one that names a `stage`); nothing for anything else."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return
+    if isinstance(row, dict) and isinstance(row.get("key"), str) and "stage" in row:
+        yield row["key"]
+
+
+def row_key(row: dict) -> str:
+    return row["key"]
+
+
+def key_ref(ref: ImageRef) -> Tuple[str, ImageRef]:
+    return ref.key, ref
+
+
+def key_marker(key: str) -> Tuple[str, None]:
+    return key, None
+
+
+class _ListShards(beam.PTransform):
+    """Paths of the complete prediction shards of one extension, from every earlier run."""
+
+    def __init__(self, output_template: str, extension: str):
+        super().__init__()
+        self._glob = shard_glob(output_template, extension)
+        self._regex = shard_regex(output_template, extension)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Match" >> fileio.MatchFiles(
+                    self._glob, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                | "Paths" >> beam.Map(metadata_path)
+                | "OnlyShards" >> beam.Filter(is_shard, self._regex))
+
+
+class ReadExistingKeys(beam.PTransform):
+    """Keys of every prediction already written under an output prefix (Parquet and JSONL)."""
+
+    def __init__(self, output_template: str):
+        super().__init__()
+        self._template = output_template
+
+    def expand(self, pbegin):
+        parquet = (pbegin
+                   | "ListParquet" >> _ListShards(self._template, "parquet")
+                   | "ReadParquet" >> ReadAllFromParquet(columns=["key"])
+                   | "ParquetKeys" >> beam.Map(row_key))
+        jsonl = (pbegin
+                 | "ListJsonl" >> _ListShards(self._template, "jsonl")
+                 | "ReadJsonl" >> ReadAllFromText(compression_type=CompressionTypes.UNCOMPRESSED)
+                 | "JsonlKeys" >> beam.FlatMap(key_of_json_line))
+        return (parquet, jsonl) | "Merge" >> beam.Flatten()
+
+
+class ReadDeadLetterKeys(beam.PTransform):
+    """Keys of every dead letter under a prefix (`<prefix>-*.jsonl`, any run)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self._glob = dead_letter_glob(prefix)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Match" >> fileio.MatchFiles(
+                    self._glob, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                | "Paths" >> beam.Map(metadata_path)
+                | "Read" >> ReadAllFromText(compression_type=CompressionTypes.UNCOMPRESSED)
+                | "Keys" >> beam.FlatMap(key_of_dead_letter))
+
+
+def select(joined: Tuple[str, dict]):
+    """Refs of one key that still need predicting; the others as (key, reason), counted."""
+    key, groups = joined
+    refs = groups["refs"]
+    reason = None
+    if "retry" in groups and not groups["retry"]:
+        reason = SKIPPED_NOT_DEAD_LETTER
+    elif groups.get("done"):
+        reason = SKIPPED_EXISTING
+    for ref in refs:
+        if reason is None:
+            yield ref
+        else:
+            metrics.counter(reason).inc()
+            metrics.counter("skipped").inc()
+            yield beam.pvalue.TaggedOutput(SKIPPED, (key, reason))
+
+
+class SelectTodo(beam.PTransform):
+    """ImageRefs -> those still to predict (main) and (key, reason) of the rest (`skipped`).
+
+    `existing_output`: an output prefix (may hold `{date}`/`{run_id}`) whose predictions, from
+    any run, are skipped. `dead_letters`: a dead-letter prefix; only its keys are predicted.
+    """
+
+    def __init__(self, existing_output: Optional[str] = None,
+                 dead_letters: Optional[str] = None):
+        super().__init__()
+        if not existing_output and not dead_letters:
+            raise ValueError("SelectTodo needs an output prefix, a dead-letter prefix or both")
+        self._existing_output = existing_output
+        self._dead_letters = dead_letters
+
+    def expand(self, refs):
+        groups = {"refs": refs | "KeyRefs" >> beam.Map(key_ref)}
+        if self._existing_output:
+            groups["done"] = (refs.pipeline
+                              | "ReadExistingKeys" >> ReadExistingKeys(self._existing_output)
+                              | "MarkDone" >> beam.Map(key_marker))
+        if self._dead_letters:
+            groups["retry"] = (refs.pipeline
+                               | "ReadDeadLetterKeys" >> ReadDeadLetterKeys(self._dead_letters)
+                               | "MarkRetry" >> beam.Map(key_marker))
+        return (groups
+                | "JoinByKey" >> beam.CoGroupByKey()
+                | "Select" >> beam.FlatMap(select).with_outputs(SKIPPED, main="refs"))
+
+
+def any_match(pattern: str) -> bool:
+    """Whether a glob matches at least one file (a launcher-side preflight check)."""
+    return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
