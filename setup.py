@@ -24,7 +24,11 @@ setuptools.setup(
         "PyYAML>=6,<7",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "gcp-storage-emulator>=2024.0"],
+        # build: the sdist path Beam's stager takes first for --setup_file; wheel: lets pip
+        # install that sdist offline (--no-build-isolation) as a worker would
+        # (tests/test_packaging.py).
+        "test": ["pytest>=7,<10", "gcp-storage-emulator>=2024.0", "build>=1,<2",
+                 "wheel>=0.40,<1"],
     },
     entry_points={"console_scripts": ["batch-predict=pipeline.run:main"]},
 )
