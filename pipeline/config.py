@@ -6,19 +6,23 @@ and Beam options such as `runner`); flags given on the command line win.
 import dataclasses
 import datetime
 import os
+import re
 import secrets
 import urllib.parse
 from typing import List, Optional, Sequence, Tuple
 
 import yaml
 from apache_beam.options.pipeline_options import (
-    DirectOptions, PipelineOptions, StandardOptions, WorkerOptions)
+    DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions,
+    WorkerOptions)
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 
 from pipeline.options import PredictOptions
 from transforms.auth import resolve_auth
 from transforms.encode import parse_size
 from transforms.protocols import Protocol, make_protocol
+from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
+                              parse_passthrough_fields, render_path)
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,10 @@ class JobConfig:
     uri_field: str = "uri"
     b64_field: Optional[str] = None
     key_field: Optional[str] = None
+    output_template: Optional[str] = None  # --output before {date}/{run_id} are filled in
+    retry_dead_letters: Optional[str] = None  # a dead-letter prefix whose keys are retried
+    passthrough_fields: Tuple[str, ...] = ()
+    bigquery: Optional[BigQueryTarget] = None  # for --output_format bigquery
 
     @property
     def output_run_prefix(self) -> str:
@@ -96,27 +104,66 @@ def _as_flags(data: dict, given: set) -> List[str]:
     return flags
 
 
+class _StrictParser(_BeamArgumentParser):
+    """Beam's parser, reporting a bad value as a ConfigError instead of usage text + exit."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
 def check_known_flags(argv: Sequence[str]):
-    """ConfigError for a flag that neither this pipeline nor Beam knows."""
-    parser = _BeamArgumentParser(allow_abbrev=False)
+    """ConfigError for a flag that neither this pipeline nor Beam knows, or a bad value."""
+    parser = _StrictParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    try:
-        _, unknown = parser.parse_known_args(list(argv))
-    except SystemExit:
-        raise ConfigError("invalid command line (see --help)")
+    _, unknown = parser.parse_known_args(list(argv))
     flags = [a for a in unknown if a.startswith("-")]
     if flags:
         raise ConfigError(f"unknown flag {flags[0].split('=', 1)[0]} (see --help)")
 
 
+# Shared-core machine types, whose names do not end in their vCPU count.
+SHARED_CORE_VCPUS = {"f1-micro": 1, "g1-small": 1, "e2-micro": 2, "e2-small": 2, "e2-medium": 2}
+
+
+def machine_vcpus(machine_type: str) -> Optional[int]:
+    """vCPUs of a Compute Engine machine type (`n2-standard-4`, `n1-custom-8-30720`,
+    `e2-medium`), or None when the name does not say (GPU shapes such as `a2-highgpu-1g`)."""
+    name = machine_type.rsplit("/", 1)[-1].lower()
+    if name in SHARED_CORE_VCPUS:
+        return SHARED_CORE_VCPUS[name]
+    match = (re.fullmatch(r"(?:[a-z0-9]+-)?custom-(\d+)-\d+(?:-ext)?", name)
+             or re.fullmatch(r"[a-z][a-z0-9]*-[a-z]+-(\d+)(?:-lssd|-metal)?", name))
+    return int(match.group(1)) if match else None
+
+
+def dataflow_processes(options: PipelineOptions) -> Optional[int]:
+    """SDK processes of a Dataflow job at full scale, or None when the options do not say.
+
+    Dataflow runs one Python SDK process per vCPU of each worker (one per worker with
+    `--experiments=no_use_multiple_sdk_containers`); the job may scale up to
+    `--max_num_workers` workers (to exactly `--num_workers` with `--autoscaling_algorithm NONE`).
+    """
+    workers = options.view_as(WorkerOptions)
+    count = workers.max_num_workers
+    if not count and workers.autoscaling_algorithm == "NONE":
+        count = workers.num_workers
+    if not count:
+        return None
+    if "no_use_multiple_sdk_containers" in (options.view_as(DebugOptions).experiments or []):
+        return count
+    vcpus = machine_vcpus(workers.machine_type) if workers.machine_type else None
+    return count * vcpus if vcpus else None
+
+
 def worker_processes(options: PipelineOptions) -> int:
     """How many processes share --qps: set explicitly, or derived from the runner options.
 
-    DirectRunner: `--direct_num_workers` in multi_processing mode, else 1 (threads share one
-    process and one limiter). Other runners: `--max_num_workers` (else `--num_workers`, else 1)
-    times `--number_of_worker_harness_threads`-independent SDK processes per worker, which
-    Dataflow runs one per vCPU: set --qps_worker_processes where that is not 1 (see README).
+    Each process holds its own limiter, so it gets `qps / processes`. DirectRunner:
+    `--direct_num_workers` in multi_processing mode (0 = one per core), else 1 (threads share
+    one process and one limiter). Dataflow: `dataflow_processes`; with --qps and no way to
+    tell, a ConfigError asks for the missing options. Other runners: `--max_num_workers`
+    (else `--num_workers`, else 1); set --qps_worker_processes where that is not right.
     """
     explicit = options.view_as(PredictOptions).qps_worker_processes
     if explicit:
@@ -124,9 +171,16 @@ def worker_processes(options: PipelineOptions) -> int:
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
     if "direct" in runner or "fnapi" in runner:
         direct = options.view_as(DirectOptions)
-        if direct.direct_running_mode == "multi_processing":
-            return max(1, direct.direct_num_workers or 1)
-        return 1
+        if direct.direct_running_mode != "multi_processing":
+            return 1
+        return direct.direct_num_workers or os.cpu_count() or 1
+    if "dataflow" in runner:
+        processes = dataflow_processes(options)
+        if processes is None and options.view_as(PredictOptions).qps:
+            raise ConfigError(
+                "--qps on Dataflow is shared by every SDK process of the job (one per worker "
+                "vCPU): give --max_num_workers and --machine_type, or --qps_worker_processes")
+        return processes or 1
     workers = options.view_as(WorkerOptions)
     return max(1, workers.max_num_workers or workers.num_workers or 1)
 
@@ -160,9 +214,23 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         labels = tuple(n.strip() for n in o.label_names.split(",")) if o.label_names else ()
         protocol = make_protocol(o.protocol, o.instance_format, labels, o.score_threshold)
         auth = resolve_auth(o.auth, o.endpoint)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        run_id = run_id or new_run_id(now)
+        date = now.strftime("%Y-%m-%d")
+        output = _absolute(render_path(o.output, date, run_id))
+        errors = _absolute(render_path(o.errors, date, run_id)) if o.errors else None
+        passthrough_fields = parse_passthrough_fields(o.passthrough_fields)
+        if o.bigquery_table:  # also names the table in the printed `bq load` command
+            parse_bigquery_table(o.bigquery_table)
+        bigquery = None
+        if o.output_format == "bigquery":
+            bigquery = bigquery_target(o.bigquery_table, o.bigquery_temp_location
+                                       or options.view_as(GoogleCloudOptions).temp_location)
+            if o.skip_existing:
+                raise ValueError("--skip_existing reads earlier outputs under --output, not a "
+                                 "BigQuery table: use --output_format parquet/jsonl/both")
     except ValueError as e:
         raise ConfigError(str(e))
-    output = _absolute(o.output)
     processes = worker_processes(options)
     return JobConfig(
         inputs=tuple(o.input),
@@ -180,12 +248,16 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         auth=auth,
         output=output,
         output_format=o.output_format,
-        errors=_absolute(o.errors) if o.errors else f"{output}-errors",
+        errors=errors or f"{output}-errors",
         skip_existing=o.skip_existing,
-        run_id=run_id or new_run_id(),
+        run_id=run_id,
         uri_field=o.uri_field,
         b64_field=o.b64_field,
         key_field=o.key_field,
+        output_template=_absolute(o.output),
+        retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,
+        passthrough_fields=passthrough_fields,
+        bigquery=bigquery,
     )
 
 

@@ -53,11 +53,23 @@ class PredictOptions(PipelineOptions):
         add("--auth", default="auto", choices=("auto", "adc", "none"),
             help="auto: Application Default Credentials for https, none for http.")
         # Outputs
-        add("--output", default=None, help="Output prefix (local path or gs://).")
+        add("--output", default=None, help="Output prefix (local path or gs://); may hold "
+                                           "{date} (UTC YYYY-MM-DD) and {run_id}.")
         add("--output_format", default="parquet",
             choices=("parquet", "jsonl", "both", "bigquery"), help="What to write.")
-        add("--errors", default=None, help="Dead-letter prefix (default <output>-errors).")
+        add("--errors", default=None, help="Dead-letter prefix (default <output>-errors); "
+                                           "may hold {date} and {run_id}.")
         add("--skip_existing", action="store_true", default=False,
             help="Backfill: keys already present under --output are not predicted again.")
+        add("--retry_dead_letters", default=None,
+            help="A dead-letter prefix (e.g. <output>-errors): predict only the --input "
+                 "records whose keys are in <prefix>-*.jsonl.")
+        add("--passthrough_fields", default=None,
+            help="Comma-separated columns of CSV/JSONL input rows copied into the outputs.")
+        add("--bigquery_table", default=None,
+            help="For --output_format bigquery: project:dataset.table (appended to).")
+        add("--bigquery_temp_location", default=None,
+            help="For --output_format bigquery: gs:// folder for load files "
+                 "(default --temp_location).")
         add("--config", default=None,
             help="A YAML file of these options; command-line flags win.")

@@ -17,14 +17,16 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import StandardOptions, GoogleCloudOptions, PipelineOptions
 
 from pipeline.config import ConfigError, JobConfig, build_config, check_known_flags, \
     with_config_file
 from pipeline.graph import build_pipeline
+from pipeline.options import PredictOptions
 from transforms import metrics
-from transforms.read import pattern_for
-from transforms.write import write_bigquery_schema, write_text
+from transforms.read import RowSpec, check_input, pattern_for
+from transforms.existing import any_match, dead_letter_glob
+from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
 _LOG = logging.getLogger("batch_predict")
 
@@ -47,6 +49,15 @@ def preflight(config: JobConfig):
             raise ConfigError(f"--input {given}: cannot list {pattern}: {e}")
         if not matched:
             raise ConfigError(f"--input {given}: no file matched {pattern}")
+        try:  # a CSV whose header lacks the image (or key) column: say so now
+            check_input(given, config.input_format, matched[0].path,
+                        RowSpec(config.uri_field, config.b64_field, config.key_field))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--input {given}: {e}")
+    if config.retry_dead_letters:
+        pattern = dead_letter_glob(config.retry_dead_letters)
+        if not any_match(pattern):
+            raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
 
 
 def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
@@ -84,17 +95,44 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
     return summary
 
 
+def offline_safe_runner(options: PipelineOptions):
+    """The runner to use: DirectRunner's batch engine (FnApiRunner) when DirectRunner is asked for.
+
+    Beam 2.77's DirectRunner first tries PrismRunner, which downloads a binary from GitHub on
+    every run, and falls back to the FnApiRunner when that fails. A local or CI run must not
+    reach the internet, so the FnApiRunner is used directly (`--direct_num_workers` and
+    `--direct_running_mode` apply as usual); `--runner PrismRunner` opts in to Prism.
+    Any other runner is left to Beam (None).
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner is None or runner in ("DirectRunner", "SwitchingDirectRunner"):
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        return FnApiRunner()
+    return None
+
+
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
     options, config = parse(sys.argv[1:] if argv is None else argv)
     preflight(config)
-    write_bigquery_schema(config.schema_path)
+    write_bigquery_schema(config.schema_path, config.passthrough_fields)
     started = time.monotonic()
-    p = test_pipeline or beam.Pipeline(options=options)
+    p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
     build_pipeline(p, config)
     result = p.run()
+    if options.view_as(GoogleCloudOptions).template_location:
+        # Only a job description was written (a Flex Template launch or a classic template):
+        # the job runs later on Dataflow, so there is nothing to wait for or count here.
+        return {"run_id": config.run_id, "template_location":
+                options.view_as(GoogleCloudOptions).template_location,
+                "output": config.output_run_prefix, "errors": config.errors_run_prefix,
+                "accounted": None}
     result.wait_until_finish()
     summary = summarize(result, config, time.monotonic() - started)
+    if config.output_format in ("jsonl", "both"):
+        summary["bq_load"] = jsonl_load_command(
+            config.output_run_prefix, config.schema_path,
+            options.view_as(PredictOptions).bigquery_table)
     write_text(config.summary_path, json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -110,7 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
-    if not summary["accounted"]:
+    if summary.get("bq_load"):
+        print(f"load the JSONL into BigQuery: {summary['bq_load']}", file=sys.stderr)
+    if summary["accounted"] is False:
         print("batch-predict: error: inputs != predicted + failed + skipped; "
               "some records are unaccounted for", file=sys.stderr)
         return 1

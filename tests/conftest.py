@@ -15,7 +15,8 @@ from localserver import LocalServer
 from localserver.demo import write_image
 
 DEFAULT_SWITCHES = {"latency_ms": 0, "capacity": 64, "quota_qps": 0, "fail_429_rate": 0,
-                    "fail_503_rate": 0, "reset_rate": 0}
+                    "fail_503_rate": 0, "reset_rate": 0, "max_body_bytes": 1572864,
+                    "bearer_token": "", "name_instances": 1}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,11 @@ import pyarrow as pa
 STAGES = ("read", "decode", "encode", "predict", "parse")
 
 LABEL_TYPE = pa.struct([("label", pa.string()), ("score", pa.float64())])
+# Object detection only (Vertex `bboxes`): one box per detection, score descending;
+# null for classification. Coordinates as the endpoint gives them (Vertex: 0..1 fractions).
+BOX_TYPE = pa.struct([("label", pa.string()), ("score", pa.float64()),
+                      ("x_min", pa.float64()), ("x_max", pa.float64()),
+                      ("y_min", pa.float64()), ("y_max", pa.float64())])
 
 PREDICTION_SCHEMA = pa.schema([
         pa.field("key", pa.string(), nullable=False),
@@ -20,7 +25,17 @@ PREDICTION_SCHEMA = pa.schema([
         pa.field("top_score", pa.float64()),
         pa.field("model", pa.string()),
         pa.field("predicted_at", pa.timestamp("us", tz="UTC")),
+        pa.field("boxes", pa.list_(BOX_TYPE)),
 ])
+
+
+def prediction_schema(extra_fields: Sequence[str] = ()) -> pa.Schema:
+    """PREDICTION_SCHEMA plus one nullable string column per `--passthrough_fields` name."""
+    schema = PREDICTION_SCHEMA
+    for name in extra_fields:
+        schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
 
 DEAD_LETTER_FIELDS = ("key", "stage", "error", "http_status", "attempts", "failed_at")
 
@@ -33,6 +48,8 @@ class ImageRef(NamedTuple):
     uri: Optional[str]  # where to read the bytes from; None when they are inline
     inline_b64: Optional[str] = None  # base64 bytes carried by a CSV/JSONL row
     size: Optional[int] = None
+    fields: Optional[dict] = None  # a row's other columns (str or None), for pass-through
+    origin: Optional[str] = None  # where a row came from (`rows.csv:12`), for error messages
 
 
 class Instance(NamedTuple):
@@ -55,8 +72,10 @@ def prediction_record(
         key: str,
         labels: Iterable[Tuple[str, float]],
         model: str,
-        predicted_at: datetime.datetime) -> dict:
-    """A prediction row: labels sorted by score descending, top label and score alongside."""
+        predicted_at: datetime.datetime,
+        boxes: Optional[Sequence[dict]] = None) -> dict:
+    """A prediction row: labels sorted by score descending, top label and score alongside;
+    `boxes` (detection only, else None) as BOX_TYPE dicts."""
     ranked = sorted(((str(l), float(s)) for l, s in labels), key=lambda ls: -ls[1])
     top_label, top_score = ranked[0] if ranked else (None, None)
     return {
@@ -66,6 +85,7 @@ def prediction_record(
             "top_score": top_score,
             "model": model,
             "predicted_at": predicted_at,
+            "boxes": None if boxes is None else list(boxes),
     }
 
 
@@ -98,6 +118,8 @@ def to_json_row(record: dict) -> dict:
     """A prediction record as a BigQuery-loadable JSON object (timestamps as strings)."""
     row = dict(record)
     row["predicted_at"] = format_timestamp(record["predicted_at"])
+    if row.get("boxes") is None:
+        row.pop("boxes", None)  # classification: no boxes key (BigQuery: an empty REPEATED)
     return row
 
 
@@ -113,6 +135,10 @@ def bigquery_schema(extra_fields: Sequence[str] = ()) -> list:
             {"name": "top_score", "type": "FLOAT", "mode": "NULLABLE"},
             {"name": "model", "type": "STRING", "mode": "NULLABLE"},
             {"name": "predicted_at", "type": "TIMESTAMP", "mode": "NULLABLE"},
+            {"name": "boxes", "type": "RECORD", "mode": "REPEATED", "fields": [
+                    {"name": n, "type": "STRING" if n == "label" else "FLOAT",
+                     "mode": "NULLABLE"}
+                    for n in ("label", "score", "x_min", "x_max", "y_min", "y_max")]},
     ]
     fields += [{"name": f, "type": "STRING", "mode": "NULLABLE"} for f in extra_fields]
     return fields
