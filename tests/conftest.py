@@ -14,6 +14,10 @@ import pytest
 from localserver import LocalServer
 from localserver.demo import write_image
 
+# DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download
+# the Prism binary from the internet (see pipeline.run.offline_safe_runner).
+LOCAL_RUNNER = "FnApiRunner"
+
 DEFAULT_SWITCHES = {"latency_ms": 0, "capacity": 64, "quota_qps": 0, "fail_429_rate": 0,
                     "fail_503_rate": 0, "reset_rate": 0, "max_body_bytes": 1572864,
                     "bearer_token": "", "name_instances": 1}

@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
-from tests.conftest import (assert_accounted, labelled_images, read_dead_letters,
+from tests.conftest import (LOCAL_RUNNER, assert_accounted, labelled_images, read_dead_letters,
                             read_predictions)
 from tests.test_write import check_jsonl_against_schema_file
 from transforms.existing import SelectTodo
@@ -61,7 +61,7 @@ def test_select_todo_reads_only_complete_prediction_shards(tmp_path):
     with open(f"{out}-{run_id}-summary.json", "w") as f:
         f.write(json.dumps({"key": "f"}))
     refs = [ImageRef(k, f"/i/{k}.jpg") for k in "abcdefg"]
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         todo = p | beam.Create(refs) | SelectTodo(existing_output=out)
         assert_that(todo.refs, equal_to([r for r in refs if r.key in "defg"]), label="refs")
         assert_that(todo.skipped, equal_to([(k, "skipped_existing") for k in "abc"]),
@@ -77,7 +77,7 @@ def test_select_todo_for_dead_letters_and_existing(tmp_path):
     pq.write_table(pa.table({"key": ["c"]}),
                    str(tmp_path / f"pred-{new_run_id()}-00000-of-00001.parquet"))
     refs = [ImageRef(k, None, inline_b64="AA==") for k in "abcd"]
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         todo = (p | beam.Create(refs)
                 | SelectTodo(existing_output=str(tmp_path / "pred"), dead_letters=errors))
         assert_that(todo.refs, equal_to(refs[:2]), label="refs")

@@ -11,6 +11,8 @@ import zlib
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
+
+from tests.conftest import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
@@ -228,7 +230,7 @@ def test_encode_instances_composite(tmp_path):
     bad.write_bytes(b"text")
     refs = [ImageRef(str(good), str(good)), ImageRef(str(bad), str(bad)),
             ImageRef("row:1", None, "%%%")]
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         out = p | beam.Create(refs) | EncodeInstances(make_protocol("mlengine"), 1_500_000)
         assert_that(out.instances | beam.Map(lambda i: i.key), equal_to([str(good)]),
                     label="instances")

@@ -18,7 +18,8 @@ from PIL import Image
 
 from localserver.demo import write_image
 from pipeline.run import main, run
-from tests.conftest import assert_accounted, labelled_images, read_dead_letters, read_predictions
+from tests.conftest import (LOCAL_RUNNER, assert_accounted, labelled_images,
+                            read_dead_letters, read_predictions)
 from transforms.encode import EncodeInstances
 from transforms.protocols import make_protocol
 from transforms.read import ReadInputs
@@ -218,7 +219,7 @@ def test_file_that_vanishes_between_listing_and_reading(tmp_path):
             os.remove(victim)
         return ref
 
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         refs = p | ReadInputs([str(tmp_path)])
         encoded = (refs.refs | "Vanish" >> beam.Map(delete_victim)
                    | EncodeInstances(make_protocol("mlengine"), 1_500_000))

@@ -1,6 +1,8 @@
 """PackRequests: both caps hold, exactly measured, and nothing is lost across bundles."""
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
+
+from tests.conftest import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.pack import PackRequests, pack
@@ -32,8 +34,39 @@ def test_automl_is_one_image_per_request():
 def test_pack_requests_in_a_pipeline_keeps_every_key_once():
     protocol = make_protocol("vertex")
     items = instances([40] * 23)
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         keys = (p | beam.Create(items)
                 | PackRequests(protocol, max_instances=4, max_bytes=10_000)
                 | beam.FlatMap(lambda r: r.keys))
         assert_that(keys, equal_to([i.key for i in items]))
+
+
+def test_pack_never_breaks_a_cap_on_random_sizes():
+    import random
+    rng = random.Random(5)
+    for protocol in (make_protocol("mlengine"), make_protocol("vertex", score_threshold=0.5)):
+        for _ in range(50):
+            max_instances, max_bytes = rng.randint(1, 8), rng.randint(300, 3000)
+            prefix, suffix = protocol.body_parts()
+            room = max_bytes - len(prefix) - len(suffix) - len(b'{"b64":""}')
+            items = instances([rng.randint(0, room) for _ in range(rng.randint(0, 40))])
+            requests = list(pack(items, protocol, max_instances, max_bytes))
+            for request in requests:
+                assert 1 <= len(request.keys) <= max_instances
+                assert len(protocol.body(request.instances)) <= max_bytes
+            assert [k for r in requests for k in r.keys] == [i.key for i in items]
+
+
+def test_partial_requests_are_flushed_at_each_bundle_end():
+    from transforms.pack import _PackFn
+    protocol = make_protocol("mlengine")
+    fn = _PackFn(protocol, 4, 10_000)
+    items = instances([20] * 11)
+    out = []
+    for bundle in (items[:6], items[6:]):  # 6 = 4 + a partial 2; 5 = 4 + a partial 1
+        fn.start_bundle()
+        for item in bundle:
+            out.extend(fn.process(item))
+        out.extend(v.value for v in fn.finish_bundle())
+    assert [len(r.keys) for r in out] == [4, 2, 4, 1]
+    assert [k for r in out for k in r.keys] == [i.key for i in items]

@@ -8,6 +8,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
+
+from tests.conftest import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms import metrics
@@ -196,7 +198,7 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
     inline.write_text(json.dumps({"b64": base64.b64encode(b"img").decode()}) + "\nnope\n")
     listing = tmp_path / "list.txt"
     listing.write_text(f"# all\n{photos / 'B.PNG'}\n")
-    p = TestPipeline()
+    p = TestPipeline(runner=LOCAL_RUNNER)
     out = p | ReadInputs([str(photos), str(rows), str(inline), str(listing)], "auto",
                          RowSpec(b64_field="b64"))
     expected_keys = [str(photos / "a.jpg"), str(photos / "B.PNG"),
@@ -221,7 +223,7 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
 
 def test_read_inputs_images_only_has_no_row_steps(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         out = p | ReadInputs([str(tmp_path), str(tmp_path / "*.jpg")])
         assert_that(out.refs | beam.Map(lambda r: (r.key, r.size)),
                     equal_to([(str(tmp_path / "a.jpg"), 1)]))

@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.config import ConfigError, new_run_id
 from pipeline.graph import build_pipeline
 from pipeline.run import parse
-from tests.conftest import assert_accounted, labelled_images
+from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images
 from transforms.passthrough import JoinPassthrough, as_string
 from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_schema,
                                 prediction_record, prediction_schema, to_json_row)
@@ -41,7 +41,7 @@ def records(n=5, extra=None):
 
 def write(tmp_path, rows, fmt, extra_fields=()):
     prefix = str(tmp_path / f"pred-{RUN}")
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         p | beam.Create(rows) | WriteResults(prefix, fmt, extra_fields)
     return prefix
 
@@ -322,7 +322,7 @@ def test_join_passthrough_adds_row_fields_by_key():
     expected = [{**predictions[0], "customer": "acme", "n": "1"},
                 {**predictions[1], "customer": "bolt", "n": None},
                 {**predictions[2], "customer": None, "n": None}]
-    with TestPipeline() as p:
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
         out = ((p | "P" >> beam.Create(predictions), p | "R" >> beam.Create(refs))
                | JoinPassthrough(("customer", "n")))
         assert_that(out, equal_to(expected))
