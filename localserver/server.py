@@ -15,7 +15,7 @@ Routes (predict routes match on the path *suffix*, under any prefix):
 * ``GET /stats``, ``POST /stats/reset``, ``GET|POST /config``, ``GET /healthz``.
 
 Order of events for a predict request: arrival (counted in ``in_flight``),
-body read, quota check (429 + ``Retry-After: 1``), injected fault draw
+body read, bearer token check (401, only with ``--bearer_token``), quota check (429 + ``Retry-After: 1``), injected fault draw
 (reset / 503 / 429 + ``Retry-After: 0``), body size limit, JSON parse,
 capacity slot + latency, classification, response.
 """
@@ -92,6 +92,8 @@ class Config:
     seed: int = 0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     model_name: str = "local-color-classifier"
+    bearer_token: str = ""
+    name_instances: int = 1
 
     def validate(self) -> None:
         """Raise ``ValueError`` if any switch is out of range."""
@@ -120,6 +122,8 @@ CONFIG_HELP = {
     "seed": "seed of the random generator that draws injected faults",
     "max_body_bytes": "largest accepted request body in bytes",
     "model_name": "model name reported in responses",
+    "bearer_token": "when set, predict requests need 'Authorization: Bearer <it>', else 401",
+    "name_instances": "1: error messages name the failing instance; 0: they do not",
 }
 
 
@@ -394,22 +398,24 @@ def mlengine_prediction(instance: Any) -> Dict[str, Any]:
     return {**echoed, **labels_and_scores(classify_image_value(instance["image"]))}
 
 
-def run_mlengine(instances: List[Any]) -> Tuple[int, Dict[str, Any], int]:
+def run_mlengine(instances: List[Any],
+                 name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
     """Predict every instance; any failure fails the whole request (string error)."""
     predictions = []
     for index, instance in enumerate(instances):
         try:
             predictions.append(mlengine_prediction(instance))
         except ValueError as exc:
-            return 400, {"error": f"Prediction failed: instance {index}: {exc}"}, 0
+            where = f"instance {index}: " if name_instances else ""
+            return 400, {"error": f"Prediction failed: {where}{exc}"}, 0
     return 200, {"predictions": predictions}, len(predictions)
 
 
-def parse_mlengine(body: Dict[str, Any]) -> Job:
+def parse_mlengine(body: Dict[str, Any], name_instances: bool = True) -> Job:
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
-    return len(instances), lambda: run_mlengine(instances)
+    return len(instances), lambda: run_mlengine(instances, name_instances)
 
 
 def run_automl(image_b64: Any, threshold: float) -> Tuple[int, Dict[str, Any], int]:
@@ -450,14 +456,15 @@ def vertex_prediction(instance: Any, threshold: float, limit: int) -> Dict[str, 
     }
 
 
-def run_vertex(instances: List[Any], threshold: float, limit: int,
-               model_name: str) -> Tuple[int, Dict[str, Any], int]:
+def run_vertex(instances: List[Any], threshold: float, limit: int, model_name: str,
+               name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
     predictions = []
     for index, instance in enumerate(instances):
         try:
             predictions.append(vertex_prediction(instance, threshold, limit))
         except ValueError as exc:
-            message = f"Invalid image content at instances[{index}]: {exc}"
+            where = f" at instances[{index}]" if name_instances else ""
+            message = f"Invalid image content{where}: {exc}"
             return 400, google_error_body(400, message), 0
     body = {
         "predictions": predictions,
@@ -468,7 +475,7 @@ def run_vertex(instances: List[Any], threshold: float, limit: int,
     return 200, body, len(predictions)
 
 
-def parse_vertex(body: Dict[str, Any], model_name: str) -> Job:
+def parse_vertex(body: Dict[str, Any], model_name: str, name_instances: bool = True) -> Job:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
@@ -481,16 +488,17 @@ def parse_vertex(body: Dict[str, Any], model_name: str) -> Job:
                          "parameters.maxPredictions")
     if limit < 1 or limit != int(limit):
         raise BadRequest("Invalid value for parameters.maxPredictions: must be a positive integer.")
-    return len(instances), lambda: run_vertex(instances, threshold, int(limit), model_name)
+    return len(instances), lambda: run_vertex(instances, threshold, int(limit), model_name,
+                                              name_instances)
 
 
 def parse_predict(route: str, raw: bytes, config: Config) -> Job:
     """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
     body = parse_json_object(raw)
     if route == ENDPOINTS_ROUTE:
-        return parse_vertex(body, config.model_name)
+        return parse_vertex(body, config.model_name, bool(config.name_instances))
     if "instances" in body:
-        return parse_mlengine(body)
+        return parse_mlengine(body, bool(config.name_instances))
     if "payload" in body:
         return parse_automl(body)
     raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "
@@ -535,6 +543,10 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     except BadRequest as exc:
         return google_error(exc.code, exc.message)
     state.stats.max_request_bytes = max(state.stats.max_request_bytes, len(raw))
+
+    token = state.config.bearer_token
+    if token and request.headers.get("Authorization") != f"Bearer {token}":
+        return google_error(401, "Request had invalid authentication credentials.")
 
     if not state.admit():
         state.stats.quota_429 += 1

@@ -23,7 +23,8 @@ from localserver import LocalServer, model
 
 LIMIT = 1572864
 DEFAULTS = dict(latency_ms=0, capacity=64, quota_qps=0, fail_429_rate=0, fail_503_rate=0,
-                reset_rate=0, seed=0, max_body_bytes=LIMIT, model_name="local-color-classifier")
+                reset_rate=0, seed=0, max_body_bytes=LIMIT, model_name="local-color-classifier",
+                bearer_token="", name_instances=1)
 
 #: A colour near each prototype, used with noise to exercise every label.
 COLOURS = {

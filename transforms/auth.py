@@ -1,13 +1,26 @@
-"""Bearer tokens for the endpoint: Application Default Credentials, or none for loopback."""
+"""Bearer tokens for the endpoint: Application Default Credentials, or none for loopback.
+
+Tokens go only into request headers: never into messages, logs or dead letters.
+"""
 import asyncio
 import datetime
 import ipaddress
 import urllib.parse
-from typing import Dict, Optional
+from typing import Optional
 
 AUTH_MODES = ("auto", "adc", "none")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+# Refresh this long before the token expires (google-auth's own threshold is 3 min 45 s).
 REFRESH_MARGIN = datetime.timedelta(minutes=5)
+
+
+class AuthError(Exception):
+    """No token could be had. `retryable`: a failed refresh (worth another attempt), as
+    opposed to no credentials at all."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def is_loopback(url: str) -> bool:
@@ -34,28 +47,64 @@ def resolve_auth(mode: str, endpoint: str) -> str:
 
 
 class TokenSource:
-    """Authorization headers for requests; refreshes ADC tokens before they expire.
+    """The current access token; refreshed before expiry, or when a request was refused with
+    the token it carried. Lives on one event loop: concurrent callers share one refresh."""
 
-    Lives on one event loop; concurrent callers share one refresh.
-    """
-
-    def __init__(self, mode: str):
-        self._mode = mode
+    def __init__(self, mode: str, endpoint: str):
+        if mode not in ("adc", "none"):
+            raise ValueError(f"auth must be resolved to adc or none, not {mode!r}")
+        if mode == "adc" and resolve_auth("adc", endpoint) != "adc":
+            raise ValueError("refusing to send a bearer token over plain http")
+        self.enabled = mode == "adc"
+        self.refreshes = 0
         self._credentials = None
+        self._missing: Optional[str] = None
         self._lock: Optional[asyncio.Lock] = None
 
-    async def headers(self, force_refresh: bool = False) -> Dict[str, str]:
-        if self._mode == "none":
-            return {}
+    async def token(self, refused: Optional[str] = None) -> Optional[str]:
+        """A valid token (None when auth is off). `refused`: a token the endpoint answered
+        401 to; it is replaced unless another request already did so."""
+        if not self.enabled:
+            return None
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
             loop = asyncio.get_running_loop()
             if self._credentials is None:
-                self._credentials = await loop.run_in_executor(None, _default_credentials)
-            if force_refresh or _needs_refresh(self._credentials):
-                await loop.run_in_executor(None, _refresh, self._credentials)
-            return {"Authorization": f"Bearer {self._credentials.token}"}
+                if self._missing is None:
+                    try:
+                        self._credentials = await loop.run_in_executor(
+                            None, _default_credentials)
+                    except Exception as e:  # google.auth.exceptions.DefaultCredentialsError
+                        self._missing = (f"no Application Default Credentials "
+                                         f"({type(e).__name__}: {e}); run `gcloud auth "
+                                         f"application-default login` or use --auth none")
+                if self._missing is not None:
+                    raise AuthError(self._missing, retryable=False)
+            credentials = self._credentials
+            stale = refused is not None and credentials.token == refused
+            if stale or needs_refresh(credentials.token, credentials.expiry):
+                try:
+                    await loop.run_in_executor(None, _refresh, credentials)
+                except Exception as e:  # google.auth.exceptions.RefreshError, transport errors
+                    raise AuthError(f"cannot refresh the access token: {type(e).__name__}: "
+                                    f"{_shortened(str(e))}", retryable=True)
+                self.refreshes += 1
+            return credentials.token
+
+
+def needs_refresh(token: Optional[str], expiry: Optional[datetime.datetime],
+                  now: Optional[datetime.datetime] = None) -> bool:
+    """No token yet, or one that expires within REFRESH_MARGIN (expiry: naive UTC, as
+    google-auth keeps it, or aware)."""
+    if not token:
+        return True
+    if expiry is None:
+        return False
+    if expiry.tzinfo is not None:
+        expiry = expiry.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    now = now or datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return expiry - now < REFRESH_MARGIN
 
 
 def _default_credentials():
@@ -69,13 +118,6 @@ def _refresh(credentials):
     credentials.refresh(Request())
 
 
-def _needs_refresh(credentials) -> bool:
-    if not credentials.token or not credentials.valid:
-        return True
-    expiry = getattr(credentials, "expiry", None)
-    if expiry is None:
-        return False
-    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-    expiry = expiry.replace(tzinfo=None) if expiry.tzinfo is None else \
-        expiry.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-    return expiry - now < REFRESH_MARGIN
+def _shortened(message: str, limit: int = 300) -> str:
+    """A refresh error's text, cut short."""
+    return message if len(message) <= limit else message[:limit] + "..."

@@ -3,6 +3,20 @@ limiting and retries, and isolates bad instances by splitting the requests they 
 
 It knows nothing of Beam; `transforms.predict` runs it on a worker's event loop. Every
 request resolves to one `Outcome` per key: a prediction record or a dead-letter row.
+
+One attempt: take a concurrency slot, pass the adaptive throttler and this process's qps
+schedule, get a token, POST with the per-attempt timeout. Then:
+- 429/500/502/503/504, connection failures, timeouts, 200 with a non-JSON body: retried
+  with capped exponential backoff and full jitter (at least `Retry-After`), up to
+  `max_retries`; every retry counted by cause.
+- 401 with auth on: the token is refreshed and the request sent once more (counted as
+  `unauthorized`); a failed token refresh is retried like the above (cause `auth`).
+- 400/413 or a 200 that is no good answer (an `{"error"}` body, a prediction count that
+  differs from the instance count, unreadable predictions): the request is split, halves
+  retried, until the failing instances are alone; when the message names the instance
+  (`instance 3`, `instances[3]`) that one is taken out directly. Size-limit refusals are
+  always bisected.
+- Anything else (403, 404, other 4xx, retries exhausted): every key fails as it is.
 """
 import asyncio
 import collections
@@ -14,15 +28,15 @@ from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
 
 import aiohttp
 
-from transforms.auth import TokenSource
+from transforms.auth import AuthError, TokenSource
 from transforms.protocols import Protocol, ResponseError, error_message, named_instance
-from transforms.ratelimit import RateLimiter, Throttler
+from transforms.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
 from transforms.records import dead_letter, prediction_record, utc_now
 from transforms.retry import RetryPolicy, parse_retry_after
 
-SPLIT_STATUSES = frozenset((400, 413))  # a request-level refusal one instance may cause
-THROTTLED_WAIT_S = (0.05, 0.5)
-MAX_THROTTLED_WAITS = 200
+SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
+SIZE_LIMIT_TEXT = "payload size exceeds the limit"
+ERROR_SNIPPET = 300
 
 
 class Outcome(NamedTuple):
@@ -33,24 +47,30 @@ class Outcome(NamedTuple):
 @dataclasses.dataclass
 class Stats:
     """What one `predict()` call did, for the caller to turn into metrics."""
-    requests: int = 0
+    requests: int = 0  # HTTP attempts made
+    instances: int = 0  # instances sent, over all attempts
     retries: Counter = dataclasses.field(default_factory=collections.Counter)
     splits: int = 0
+    throttled_s: float = 0.0  # time held back by the adaptive throttler
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
 
-    def merge(self, other: "Stats"):
-        self.requests += other.requests
-        self.retries.update(other.retries)
-        self.splits += other.splits
-        self.latencies_ms.extend(other.latencies_ms)
+
+class Answer(NamedTuple):
+    """One attempt's result. `cause` names a retryable failure (None: final either way)."""
+    status: Optional[int]  # None when no HTTP answer came
+    body: object  # parsed JSON, or None
+    error: Optional[str]  # why it is no success, when it is not
+    cause: Optional[str] = None
+    retry_after: Optional[float] = None
 
 
 class Reply(NamedTuple):
     """The last answer to one request after its retries."""
-    status: Optional[int]  # None when no HTTP answer came at all
-    body: object  # parsed JSON, or None
-    error: Optional[str]  # why the request did not succeed, when it did not
+    status: Optional[int]
+    body: object
+    error: Optional[str]
     attempts: int
+    exhausted: bool  # a retryable failure that ran out of retries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +81,49 @@ class ClientSettings:
     request_timeout_s: float = 60.0
     retry: RetryPolicy = RetryPolicy()
     auth: str = "none"
+    throttle_window_s: float = THROTTLE_WINDOW_S
+
+
+def classify(status: int, raw: bytes, retry_after: Optional[float],
+             policy: RetryPolicy) -> Answer:
+    """An HTTP answer as an Answer: parsed, described, and marked retryable or not."""
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:  # includes UnicodeDecodeError
+        parsed = None
+    if policy.is_retryable(status):
+        return Answer(status, parsed, describe(status, parsed, raw), f"http_{status}",
+                      retry_after)
+    if status == 200 and parsed is None:
+        return Answer(status, None, f"response is not JSON: {_snippet(raw)}", "non_json")
+    if status == 200:
+        return Answer(status, parsed, None)
+    return Answer(status, parsed, describe(status, parsed, raw))
+
+
+def describe(status: int, parsed, raw: bytes) -> str:
+    message = error_message(parsed)
+    if message is None:
+        message = _snippet(raw) or "(empty body)"
+    return f"HTTP {status}: {message}"
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw[:ERROR_SNIPPET].decode("utf-8", "replace")
+    return text + ("..." if len(raw) > ERROR_SNIPPET else "")
+
+
+def splittable(reply: Reply) -> bool:
+    """Could one bad instance be to blame? A 400/413, or a 200 that is no good answer."""
+    return not reply.exhausted and (reply.status in SPLIT_STATUSES or reply.status == 200)
+
+
+def culprit(message: str, status: Optional[int], count: int) -> Optional[int]:
+    """The index of the instance an error message blames, when it names one in range."""
+    if status == 413 or SIZE_LIMIT_TEXT in (message or "").lower():
+        return None
+    index = named_instance(message)
+    return index if index is not None and 0 <= index < count else None
 
 
 class PredictClient:
@@ -70,14 +133,18 @@ class PredictClient:
                  throttler: Optional[Throttler] = None, rng: Optional[random.Random] = None):
         self._settings = settings
         self._protocol = settings.protocol
+        self._policy = settings.retry
         self._limiter = limiter
-        self._throttler = throttler or Throttler()
+        self._throttler = throttler or Throttler(settings.throttle_window_s)
+        self._max_hold_s = settings.throttle_window_s / 2
         self._rng = rng or random.Random()
-        self._tokens = TokenSource(settings.auth)
+        self.tokens = TokenSource(settings.auth, settings.endpoint)
         self._slots: Optional[asyncio.Semaphore] = None
         self._session: Optional[aiohttp.ClientSession] = None
+        self.attempting = 0  # attempts holding or waiting for a slot (read by the Engine)
 
     async def open(self):
+        """Create the pool; call on the loop the client will run on."""
         self._slots = asyncio.Semaphore(self._settings.max_concurrent_requests)
         connector = aiohttp.TCPConnector(limit=self._settings.max_concurrent_requests,
                                          ttl_dns_cache=300)
@@ -91,85 +158,99 @@ class PredictClient:
             await self._session.close()
             self._session = None
 
-    async def predict(self, keys: Sequence[str], instances: Sequence[bytes],
-                      prior_attempts: int = 0) -> Tuple[List[Outcome], Stats]:
-        """One Outcome per key, splitting the request where one instance spoils it."""
+    async def predict(self, keys: Sequence[str],
+                      instances: Sequence[bytes]) -> Tuple[List[Outcome], Stats]:
+        """One Outcome per key, in order, splitting the request where one instance spoils it."""
         stats = Stats()
-        reply = await self._send(instances, stats)
+        outcomes = await self._predict(tuple(keys), tuple(instances), 0, stats)
+        return outcomes, stats
+
+    async def _predict(self, keys, instances, prior_attempts: int,
+                       stats: Stats) -> List[Outcome]:
+        reply = await self._send(self._protocol.body(instances), len(keys), stats)
         attempts = prior_attempts + reply.attempts
-        failure, stage = reply.error, "predict"
-        if failure is None:
+        if reply.error is None:
             try:
-                labels = self._protocol.parse(reply.body, len(keys))
+                parsed = self._protocol.parse(reply.body, len(keys))
             except ResponseError as e:
-                failure, stage = str(e), ("predict" if error_message(reply.body) else "parse")
+                failure = str(e)
+                stage = "predict" if error_message(reply.body) else "parse"
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                failure, stage = f"unreadable response: {type(e).__name__}: {e}", "parse"
             else:
                 model = self._protocol.model_name(reply.body, self._settings.endpoint)
                 now = utc_now()
-                return [Outcome(True, prediction_record(k, l, model, now))
-                        for k, l in zip(keys, labels)], stats
-        if len(keys) > 1 and self._splittable(reply):
-            outcomes = await self._isolate(keys, instances, failure, reply, attempts, stats)
-            return outcomes, stats
+                return [Outcome(True, prediction_record(k, p.labels, model, now, p.boxes))
+                        for k, p in zip(keys, parsed)]
+        else:
+            failure, stage = reply.error, "predict"
+        if len(keys) > 1 and splittable(reply):
+            return await self._isolate(keys, instances, failure, reply.status, attempts,
+                                       stats)
         return [Outcome(False, dead_letter(k, stage, failure, reply.status, attempts))
-                for k in keys], stats
+                for k in keys]
 
-    def _splittable(self, reply: Reply) -> bool:
-        """Could one bad instance be to blame? A 400/413, or a 200 that is no good answer."""
-        return reply.status in SPLIT_STATUSES or reply.status == 200
-
-    async def _isolate(self, keys, instances, failure, reply, attempts, stats):
+    async def _isolate(self, keys, instances, failure, status, attempts, stats):
         """Fail only the instance the endpoint named, or bisect until the bad ones are alone."""
         stats.splits += 1
-        index = named_instance(failure) if reply.status != 413 else None
-        if index is not None and 0 <= index < len(keys) and error_message(reply.body):
-            bad = Outcome(False, dead_letter(keys[index], "predict", failure, reply.status,
-                                             attempts))
+        index = culprit(failure, status, len(keys))
+        if index is not None:
             rest = [i for i in range(len(keys)) if i != index]
-            outcomes, sub = await self.predict([keys[i] for i in rest],
-                                               [instances[i] for i in rest], attempts)
-            stats.merge(sub)
-            outcomes.insert(index, bad)
+            outcomes = await self._predict(tuple(keys[i] for i in rest),
+                                           tuple(instances[i] for i in rest), attempts, stats)
+            bad = dead_letter(keys[index], "predict", failure, status, attempts)
+            outcomes.insert(index, Outcome(False, bad))
             return outcomes
         middle = len(keys) // 2
         halves = await asyncio.gather(
-            self.predict(keys[:middle], instances[:middle], attempts),
-            self.predict(keys[middle:], instances[middle:], attempts))
-        outcomes = []
-        for part, sub in halves:
-            outcomes.extend(part)
-            stats.merge(sub)
-        return outcomes
+            self._predict(keys[:middle], instances[:middle], attempts, stats),
+            self._predict(keys[middle:], instances[middle:], attempts, stats))
+        return halves[0] + halves[1]
 
-    async def _send(self, instances: Sequence[bytes], stats: Stats) -> Reply:
+    async def _send(self, body: bytes, count: int, stats: Stats) -> Reply:
         """POST one body, retrying what is worth retrying; the final Reply either way."""
-        body = self._protocol.body(instances)
-        policy = self._settings.retry
+        refused_token = None
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
-            status, parsed, error, retry_after, cause = await self._attempt(
-                body, force_refresh=refreshed and attempt > 1, stats=stats)
-            if status == 401 and not refreshed and self._settings.auth != "none":
-                refreshed = True
-                stats.retries["auth"] += 1
+            answer, token = await self._attempt(body, count, refused_token, stats)
+            refused_token = None
+            if answer.status == 401 and self.tokens.enabled and not refreshed:
+                refreshed, refused_token = True, token
+                stats.retries["unauthorized"] += 1
                 continue
-            if cause is None:
-                return Reply(status, parsed, error, attempt)
-            if attempt > policy.max_retries:
-                return Reply(status, parsed, f"{error} (gave up after {attempt} attempts)",
-                             attempt)
-            stats.retries[cause] += 1
-            await asyncio.sleep(policy.delay(attempt - 1, retry_after, self._rng))
+            if answer.cause is None:
+                return Reply(answer.status, answer.body, answer.error, attempt, False)
+            if attempt > self._policy.max_retries:
+                return Reply(answer.status, answer.body,
+                             f"{answer.error} (gave up after {attempt} attempts)", attempt, True)
+            stats.retries[answer.cause] += 1
+            await asyncio.sleep(self._policy.delay(attempt - 1, answer.retry_after, self._rng))
 
-    async def _attempt(self, body: bytes, force_refresh: bool, stats: Stats):
-        """One HTTP attempt: (status, parsed body, error, retry_after, retry cause or None)."""
-        await self._wait_for_turn()
-        headers = await self._tokens.headers(force_refresh)
-        started = time.monotonic()
+    async def _attempt(self, body: bytes, count: int, refused_token: Optional[str],
+                       stats: Stats) -> Tuple[Answer, Optional[str]]:
+        """One HTTP attempt, holding a concurrency slot from the rate limit wait to the answer
+        (so that requests leave at the limiter's pace, never in a burst)."""
+        self.attempting += 1
+        try:
+            return await self._slotted_attempt(body, count, refused_token, stats)
+        finally:
+            self.attempting -= 1
+
+    async def _slotted_attempt(self, body, count, refused_token, stats):
         async with self._slots:
+            await self._wait_for_turn(stats)
+            token = None
+            if self.tokens.enabled:
+                try:
+                    token = await self.tokens.token(refused_token)
+                except AuthError as e:
+                    return Answer(None, None, str(e), "auth" if e.retryable else None), None
+            headers = {"Authorization": f"Bearer {token}"} if token else None
             stats.requests += 1
+            stats.instances += count
+            started = time.monotonic()
             try:
                 async with self._session.post(self._settings.endpoint, data=body,
                                               headers=headers) as response:
@@ -177,38 +258,27 @@ class PredictClient:
                     raw = await response.read()
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
             except asyncio.TimeoutError:
-                return None, None, (f"no answer within --request_timeout_s="
-                                    f"{self._settings.request_timeout_s}"), None, "timeout"
+                self._throttler.answered(False)
+                return Answer(None, None, f"no answer within --request_timeout_s="
+                                          f"{self._settings.request_timeout_s:g}",
+                              "timeout"), token
             except (aiohttp.ClientError, OSError) as e:
-                return None, None, f"connection failed: {type(e).__name__}: {e}", None, \
-                    "connection"
+                self._throttler.answered(False)
+                return Answer(None, None, f"connection failed: {type(e).__name__}: {e}",
+                              "connection"), token
         stats.latencies_ms.append(int((time.monotonic() - started) * 1000))
-        if status != 429:
-            self._throttler.accepted()
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = None
-        error = None if status == 200 else _describe(status, parsed, raw)
-        if self._settings.retry.is_retryable(status):
-            return status, parsed, error, retry_after, f"http_{status}"
-        if status == 200 and not isinstance(parsed, dict):
-            return status, None, f"response is not JSON: {raw[:200]!r}", None, "non_json"
-        return status, parsed, error, retry_after, None
+        self._throttler.answered(status != 429)
+        return classify(status, raw, retry_after, self._policy), token
 
-    async def _wait_for_turn(self):
-        """Adaptive throttling first (after sustained 429s), then this worker's qps slot."""
-        for _ in range(MAX_THROTTLED_WAITS):
-            if not self._throttler.should_wait():
-                break
-            await asyncio.sleep(self._rng.uniform(*THROTTLED_WAIT_S))
+    async def _wait_for_turn(self, stats: Stats):
+        """Adaptive throttling first (after sustained 429s), then this process's qps slot."""
+        held = 0.0
+        delay = min(THROTTLE_DELAY_S, self._max_hold_s)
+        while held < self._max_hold_s and self._throttler.should_wait():
+            wait = min(self._rng.uniform(0.5, 1.5) * delay, self._max_hold_s - held)
+            held += wait
+            await asyncio.sleep(wait)
+        stats.throttled_s += held
         delay = self._limiter.reserve()
         if delay > 0:
             await asyncio.sleep(delay)
-
-
-def _describe(status: int, parsed, raw: bytes) -> str:
-    message = error_message(parsed)
-    if message is None:
-        message = raw[:300].decode("utf-8", "replace") or "(empty body)"
-    return f"HTTP {status}: {message}"

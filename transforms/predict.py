@@ -1,13 +1,23 @@
 """Predict: packed requests -> prediction records, with a `failed` output of dead letters.
 
 Each worker process runs one `Engine`: an asyncio event loop on a background thread with
-one PredictClient (connection pool, `--max_concurrent_requests` slots, the process's share
-of `--qps`). DoFn instances of that process share it. `process()` hands a request to the
-loop and returns at once, so many requests are in flight while Beam keeps feeding the DoFn;
-finished requests are emitted as they complete, and `finish_bundle()` waits for the rest.
+one PredictClient (aiohttp connection pool, `--max_concurrent_requests` slots, the process's
+share of `--qps`). Every DoFn instance of the process with equal settings (compared by value,
+so unpickled copies match) shares it, across bundles, until the last one is torn down.
+`process()` hands a request to the loop and returns at once, so many requests are in flight
+while Beam keeps feeding the DoFn; finished requests are emitted by the next `process()` call
+as they complete, and `finish_bundle()` waits for the rest of its bundle.
+
+Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `instances`
+(sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
+`connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`,
+`predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. They are updated on
+the bundle's thread, since Beam metrics are thread-local. A progress line (done, img/s,
+requests, retries) is logged at most every PROGRESS_EVERY_S.
 """
 import asyncio
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -23,8 +33,12 @@ from transforms.ratelimit import RateLimiter
 from transforms.records import PredictRequest
 
 FAILED = "failed"
-PROGRESS_EVERY_S = 10.0
-QUEUED_PER_SLOT = 2  # requests handed to the loop per concurrency slot, bounding memory
+PROGRESS_EVERY_S = 5.0
+# Requests handed to the loop but not finished, per concurrency slot and in bytes: enough
+# that the bundle thread keeps encoding while the loop waits on the endpoint, bounded so
+# that memory does not grow with the job.
+QUEUED_PER_SLOT = 4
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 _LOG = logging.getLogger("batch_predict")
 
@@ -46,6 +60,7 @@ class Progress:
         self.predicted = self.failed = self.requests = self.retries = 0
 
     def add(self, outcomes, stats: Stats):
+        """Count one finished request; log a progress line when one is due."""
         with self._lock:
             for outcome in outcomes:
                 if outcome.ok:
@@ -63,6 +78,30 @@ class Progress:
                           done / (now - self._started), self.requests, self.retries)
 
 
+class _Budget:
+    """A count and byte budget for queued requests; `take` blocks while it is spent (one
+    request is always let through, however large)."""
+
+    def __init__(self, max_count: int, max_bytes: int):
+        self._max_count, self._max_bytes = max_count, max_bytes
+        self._count = self._bytes = 0
+        self._changed = threading.Condition()
+
+    def take(self, size: int):
+        with self._changed:
+            while self._count and (self._count >= self._max_count
+                                   or self._bytes + size > self._max_bytes):
+                self._changed.wait()
+            self._count += 1
+            self._bytes += size
+
+    def give(self, size: int):
+        with self._changed:
+            self._count -= 1
+            self._bytes -= size
+            self._changed.notify_all()
+
+
 class Engine:
     """An event loop thread with one PredictClient, shared by a process's DoFn instances."""
 
@@ -75,29 +114,57 @@ class Engine:
         limiter = RateLimiter(settings.qps_share)
         self._client = PredictClient(settings.client, limiter)
         self._run(self._client.open())
-        self._queued = threading.BoundedSemaphore(
-            settings.client.max_concurrent_requests * QUEUED_PER_SLOT)
+        self._slots = settings.client.max_concurrent_requests
+        self._queued = _Budget(self._slots * QUEUED_PER_SLOT, MAX_QUEUED_BYTES)
+        self._lock = threading.Lock()
+        self._inbox = []  # (request, size, done) handed over, not yet started on the loop
+        self._active = 0  # tasks started on the loop and not finished
+        self._wake_pending = False
         self.progress = Progress()
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def submit(self, request: PredictRequest, done: "queue.Queue"):
-        """Start a request; blocks while too many are queued. Its result lands in `done`."""
-        self._queued.acquire()
-        future = asyncio.run_coroutine_threadsafe(
-            self._client.predict(request.keys, request.instances), self._loop)
-        future.add_done_callback(lambda f: self._finished(f, request, done))
+        """Start a request; blocks while too many are queued. Its result lands in `done`.
 
-    def _finished(self, future, request, done):
-        self._queued.release()
+        The loop is woken only when it may have a free slot: while every slot is taken, new
+        requests wait in the inbox and the next request to finish takes them in, which
+        saves a cross-thread wake-up (and a GIL hand-off) per request.
+        """
+        size = sum(len(i) for i in request.instances)
+        self._queued.take(size)
+        with self._lock:
+            self._inbox.append((request, size, done))
+            # Skipping the wake is safe only while a task is active: its end drains the inbox.
+            wake = not self._wake_pending and (
+                self._active == 0 or self._client.attempting < self._slots)
+            self._wake_pending = self._wake_pending or wake
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self):
+        """On the loop: start a task for every request in the inbox."""
+        with self._lock:
+            items, self._inbox = self._inbox, []
+            self._wake_pending = False
+            self._active += len(items)
+        for request, size, done in items:
+            task = self._loop.create_task(self._client.predict(request.keys, request.instances))
+            task.add_done_callback(functools.partial(self._finished, size=size, done=done))
+
+    def _finished(self, task, size, done):
+        with self._lock:
+            self._active -= 1
+        self._queued.give(size)
         try:
-            outcomes, stats = future.result()
+            outcomes, stats = task.result()
         except BaseException as e:  # a bug, not an endpoint failure: fail the bundle loudly
             done.put(e)
-            return
-        self.progress.add(outcomes, stats)
-        done.put((outcomes, stats))
+        else:
+            self.progress.add(outcomes, stats)
+            done.put((outcomes, stats))
+        self._drain()
 
     def close(self):
         try:
@@ -185,21 +252,34 @@ class _PredictFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(FAILED, outcome.record)
 
 
+@functools.lru_cache(maxsize=None)
+def _counter(name: str):
+    """A cached Beam counter (it finds the current bundle's container at each inc)."""
+    return metrics.counter(name)
+
+
+_LATENCY = metrics.distribution("latency_ms")
+
+
 def _count(outcomes, stats: Stats):
     """Beam metrics, updated on the bundle's thread (metrics are thread-local)."""
-    metrics.counter("requests").inc(stats.requests)
-    metrics.counter("splits").inc(stats.splits)
+    _counter("requests").inc(stats.requests)
+    _counter("instances").inc(stats.instances)
+    if stats.splits:
+        _counter("splits").inc(stats.splits)
+    if stats.throttled_s:
+        _counter("throttled_ms").inc(int(stats.throttled_s * 1000))
     for cause, n in stats.retries.items():
-        metrics.counter("retries").inc(n)
-        metrics.counter(f"retries_{cause}").inc(n)
-    latency = metrics.distribution("latency_ms")
+        _counter("retries").inc(n)
+        _counter(f"retries_{cause}").inc(n)
     for ms in stats.latencies_ms:
-        latency.update(ms)
+        _LATENCY.update(ms)
+    predicted = sum(1 for outcome in outcomes if outcome.ok)
+    if predicted:
+        _counter("predicted").inc(predicted)
     for outcome in outcomes:
-        if outcome.ok:
-            metrics.counter("predicted").inc()
-        else:
-            metrics.counter(f"failed_{outcome.record['stage']}").inc()
+        if not outcome.ok:
+            _counter(f"failed_{outcome.record['stage']}").inc()
 
 
 class Predict(beam.PTransform):

@@ -7,7 +7,7 @@ and is safe to pickle onto Dataflow workers. See PROTOCOLS.md for the formats.
 import base64
 import json
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 Labels = List[Tuple[str, float]]
 
@@ -26,6 +26,16 @@ class ResponseError(Exception):
         self.instance_index = instance_index
 
 
+class Parsed(NamedTuple):
+    """What one prediction says: its labels, and its boxes when it is a detection.
+
+    `boxes` is None for classification; for detection it is one dict per box, score
+    descending: `{label, score, x_min, x_max, y_min, y_max}` (Vertex `bboxes` order).
+    """
+    labels: Labels
+    boxes: Optional[List[dict]] = None
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -40,6 +50,16 @@ class Protocol:
     name = ""
     max_instances: Optional[int] = None  # the protocol's own cap, if any
 
+    def _identity(self) -> str:
+        return type(self).__name__ + json.dumps(vars(self), sort_keys=True, default=repr)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other._identity() == self._identity()
+
+    def __hash__(self):
+        # By value: a worker's unpickled copies of one protocol share one predict engine.
+        return hash(self._identity())
+
     def instance(self, key: str, data: bytes, mime_type: str, pixels=None) -> bytes:
         raise NotImplementedError
 
@@ -49,15 +69,15 @@ class Protocol:
 
     def body(self, instances: Sequence[bytes]) -> bytes:
         prefix, suffix = self.body_parts()
-        return prefix + b",".join(instances) + suffix
+        return b"".join((prefix, b",".join(instances), suffix))
 
     def body_size(self, instance_sizes: Sequence[int]) -> int:
         """The exact size of `body()` for instances of these sizes, without building it."""
         prefix, suffix = self.body_parts()
         return len(prefix) + len(suffix) + sum(instance_sizes) + max(len(instance_sizes) - 1, 0)
 
-    def parse(self, response: Any, count: int) -> List[Labels]:
-        """One label list per instance, in order; ResponseError when that is not what came."""
+    def parse(self, response: Any, count: int) -> List[Parsed]:
+        """One Parsed per instance, in order; ResponseError when that is not what came."""
         raise NotImplementedError
 
     def model_name(self, response: Any, endpoint: str) -> str:
@@ -91,7 +111,7 @@ class MLEngine(Protocol):
 
     def parse(self, response, count):
         predictions = _predictions(response, count)
-        return [labels_from_prediction(p, self.label_set) for p in predictions]
+        return [Parsed(labels_from_prediction(p, self.label_set)) for p in predictions]
 
 
 class Vertex(Protocol):
@@ -114,7 +134,7 @@ class Vertex(Protocol):
 
     def parse(self, response, count):
         predictions = _predictions(response, count)
-        return [labels_from_prediction(p, self.label_set) for p in predictions]
+        return [parse_vertex_prediction(p, self.label_set) for p in predictions]
 
 
 class AutoML(Protocol):
@@ -146,7 +166,7 @@ class AutoML(Protocol):
                 labels.append((str(item["displayName"]), float(item["classification"]["score"])))
             except (KeyError, TypeError, ValueError):
                 raise ResponseError(f"unexpected AutoML payload item: {_snippet(item)}")
-        return [labels]
+        return [Parsed(labels)]
 
 
 def make_protocol(name: str, instance_format: str = "b64", label_set: Sequence[str] = (),
@@ -193,6 +213,28 @@ def _predictions(response: Any, count: int) -> list:
     return predictions
 
 
+def parse_vertex_prediction(prediction: Any, label_set: Sequence[str] = ()) -> Parsed:
+    """A Vertex prediction: classification labels, plus boxes for object detection."""
+    labels = labels_from_prediction(prediction, label_set)
+    bboxes = prediction.get("bboxes") if isinstance(prediction, dict) else None
+    if bboxes is None:
+        return Parsed(labels)
+    if not isinstance(bboxes, list) or len(bboxes) != len(labels):
+        raise ResponseError(f"prediction has {len(labels)} labels but "
+                            f"{len(bboxes) if isinstance(bboxes, list) else 'no list of'} "
+                            f"bboxes")
+    boxes = []
+    for (label, score), box in zip(labels, bboxes):
+        try:
+            x_min, x_max, y_min, y_max = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise ResponseError(f"a bbox is not [xMin, xMax, yMin, yMax]: {_snippet(box)}")
+        boxes.append({"label": label, "score": score, "x_min": x_min, "x_max": x_max,
+                      "y_min": y_min, "y_max": y_max})
+    boxes.sort(key=lambda b: -b["score"])
+    return Parsed(labels, boxes)
+
+
 def labels_from_prediction(prediction: Any, label_set: Sequence[str] = ()) -> Labels:
     """Labels and scores from one prediction in any of the common classification shapes.
 
@@ -200,7 +242,8 @@ def labels_from_prediction(prediction: Any, label_set: Sequence[str] = ()) -> La
     - `{"labels": [...], "scores": [...]}` (also `classes`/`probabilities`)
     - `{"label": "x", "score": 0.9}`
     - a bare list of scores, or `{"scores": [...]}`, named by `label_set` (else by index)
-    - a plain value (a class name or index) with score 1.0
+    - a plain value: a class name or index with score 1.0, or a bare number as the score of
+      the one `label_set` name (else of label "value")
     """
     if isinstance(prediction, dict):
         names = _first(prediction, "displayNames", "labels", "classes", "label")
@@ -209,11 +252,17 @@ def labels_from_prediction(prediction: Any, label_set: Sequence[str] = ()) -> La
             if len(names) != len(scores):
                 raise ResponseError(
                     f"prediction has {len(names)} labels but {len(scores)} scores")
-            return [(str(n), float(s)) for n, s in zip(names, scores)]
+            try:
+                return [(str(n), float(s)) for n, s in zip(names, scores)]
+            except (TypeError, ValueError):
+                raise ResponseError(f"scores are not numbers: {_snippet(scores)}")
         if isinstance(scores, list):
             return _name_scores(scores, label_set)
         if names is not None and not isinstance(names, list):
-            return [(str(names), float(scores) if scores is not None else 1.0)]
+            try:
+                return [(str(names), float(scores) if scores is not None else 1.0)]
+            except (TypeError, ValueError):
+                raise ResponseError(f"score is not a number: {_snippet(prediction)}")
         raise ResponseError(f"cannot read labels from prediction: {_snippet(prediction)}")
     if isinstance(prediction, list):
         return _name_scores(prediction, label_set)
@@ -221,6 +270,8 @@ def labels_from_prediction(prediction: Any, label_set: Sequence[str] = ()) -> La
         if isinstance(prediction, int) and 0 <= prediction < len(label_set):
             return [(label_set[prediction], 1.0)]
         return [(str(prediction), 1.0)]
+    if isinstance(prediction, float):
+        return [(label_set[0] if len(label_set) == 1 else "value", prediction)]
     raise ResponseError(f"cannot read labels from prediction: {_snippet(prediction)}")
 
 

@@ -1,0 +1,242 @@
+"""Throughput of the predict engine against the project's local server (prints figures).
+
+    python benchmarks/throughput.py [--images 3000] [--runinference_images 240]
+                                    [--cpu_images 12000] [--repeats 5] [--qps_requests 200]
+
+One run, one image set, one local server per case:
+1. Latency-bound: server with 500 ms latency and 16 concurrent slots, <= 4 instances per
+   request, so at most 16 / 0.5 s * 4 = 128 img/s. This pipeline (one DirectRunner
+   process, `--max_concurrent_requests 16`) against Beam's RunInference with a
+   RemoteModelHandler posting the same ML Engine requests (4 instances each). Targets:
+   ours >= 90 % of the ceiling and >= 10x RunInference.
+2. CPU-bound: no latency. This pipeline against a bare asyncio + aiohttp loop that reads each
+   file, base64-encodes it and POSTs the same requests (16 in flight). Target: >= 60 %.
+   The server shares the machine's cores, so the runs alternate and the median is shown.
+3. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
+   measured and its quota 429s.
+
+Rates are end to end (wall clock of the whole job, pipeline start-up included) and, for the
+latency case, also steady state (the server's full seconds). RunInference runs on the first
+`--runinference_images` images only, because at ~8 img/s the full set would take minutes.
+"""
+import argparse
+import asyncio
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import aiohttp  # noqa: E402
+import apache_beam as beam  # noqa: E402
+from apache_beam.ml.inference.base import (PredictionResult, RemoteModelHandler,  # noqa: E402
+                                           RunInference)
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from localserver import LocalServer  # noqa: E402
+from localserver.demo import LABEL_COLOURS, write_image  # noqa: E402
+from pipeline.run import run  # noqa: E402
+from transforms.protocols import make_protocol  # noqa: E402
+
+PER_REQUEST = 4
+CONCURRENCY = 16
+LATENCY_MS = 500
+CAPACITY = 16
+CEILING = CAPACITY / (LATENCY_MS / 1000) * PER_REQUEST
+QPS = 20
+PROTOCOL = make_protocol("mlengine")
+
+
+def make_images(folder: str, count: int):
+    labels = list(LABEL_COLOURS)
+    existing = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    for i in range(len(existing), count):
+        write_image(os.path.join(folder, f"{labels[i % len(labels)]}_{i:05d}.jpg"),
+                    labels[i % len(labels)], seed=i, size=(64, 48))
+    return sorted(glob.glob(os.path.join(folder, "*.jpg")))[:count]
+
+
+def ours(folder: str, server: LocalServer, out: str, *extra) -> dict:
+    started = time.monotonic()
+    summary = run(["--input", folder, "--endpoint", server.endpoint("mlengine"),
+                   "--output", out, "--max_instances_per_request", str(PER_REQUEST),
+                   "--max_concurrent_requests", str(CONCURRENCY), *extra])
+    wall = time.monotonic() - started
+    assert summary["accounted"] and summary["failed"] == 0, summary
+    return {"images": summary["predicted"], "seconds": wall,
+            "rate": summary["predicted"] / wall, "requests": summary["requests"]}
+
+
+def steady_rate(stats: dict, per_request: int) -> float:
+    """Images per second over the server's full seconds (the first and last are partial)."""
+    seconds = sorted(stats["per_second"])[1:-1]
+    if not seconds:
+        return float("nan")
+    return sum(stats["per_second"][s] for s in seconds) / len(seconds) * per_request
+
+
+# -- Beam RunInference with a RemoteModelHandler -------------------------------------------
+
+def read_instance(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return PROTOCOL.instance(path, f.read(), "image/jpeg")
+
+
+class PostHandler(RemoteModelHandler):
+    """One blocking POST per batch of `PER_REQUEST` instances (an ML Engine body)."""
+
+    def __init__(self, endpoint: str):
+        super().__init__(namespace="bench_runinference", num_retries=3, throttle_delay_secs=1)
+        self._endpoint = endpoint
+
+    def create_client(self):
+        import requests
+        session = requests.Session()
+        session.trust_env = False
+        return session
+
+    def request(self, batch, model, inference_args=None):
+        response = model.post(self._endpoint, data=PROTOCOL.body(batch),
+                              headers={"Content-Type": "application/json"}, timeout=60)
+        response.raise_for_status()
+        predictions = response.json()["predictions"]
+        return [PredictionResult(x, p) for x, p in zip(batch, predictions)]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": PER_REQUEST, "max_batch_size": PER_REQUEST}
+
+
+def count_result(_):
+    beam.metrics.Metrics.counter("bench", "predicted").inc()
+
+
+def runinference(paths, server: LocalServer) -> dict:
+    started = time.monotonic()
+    p = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))  # no Prism download
+    (p | beam.Create(paths)
+       | "Read" >> beam.Map(read_instance)
+       | RunInference(PostHandler(server.endpoint("mlengine")))
+       | beam.Map(count_result))
+    result = p.run()
+    result.wait_until_finish()
+    wall = time.monotonic() - started
+    counters = result.metrics().query()["counters"]
+    done = sum(c.committed or c.attempted or 0 for c in counters
+               if c.key.metric.name == "predicted")
+    assert done == len(paths), (done, len(paths))
+    return {"images": done, "seconds": wall, "rate": done / wall,
+            "requests": server.stats()["requests"]}
+
+
+# -- a bare asyncio loop ---------------------------------------------------------------------
+
+async def bare_loop(folder: str, endpoint: str) -> int:
+    paths = sorted(glob.glob(os.path.join(folder, "**", "*.jpg"), recursive=True))
+    chunks = [paths[i:i + PER_REQUEST] for i in range(0, len(paths), PER_REQUEST)]
+    queue = asyncio.Queue()
+    for chunk in chunks:
+        queue.put_nowait(chunk)
+    done = 0
+
+    async def worker(session):
+        nonlocal done
+        while not queue.empty():
+            chunk = queue.get_nowait()
+            instances = [read_instance(path) for path in chunk]
+            async with session.post(endpoint, data=PROTOCOL.body(instances),
+                                    headers={"Content-Type": "application/json"}) as response:
+                body = json.loads(await response.read())
+            done += len(body["predictions"])
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as s:
+        await asyncio.gather(*(worker(s) for _ in range(CONCURRENCY)))
+    return done
+
+
+def bare(folder: str, server: LocalServer) -> dict:
+    started = time.monotonic()
+    done = asyncio.run(bare_loop(folder, server.endpoint("mlengine")))
+    wall = time.monotonic() - started
+    return {"images": done, "seconds": wall, "rate": done / wall,
+            "requests": server.stats()["requests"]}
+
+
+def median_run(runs):
+    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+
+
+def show(name: str, figures: dict):
+    print(f"  {name:<34} {figures['images']:>5} images in {figures['seconds']:6.1f} s = "
+          f"{figures['rate']:6.1f} img/s  ({figures['requests']} requests)", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--runinference_images", type=int, default=240)
+    parser.add_argument("--cpu_images", type=int, default=12000)
+    parser.add_argument("--qps_requests", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5, help="runs of the cpu-bound case")
+    parser.add_argument("--workdir", default=None, help="keeps the images between runs")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")
+    folder = os.path.join(workdir, "images")
+    os.makedirs(folder, exist_ok=True)
+    paths = make_images(folder, max(args.images, args.cpu_images, args.qps_requests))
+    sets = {}
+    for name, count in (("latency", args.images), ("cpu", args.cpu_images),
+                        ("qps", args.qps_requests)):
+        sets[name] = os.path.join(workdir, f"set-{name}-{count}")
+        if not os.path.isdir(sets[name]):
+            os.makedirs(sets[name])
+            for path in paths[:count]:
+                os.symlink(path, os.path.join(sets[name], os.path.basename(path)))
+    out = os.path.join(workdir, "out")
+
+    print(f"latency-bound: {LATENCY_MS} ms, {CAPACITY} slots, {PER_REQUEST} per request -> "
+          f"ceiling {CEILING:.0f} img/s")
+    with LocalServer(latency_ms=LATENCY_MS, capacity=CAPACITY) as server:
+        mine = ours(sets["latency"], server, os.path.join(out, "latency"))
+        mine["steady"] = steady_rate(server.stats(), PER_REQUEST)
+        show("ours (DirectRunner, 1 process)", mine)
+        server.reset_stats()
+        theirs = runinference(sorted(glob.glob(os.path.join(sets["latency"], "*.jpg")))
+                              [:args.runinference_images], server)
+        show("RunInference + RemoteModelHandler", theirs)
+    print(f"  ours: {mine['rate'] / CEILING:.0%} of the ceiling end to end, "
+          f"{mine['steady'] / CEILING:.0%} steady ({mine['steady']:.1f} img/s); "
+          f"{mine['rate'] / theirs['rate']:.1f}x RunInference "
+          f"(targets: >= 90 %, >= 10x)")
+
+    print(f"cpu-bound: no latency; {args.repeats} runs each, alternating (median)")
+    loops, mines = [], []
+    with LocalServer(latency_ms=0, capacity=64) as server:
+        for _ in range(args.repeats):
+            server.reset_stats()
+            loops.append(bare(sets["cpu"], server))
+            server.reset_stats()
+            mines.append(ours(sets["cpu"], server, os.path.join(out, "cpu")))
+    loop, mine_cpu = median_run(loops), median_run(mines)
+    show("bare asyncio + aiohttp loop", loop)
+    show("ours (DirectRunner, 1 process)", mine_cpu)
+    rates = {name: " ".join(f"{r['rate']:.0f}" for r in runs)
+             for name, runs in (("bare", loops), ("ours", mines))}
+    print(f"  ours: {mine_cpu['rate'] / loop['rate']:.0%} of the bare loop (target: >= 60 %); "
+          f"all runs: bare {rates['bare']}, ours {rates['ours']} img/s")
+
+    print(f"qps: --qps {QPS} against a server quota of {QPS}/s, one image per request")
+    with LocalServer(quota_qps=QPS) as server:
+        limited = ours(sets["qps"], server, os.path.join(out, "qps"), "--qps", str(QPS),
+                       "--max_instances_per_request", "1")
+        stats = server.stats()
+        rate = steady_rate(stats, 1)
+        print(f"  measured {rate:.2f} requests/s over the full seconds ({rate / QPS - 1:+.1%}), "
+              f"{stats['quota_429']} quota 429s, {stats['requests']} requests")
+
+
+if __name__ == "__main__":
+    main()

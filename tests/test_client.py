@@ -1,0 +1,452 @@
+"""PredictClient against the local server's fault switches: retries by cause, what is not
+retried, splitting and isolation, auth with real ADC (a service-account key whose token
+endpoint is served here on 127.0.0.1)."""
+import asyncio
+import base64
+import http.server
+import io
+import json
+import random
+import threading
+import time
+import urllib.parse
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from localserver.demo import LABEL_COLOURS, color_image
+from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
+from transforms.client import (ClientSettings, PredictClient, Reply, classify, culprit,
+                               splittable)
+from transforms.protocols import MLEngine, make_protocol
+from transforms.ratelimit import RateLimiter, Throttler
+from transforms.retry import RetryPolicy
+
+FAST_RETRIES = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
+LABELS = list(LABEL_COLOURS)
+
+
+def jpeg(label, size=(32, 24), seed=0, quality=90):
+    buf = io.BytesIO()
+    color_image(label, size, seed).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def poison_jpeg():
+    """A JPEG whose header parses but whose pixels the server cannot decode."""
+    whole = jpeg("red", size=(256, 256), quality=95)
+    return whole[:len(whole) // 2]
+
+
+def batch(protocol, count, poison=()):
+    """(keys, instances, truth): `count` images, those at `poison` indexes truncated."""
+    keys, instances, truth = [], [], {}
+    for i in range(count):
+        label = LABELS[i % len(LABELS)]
+        key = f"img-{i:03d}-{label}"
+        data = poison_jpeg() if i in poison else jpeg(label, seed=i)
+        keys.append(key)
+        instances.append(protocol.instance(key, data, "image/jpeg"))
+        truth[key] = None if i in poison else label
+    return keys, instances, truth
+
+
+def settings(server, name="mlengine", **overrides):
+    values = dict(endpoint=server.endpoint(name), protocol=make_protocol(name),
+                  max_concurrent_requests=8, request_timeout_s=10.0, retry=FAST_RETRIES,
+                  throttle_window_s=2.0)  # short holds when faults are frequent
+    values.update(overrides)
+    return ClientSettings(**values)
+
+
+async def _with_client(client_settings, work, qps=0.0, throttler=None):
+    client = PredictClient(client_settings, RateLimiter(qps), throttler)
+    await client.open()
+    try:
+        return await work(client)
+    finally:
+        await client.close()
+
+
+def predict(client_settings, keys, instances):
+    """(outcomes, stats) of one request."""
+    return asyncio.run(_with_client(client_settings,
+                                    lambda c: c.predict(keys, instances)))
+
+
+def predict_many(client_settings, requests):
+    """[(outcomes, stats)] of several requests sent concurrently by one client."""
+    async def work(client):
+        return await asyncio.gather(*(client.predict(k, i) for k, i in requests))
+    return asyncio.run(_with_client(client_settings, work))
+
+
+def split_outcomes(outcomes):
+    ok = {o.record["key"]: o.record for o in outcomes if o.ok}
+    failed = {o.record["key"]: o.record for o in outcomes if not o.ok}
+    return ok, failed
+
+
+# -- pure pieces ---------------------------------------------------------------------------
+
+def test_classify_answers():
+    policy = RetryPolicy()
+    assert classify(200, b'{"predictions": []}', None, policy).cause is None
+    assert classify(200, b"<html>oops</html>", None, policy).cause == "non_json"
+    assert classify(200, b"", None, policy).cause == "non_json"
+    assert classify(200, b"\xff\xfe", None, policy).cause == "non_json"
+    answer = classify(503, b"<html>busy</html>", 2.0, policy)
+    assert (answer.cause, answer.retry_after) == ("http_503", 2.0)
+    assert "busy" in answer.error
+    answer = classify(400, b'{"error": {"code": 400, "message": "bad"}}', None, policy)
+    assert answer.cause is None and answer.error == "HTTP 400: bad"
+    for status in (401, 403, 404):
+        assert classify(status, b"{}", None, policy).cause is None
+
+
+def test_what_is_split_and_who_is_blamed():
+    assert splittable(Reply(400, None, "x", 1, False))
+    assert splittable(Reply(413, None, "x", 1, False))
+    assert splittable(Reply(200, None, "x", 1, False))
+    assert not splittable(Reply(200, None, "x", 4, True))  # non-JSON until retries ran out
+    for status in (None, 401, 403, 404, 503):
+        assert not splittable(Reply(status, None, "x", 1, status == 503))
+    assert culprit("HTTP 400: Invalid image content at instances[2]: x", 400, 4) == 2
+    assert culprit("HTTP 400: Prediction failed: instance 9: x", 400, 4) is None  # out of range
+    assert culprit("HTTP 400: Request payload size exceeds the limit: 9 bytes.", 400, 4) is None
+    assert culprit("HTTP 413: instance 1 too large", 413, 4) is None
+
+
+def test_auth_modes():
+    assert resolve_auth("auto", "https://ml.googleapis.com/v1/x:predict") == "adc"
+    assert resolve_auth("auto", "http://127.0.0.1:8080/v1/x:predict") == "none"
+    assert resolve_auth("auto", "http://example.com/v1/x:predict") == "none"
+    assert resolve_auth("adc", "http://localhost:1/x:predict") == "adc"
+    with pytest.raises(ValueError, match="never sent over plain http"):
+        resolve_auth("adc", "http://example.com/v1/x:predict")
+    with pytest.raises(ValueError):
+        TokenSource("adc", "http://10.0.0.1/x:predict")
+    with pytest.raises(ValueError):
+        resolve_auth("basic", "https://x/y")
+
+
+def test_tokens_are_refreshed_before_they_expire():
+    import datetime
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    assert needs_refresh(None, None, now)
+    assert not needs_refresh("t", None, now)
+    assert not needs_refresh("t", now + datetime.timedelta(minutes=30), now)
+    assert needs_refresh("t", now + datetime.timedelta(minutes=4), now)
+    aware = (now + datetime.timedelta(minutes=4)).replace(tzinfo=datetime.timezone.utc)
+    assert needs_refresh("t", aware, now)
+
+
+# -- against the local server --------------------------------------------------------------
+
+def test_a_clean_request(server):
+    keys, instances, truth = batch(MLEngine(), 6)
+    outcomes, stats = predict(settings(server), keys, instances)
+    assert [o.record["key"] for o in outcomes] == keys
+    assert {o.record["key"]: o.record["top_label"] for o in outcomes} == truth
+    assert (stats.requests, stats.instances, sum(stats.retries.values())) == (1, 6, 0)
+    assert len(stats.latencies_ms) == 1
+
+
+@pytest.mark.parametrize("switch,cause", [
+    ("fail_503_rate", "http_503"), ("fail_429_rate", "http_429"), ("reset_rate", "connection")])
+def test_transient_failures_are_retried_until_success(server, switch, cause):
+    server.configure(**{switch: 0.5, "seed": 3})
+    requests = [batch(MLEngine(), 2) for _ in range(12)]
+    results = predict_many(settings(server, retry=RetryPolicy(8, 0.005, 0.02)),
+                           [(k, i) for k, i, _ in requests])
+    retries = sum(stats.retries[cause] for _, stats in results)
+    assert all(o.ok for outcomes, _ in results for o in outcomes)
+    assert retries > 0
+    assert sum(stats.requests for _, stats in results) == 12 + retries
+    assert set().union(*(stats.retries for _, stats in results)) == {cause}
+
+
+@pytest.mark.parametrize("switch,status,cause", [
+    ("fail_503_rate", 503, "http_503"), ("reset_rate", None, "connection")])
+def test_retries_are_bounded_then_every_key_fails(server, switch, status, cause):
+    server.configure(**{switch: 1.0})
+    keys, instances, _ = batch(MLEngine(), 4)
+    outcomes, stats = predict(settings(server), keys, instances)
+    ok, failed = split_outcomes(outcomes)
+    assert not ok and list(failed) == keys
+    assert {(d["stage"], d["http_status"], d["attempts"]) for d in failed.values()} == \
+        {("predict", status, 4)}
+    assert all("gave up after 4 attempts" in d["error"] for d in failed.values())
+    assert stats.retries == {cause: 3} and stats.requests == 4 and stats.splits == 0
+
+
+def test_timeouts_are_retried_then_fail(make_server):
+    server = make_server(latency_ms=1500)  # its own: the slow requests outlive the test
+    keys, instances, _ = batch(MLEngine(), 2)
+    outcomes, stats = predict(
+        settings(server, request_timeout_s=0.2, retry=RetryPolicy(1, 0.01, 0.01)),
+        keys, instances)
+    assert not any(o.ok for o in outcomes)
+    assert stats.retries == {"timeout": 1} and stats.requests == 2
+    assert "--request_timeout_s=0.2" in outcomes[0].record["error"]
+    assert outcomes[0].record["attempts"] == 2
+
+
+def test_bad_request_is_not_retried(server):
+    # An AutoML body sent to a Vertex endpoint: a 400 with no instance to blame.
+    client_settings = settings(server, "automl", endpoint=server.endpoint("vertex"))
+    keys, instances, _ = batch(make_protocol("automl"), 1)
+    outcomes, stats = predict(client_settings, keys, instances)
+    assert stats.requests == 1 and not stats.retries
+    record = outcomes[0].record
+    assert (outcomes[0].ok, record["http_status"], record["attempts"]) == (False, 400, 1)
+    assert "'instances' must be a non-empty list" in record["error"]
+
+
+def test_not_found_is_neither_retried_nor_split(server):
+    endpoint = server.url + "/v1/projects/p/nothing/here:predict"
+    keys, instances, _ = batch(MLEngine(), 4)
+    outcomes, stats = predict(settings(server, endpoint=endpoint), keys, instances)
+    assert stats.requests == 1 and stats.splits == 0
+    assert {(o.ok, o.record["http_status"]) for o in outcomes} == {(False, 404)}
+
+
+@pytest.mark.parametrize("protocol", ["mlengine", "vertex"])
+@pytest.mark.parametrize("name_instances", [1, 0])
+def test_bad_instances_are_isolated_from_their_neighbours(server, protocol, name_instances):
+    server.configure(name_instances=name_instances)
+    poison = {2, 5}
+    keys, instances, truth = batch(make_protocol(protocol), 8, poison)
+    outcomes, stats = predict(settings(server, protocol), keys, instances)
+    ok, failed = split_outcomes(outcomes)
+    assert [o.record["key"] for o in outcomes] == keys
+    assert {k: r["top_label"] for k, r in ok.items()} == \
+        {k: v for k, v in truth.items() if v is not None}
+    assert set(failed) == {keys[i] for i in poison}
+    for letter in failed.values():
+        assert (letter["stage"], letter["http_status"]) == ("predict", 400)
+        assert "Invalid image content" in letter["error"] or "Prediction failed" in letter["error"]
+    server_stats = server.stats()
+    assert server_stats["predicted"] == 6 and stats.requests == server_stats["requests"]
+    if name_instances:  # named: 8 -> the 2nd taken out, 7 -> the 5th taken out, 6 succeed
+        assert (stats.requests, stats.splits) == (3, 2)
+    else:  # bisected until the two bad ones are alone
+        assert stats.splits >= 3 and stats.requests > 3
+
+
+def test_request_over_the_size_limit_is_split(server):
+    keys, instances, truth = batch(MLEngine(), 6)
+    whole = len(MLEngine().body(instances))
+    server.configure(max_body_bytes=whole // 2)
+    outcomes, stats = predict(settings(server), keys, instances)
+    assert {o.record["key"]: o.record["top_label"] for o in outcomes if o.ok} == truth
+    assert stats.splits >= 1 and server.stats()["predicted"] == 6
+    assert server.stats()["responses_by_status"]["400"] >= 1
+
+
+def test_one_instance_over_the_size_limit_fails_alone(server):
+    server.configure(max_body_bytes=100)
+    keys, instances, _ = batch(MLEngine(), 1)
+    outcomes, stats = predict(settings(server), keys, instances)
+    assert stats.requests == 1 and not outcomes[0].ok
+    assert "Request payload size exceeds the limit" in outcomes[0].record["error"]
+
+
+class DuplicatingProtocol(MLEngine):
+    """Sends the first instance twice: the server answers one prediction too many."""
+
+    def body(self, instances):
+        return super().body([instances[0]] + list(instances))
+
+
+class DroppingProtocol(MLEngine):
+    """Leaves out the last instance of a request of several: one prediction too few."""
+
+    def body(self, instances):
+        return super().body(instances[:-1] if len(instances) > 1 else instances)
+
+
+def test_short_response_is_split_never_truncated(server):
+    keys, instances, truth = batch(MLEngine(), 5)
+    outcomes, stats = predict(settings(server, protocol=DroppingProtocol()), keys, instances)
+    assert {o.record["key"]: o.record["top_label"] for o in outcomes if o.ok} == truth
+    assert stats.splits >= 1
+
+
+def test_long_response_is_a_parse_error_for_every_key(server):
+    keys, instances, _ = batch(MLEngine(), 3)
+    outcomes, stats = predict(settings(server, protocol=DuplicatingProtocol()), keys, instances)
+    assert not any(o.ok for o in outcomes)
+    assert {o.record["stage"] for o in outcomes} == {"parse"}
+    assert "2 predictions for 1 instances" in outcomes[0].record["error"]
+    assert stats.requests == 5  # 3 -> 1 + 2 -> 1 + 1
+
+
+def test_concurrency_is_capped(server):
+    server.configure(latency_ms=150)
+    requests = [batch(MLEngine(), 1)[:2] for _ in range(12)]
+    results = predict_many(settings(server, max_concurrent_requests=3), requests)
+    assert all(o.ok for outcomes, _ in results for o in outcomes)
+    assert 1 < server.stats()["max_in_flight"] <= 3
+
+
+def test_adaptive_throttling_backs_off_on_sustained_429_then_recovers(server):
+    server.configure(fail_429_rate=1.0)
+    client_settings = settings(server, max_concurrent_requests=4, throttle_window_s=2.0,
+                               retry=RetryPolicy(1, 0.01, 0.02))
+
+    throttler = Throttler(window_s=2.0, rng=random.Random(4))
+
+    async def work(client):
+        storm = await asyncio.gather(*(client.predict(*batch(MLEngine(), 1)[:2])
+                                       for _ in range(8)))
+        held_back = throttler.probability()
+        server.configure(fail_429_rate=0.0)
+        after = []
+        deadline = time.monotonic() + 40
+        while throttler.probability() > 0 and len(after) < 5000 and time.monotonic() < deadline:
+            after.append(await client.predict(*batch(MLEngine(), 1)[:2]))
+        recovered = throttler.probability() == 0
+        tail = [await client.predict(*batch(MLEngine(), 1)[:2]) for _ in range(5)]
+        return storm, held_back, after, recovered, tail
+
+    storm, held_back, after, recovered, tail = asyncio.run(
+        _with_client(client_settings, work, throttler=throttler))
+    assert not any(o.ok for outcomes, _ in storm for o in outcomes)
+    assert sum(stats.throttled_s for _, stats in storm) > 0
+    assert held_back > 0.5
+    assert recovered
+    assert all(o.ok for outcomes, _ in after + tail for o in outcomes)
+    assert sum(stats.throttled_s for _, stats in tail) == 0
+
+
+# -- auth: real Application Default Credentials against a local token endpoint ---------------
+
+class TokenEndpoint:
+    """An OAuth token endpoint on 127.0.0.1 handing out `tokens` in turn (the last one
+    repeats), recording the JWT assertions it is sent."""
+
+    def __init__(self, tokens, expires_in=3600):
+        self.tokens = list(tokens)
+        self.expires_in = expires_in
+        self.claims = []
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                form = urllib.parse.parse_qs(
+                    self.rfile.read(int(self.headers["Content-Length"])).decode())
+                payload = form["assertion"][0].split(".")[1]
+                endpoint.claims.append(json.loads(base64.urlsafe_b64decode(
+                    payload + "=" * (-len(payload) % 4))))
+                index = min(len(endpoint.claims), len(endpoint.tokens)) - 1
+                body = json.dumps({"access_token": endpoint.tokens[index],
+                                   "expires_in": endpoint.expires_in,
+                                   "token_type": "Bearer"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def private_key_pem():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@pytest.fixture
+def adc(tmp_path, monkeypatch, private_key_pem):
+    """Start a token endpoint and point ADC at a service-account key that uses it."""
+    started = []
+
+    def start(tokens, expires_in=3600):
+        endpoint = TokenEndpoint(tokens, expires_in)
+        started.append(endpoint)
+        key_file = tmp_path / "service-account.json"
+        key_file.write_text(json.dumps({
+            "type": "service_account", "project_id": "local-project",
+            "private_key_id": "local-key", "private_key": private_key_pem,
+            "client_email": "predict@local-project.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": endpoint.url}))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        return endpoint
+
+    yield start
+    for endpoint in started:
+        endpoint.stop()
+
+
+def test_adc_token_is_sent_and_fetched_once_under_concurrency(server, adc, caplog):
+    tokens = adc(["token-one"])
+    server.configure(bearer_token="token-one")
+    requests = [batch(MLEngine(), 2)[:2] for _ in range(10)]
+    results = predict_many(settings(server, auth="adc"), requests)
+    assert all(o.ok for outcomes, _ in results for o in outcomes)
+    assert server.stats()["responses_by_status"] == {"200": 10}
+    assert len(tokens.claims) == 1
+    assert tokens.claims[0]["scope"] == " ".join(SCOPES)
+    assert "token-one" not in caplog.text
+
+
+def test_adc_token_is_refreshed_once_on_401(server, adc):
+    tokens = adc(["stale", "fresh"])
+    server.configure(bearer_token="fresh")
+    keys, instances, truth = batch(MLEngine(), 3)
+    outcomes, stats = predict(settings(server, auth="adc"), keys, instances)
+    assert {o.record["key"]: o.record["top_label"] for o in outcomes} == truth
+    assert stats.retries == {"unauthorized": 1} and stats.requests == 2
+    assert len(tokens.claims) == 2
+    assert server.stats()["responses_by_status"] == {"401": 1, "200": 1}
+
+
+def test_adc_still_refused_after_one_refresh_fails_without_leaking_the_token(server, adc):
+    adc(["secret-a", "secret-b"])
+    server.configure(bearer_token="something-else")
+    keys, instances, _ = batch(MLEngine(), 2)
+    outcomes, stats = predict(settings(server, auth="adc"), keys, instances)
+    assert stats.requests == 2 and stats.splits == 0
+    for outcome in outcomes:
+        assert not outcome.ok and outcome.record["http_status"] == 401
+        assert "secret" not in json.dumps(outcome.record)
+
+
+def test_adc_token_close_to_expiry_is_refreshed_before_use(server, adc):
+    tokens = adc(["short-lived"], expires_in=120)  # inside the 5-minute refresh margin
+    server.configure(bearer_token="short-lived")
+
+    async def work(client):
+        return [await client.predict(*batch(MLEngine(), 1)[:2]) for _ in range(3)]
+
+    results = asyncio.run(_with_client(settings(server, auth="adc"), work))
+    assert all(o.ok for outcomes, _ in results for o in outcomes)
+    assert len(tokens.claims) == 3
+    assert server.stats()["responses_by_status"] == {"200": 3}
+
+
+def test_missing_credentials_fail_every_record_without_sending(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    keys, instances, _ = batch(MLEngine(), 2)
+    outcomes, stats = predict(settings(server, auth="adc"), keys, instances)
+    assert stats.requests == 0 and server.stats()["requests"] == 0
+    assert {o.record["stage"] for o in outcomes} == {"predict"}
+    assert "no Application Default Credentials" in outcomes[0].record["error"]

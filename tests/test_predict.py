@@ -1,0 +1,160 @@
+"""Predict on Beam: one engine per process shared across DoFn copies and bundles, the
+composite with TestPipeline, and whole jobs against the local server's fault switches
+(the job-wide qps limit, and a run with 429s, 503s, resets and poison images)."""
+import collections
+import logging
+import pickle
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from localserver.demo import LABEL_COLOURS, write_image
+from pipeline.run import run
+from tests.conftest import (assert_accounted, labelled_images, read_dead_letters,
+                            read_predictions)
+from tests.test_client import FAST_RETRIES, batch
+from transforms.client import ClientSettings, Outcome, Stats
+from transforms.predict import ENGINES, FAILED, Predict, PredictSettings, Progress, _PredictFn
+from transforms.protocols import make_protocol
+from transforms.records import PredictRequest
+
+LABELS = list(LABEL_COLOURS)
+
+
+def predict_settings(server, qps_share=0.0, **client):
+    values = dict(endpoint=server.endpoint("mlengine"), protocol=make_protocol("mlengine"),
+                  max_concurrent_requests=4, retry=FAST_RETRIES)
+    values.update(client)
+    return PredictSettings(ClientSettings(**values), qps_share)
+
+
+def requests_of(count, per_request, poison=()):
+    keys, instances, truth = batch(make_protocol("mlengine"), count, poison)
+    requests = [PredictRequest(tuple(keys[i:i + per_request]),
+                               tuple(instances[i:i + per_request]))
+                for i in range(0, count, per_request)]
+    return requests, truth
+
+
+def test_copies_of_a_dofn_share_one_engine_per_process(server):
+    settings = predict_settings(server)
+    copies = [pickle.loads(pickle.dumps(_PredictFn(settings))) for _ in range(3)]
+    for fn in copies:
+        fn.setup()
+    try:
+        assert len({id(fn._engine) for fn in copies}) == 1
+    finally:
+        for fn in copies:
+            fn.teardown()
+    fresh = pickle.loads(pickle.dumps(_PredictFn(settings)))
+    fresh.setup()
+    try:
+        assert fresh._engine is not copies[0]._engine  # the last teardown closed the old one
+    finally:
+        fresh.teardown()
+
+
+def test_bundles_reuse_the_engine_and_emit_every_key_once(server):
+    server.configure(latency_ms=30)
+    requests, truth = requests_of(24, 3, poison={7})
+    fn = pickle.loads(pickle.dumps(_PredictFn(predict_settings(server))))
+    fn.setup()
+    outputs, engines = [], []
+    try:
+        for bundle in (requests[:5], requests[5:]):
+            fn.start_bundle()
+            engines.append(fn._engine)
+            for request in bundle:
+                outputs.extend(fn.process(request))
+            outputs.extend(v.value if isinstance(v, beam.pvalue.TaggedOutput) else v
+                           for v in fn.finish_bundle())
+    finally:
+        fn.teardown()
+    assert engines[0] is engines[1]
+    unwrapped = [getattr(o, "value", o) for o in outputs]
+    keys = collections.Counter(o["key"] for o in unwrapped)
+    assert keys == collections.Counter(list(truth))
+    predicted = {o["key"]: o["top_label"] for o in unwrapped if "top_label" in o}
+    assert predicted == {k: v for k, v in truth.items() if v is not None}
+
+
+def test_predict_composite_splits_outputs(server):
+    requests, truth = requests_of(10, 4, poison={5})
+    with TestPipeline() as p:
+        results = p | beam.Create(requests) | Predict(predict_settings(server))
+        assert_that(results.predictions | "OkKeys" >> beam.Map(lambda r: r["key"]),
+                    equal_to([k for k, v in truth.items() if v]), label="predicted")
+        assert_that(results[FAILED] | "BadKeys" >> beam.Map(lambda r: (r["key"], r["stage"])),
+                    equal_to([(k, "predict") for k, v in truth.items() if v is None]),
+                    label="failed")
+
+
+def test_progress_line(caplog):
+    progress = Progress(every_s=0.0)
+    stats = Stats(requests=3)
+    stats.retries["http_503"] = 2
+    outcomes = [Outcome(True, {}), Outcome(True, {}), Outcome(False, {})]
+    with caplog.at_level(logging.INFO, logger="batch_predict"):
+        progress.add(outcomes, stats)
+    line = caplog.records[-1].getMessage()
+    assert "3 done (2 predicted, 1 failed)" in line and "img/s" in line
+    assert "3 requests, 2 retries" in line
+
+
+def job(tmp_path, server, *extra):
+    return run(["--input", str(tmp_path / "images"),
+                "--endpoint", server.endpoint("mlengine"),
+                "--output", str(tmp_path / "out" / "pred"),
+                *extra])
+
+
+def test_qps_limits_the_whole_job_to_the_server_quota(tmp_path, server):
+    qps = 20
+    labelled_images(tmp_path / "images", LABELS * 10)  # 80 images, one per request
+    server.configure(quota_qps=qps)
+    summary = job(tmp_path, server, "--qps", str(qps), "--max_instances_per_request", "1",
+                  "--max_concurrent_requests", "16")
+    stats = server.stats()
+    assert_accounted(summary)
+    assert summary["predicted"] == 80 and summary["retries"] == 0
+    assert stats["quota_429"] == 0 and stats["requests"] == 80
+    seconds = sorted(stats["per_second"])
+    full = [stats["per_second"][s] for s in seconds[1:-1]]  # first and last are partial
+    assert len(full) >= 2
+    assert sum(full) / len(full) == pytest.approx(qps, rel=0.15), stats["per_second"]
+    assert max(full) <= qps * 1.25
+
+
+def test_faults_and_poison_every_key_exactly_once(tmp_path, server):
+    truth = labelled_images(tmp_path / "images", LABELS * 37 + ["red"])  # 297 images
+    poison = set()
+    for i in range(3):  # 1 %: truncated JPEGs whose header parses but pixels do not
+        path = tmp_path / "images" / f"poison_{i}.jpg"
+        write_image(str(path), "blue", seed=i, size=(256, 256), quality=95)
+        path.write_bytes(path.read_bytes()[:6000])
+        poison.add(str(path))
+    server.configure(fail_429_rate=0.05, fail_503_rate=0.05, reset_rate=0.02, seed=11,
+                     name_instances=0)
+    summary = job(tmp_path, server, "--max_instances_per_request", "4",
+                  "--max_concurrent_requests", "8", "--max_retries", "8")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    letters = read_dead_letters(str(tmp_path / "out" / "pred-errors"))
+    seen = collections.Counter([r["key"] for r in rows] + [d["key"] for d in letters])
+    assert seen == collections.Counter(list(truth) + list(poison))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert {d["key"] for d in letters} == poison
+    assert {(d["stage"], d["http_status"]) for d in letters} == {("predict", 400)}
+    assert all("Invalid image content" in d["error"] or "Prediction failed" in d["error"]
+               for d in letters)
+    stats = server.stats()
+    by_cause = summary["retries_by_cause"]
+    assert by_cause.get("http_429", 0) == stats["injected_429"] > 0
+    assert by_cause.get("http_503", 0) == stats["injected_503"] > 0
+    assert by_cause.get("connection", 0) == stats["injected_resets"]
+    assert summary["retries"] == sum(by_cause.values())
+    assert summary["requests"] == stats["requests"]
+    assert summary["splits"] >= 3
+    assert summary["failed"] == 3 and summary["failed_by_stage"] == {"predict": 3}
+    assert_accounted(summary)

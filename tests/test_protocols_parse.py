@@ -1,0 +1,191 @@
+"""Wire formats and response parsing of the three protocols (pure functions)."""
+import datetime
+import json
+import pickle
+
+import pytest
+
+from transforms.protocols import (AutoML, MLEngine, Parsed, ResponseError, Vertex,
+                                  labels_from_prediction, make_protocol, named_instance,
+                                  resource_name)
+from transforms.records import prediction_record, to_json_row
+
+NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+
+
+# -- bodies --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", [
+    make_protocol("mlengine"), make_protocol("mlengine", "named"),
+    make_protocol("vertex"), make_protocol("vertex", score_threshold=0.3),
+    make_protocol("automl"), make_protocol("automl", score_threshold=0.5)])
+def test_body_is_valid_json_and_body_size_is_exact(protocol):
+    count = 1 if protocol.name == "automl" else 3
+    instances = [protocol.instance(f"k{i}", bytes([i]) * (10 + i), "image/png")
+                 for i in range(count)]
+    body = protocol.body(instances)
+    assert protocol.body_size([len(i) for i in instances]) == len(body)
+    decoded = json.loads(body)
+    if protocol.name == "automl":
+        assert set(decoded["payload"]["image"]) == {"imageBytes"}
+        assert ("params" in decoded) == (protocol.score_threshold is not None)
+    else:
+        assert len(decoded["instances"]) == count
+
+
+def test_vertex_instance_and_parameters():
+    protocol = make_protocol("vertex", score_threshold=0.25)
+    body = json.loads(protocol.body([protocol.instance("k", b"\x89PNG", "image/png")]))
+    assert body == {"instances": [{"content": "iVBORw==", "mimeType": "image/png"}],
+                    "parameters": {"confidenceThreshold": 0.25}}
+
+
+def test_named_instances_carry_the_key():
+    protocol = make_protocol("mlengine", "named")
+    assert json.loads(protocol.instance("gs://b/x.jpg", b"ab", "image/jpeg")) == \
+        {"key": "gs://b/x.jpg", "image": {"b64": "YWI="}}
+
+
+def test_protocols_are_equal_by_value_so_workers_share_one_engine():
+    a, b = make_protocol("vertex", score_threshold=0.5), make_protocol("vertex",
+                                                                      score_threshold=0.5)
+    assert a == b and hash(a) == hash(b) and a is not b
+    assert pickle.loads(pickle.dumps(a)) == a
+    assert a != make_protocol("vertex", score_threshold=0.6)
+    assert make_protocol("mlengine") != make_protocol("mlengine", "named")
+    assert make_protocol("automl") != make_protocol("mlengine")
+
+
+# -- AutoML --------------------------------------------------------------------------------
+
+def test_automl_payload_with_other_label():
+    response = {"payload": [
+        {"displayName": "roses", "classification": {"score": 0.91}},
+        {"displayName": "--other--", "classification": {"score": 0.09}}]}
+    assert AutoML().parse(response, 1) == [Parsed([("roses", 0.91), ("--other--", 0.09)])]
+
+
+@pytest.mark.parametrize("response", [{"payload": []}, {}])
+def test_automl_empty_payload_is_no_labels(response):
+    assert AutoML().parse(response, 1) == [Parsed([])]
+    record = prediction_record("k", [], "m", NOW)
+    assert record["top_label"] is None and record["top_score"] is None and record["labels"] == []
+
+
+@pytest.mark.parametrize("response", [
+    {"payload": [{"displayName": "x"}]},
+    {"payload": [{"displayName": "x", "classification": {"score": "high"}}]},
+    {"payload": "roses"},
+    [1, 2]])
+def test_automl_malformed_payload_is_an_error(response):
+    with pytest.raises(ResponseError):
+        AutoML().parse(response, 1)
+
+
+# -- ML Engine -----------------------------------------------------------------------------
+
+def test_mlengine_dict_predictions_in_order():
+    response = {"predictions": [
+        {"key": "a", "labels": ["cat", "dog"], "scores": [0.8, 0.2]},
+        {"classes": ["cat", "dog"], "probabilities": [0.1, 0.9]},
+        {"label": "dog", "score": 0.7}]}
+    assert MLEngine().parse(response, 3) == [
+        Parsed([("cat", 0.8), ("dog", 0.2)]),
+        Parsed([("cat", 0.1), ("dog", 0.9)]),
+        Parsed([("dog", 0.7)])]
+
+
+def test_mlengine_score_lists_take_names_from_the_label_set():
+    protocol = make_protocol("mlengine", label_set=("cat", "dog", "cow"))
+    response = {"predictions": [[0.1, 0.7, 0.2], {"scores": [0.5, 0.25, 0.25]},
+                                {"classes": 2, "probabilities": [0, 0, 1]}]}
+    assert [p.labels for p in protocol.parse(response, 3)] == [
+        [("cat", 0.1), ("dog", 0.7), ("cow", 0.2)],
+        [("cat", 0.5), ("dog", 0.25), ("cow", 0.25)],
+        [("cat", 0.0), ("dog", 0.0), ("cow", 1.0)]]
+    assert labels_from_prediction([0.3, 0.7]) == [("0", 0.3), ("1", 0.7)]
+    with pytest.raises(ResponseError, match="--label_names names 3"):
+        protocol.parse({"predictions": [[0.5, 0.5]]}, 1)
+
+
+def test_mlengine_plain_values():
+    assert labels_from_prediction("cat") == [("cat", 1.0)]
+    assert labels_from_prediction(2, ("a", "b", "c")) == [("c", 1.0)]
+    assert labels_from_prediction(7) == [("7", 1.0)]
+    assert labels_from_prediction(0.83, ("positive",)) == [("positive", 0.83)]
+    assert labels_from_prediction(0.83) == [("value", 0.83)]
+    for bad in (True, None, {"nothing": 1}, {"labels": ["a"], "scores": [1, 2]},
+                {"labels": ["a"], "scores": ["x"]}, [0.1, "x"]):
+        with pytest.raises(ResponseError):
+            labels_from_prediction(bad)
+
+
+def test_mlengine_whole_request_error_names_the_instance():
+    with pytest.raises(ResponseError) as raised:
+        MLEngine().parse({"error": "Prediction failed: instance 2: bad image"}, 4)
+    assert raised.value.instance_index == 2
+    with pytest.raises(ResponseError) as raised:
+        MLEngine().parse({"error": {"code": 400, "message": "Bad input"}}, 4)
+    assert raised.value.instance_index is None and "Bad input" in str(raised.value)
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_prediction_count_mismatch_is_an_error_never_truncated(count):
+    response = {"predictions": [{"label": "a", "score": 1.0}] * 3}
+    with pytest.raises(ResponseError, match=f"3 predictions for {count} instances"):
+        MLEngine().parse(response, count)
+
+
+def test_named_instance():
+    assert named_instance("Prediction failed: instance 3: x") == 3
+    assert named_instance("Invalid image content at instances[12]: y") == 12
+    assert named_instance("Request payload size exceeds the limit: 1572864 bytes.") is None
+    assert named_instance("Too many instances, max 32") is None
+    assert named_instance("") is None
+
+
+# -- Vertex --------------------------------------------------------------------------------
+
+def test_vertex_classification_and_model_name():
+    response = {"predictions": [{"ids": ["1", "2"], "displayNames": ["rose", "tulip"],
+                                 "confidences": [0.3, 0.7]}],
+                "deployedModelId": "123"}
+    parsed = Vertex().parse(response, 1)
+    assert parsed == [Parsed([("rose", 0.3), ("tulip", 0.7)], None)]
+    endpoint = "https://x-aiplatform.googleapis.com/v1/projects/p/locations/l/endpoints/e:predict"
+    assert Vertex().model_name(response, endpoint) == "123"
+    assert Vertex().model_name({}, endpoint) == "projects/p/locations/l/endpoints/e"
+    assert resource_name("http://127.0.0.1:9/v1/projects/p/models/m:predict") == \
+        "projects/p/models/m"
+
+
+def test_vertex_detection_boxes():
+    response = {"predictions": [{
+        "ids": ["1", "1", "2"], "displayNames": ["cat", "cat", "dog"],
+        "confidences": [0.6, 0.9, 0.4],
+        "bboxes": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0, 1, 0, 1]]}]}
+    [parsed] = Vertex().parse(response, 1)
+    assert parsed.labels == [("cat", 0.6), ("cat", 0.9), ("dog", 0.4)]
+    assert parsed.boxes == [
+        {"label": "cat", "score": 0.9, "x_min": 0.5, "x_max": 0.6, "y_min": 0.7, "y_max": 0.8},
+        {"label": "cat", "score": 0.6, "x_min": 0.1, "x_max": 0.2, "y_min": 0.3, "y_max": 0.4},
+        {"label": "dog", "score": 0.4, "x_min": 0.0, "x_max": 1.0, "y_min": 0.0, "y_max": 1.0}]
+    record = prediction_record("k", parsed.labels, "m", NOW, parsed.boxes)
+    assert record["top_label"] == "cat" and record["top_score"] == 0.9
+    assert to_json_row(record)["boxes"] == parsed.boxes
+
+
+@pytest.mark.parametrize("bboxes", [[[0, 1, 0, 1]], [[0, 1, 0], [0, 1, 0, 1]], "x"])
+def test_vertex_detection_malformed_boxes_are_an_error(bboxes):
+    response = {"predictions": [{"displayNames": ["a", "b"], "confidences": [0.5, 0.5],
+                                 "bboxes": bboxes}]}
+    with pytest.raises(ResponseError):
+        Vertex().parse(response, 1)
+
+
+def test_classification_rows_have_no_boxes_in_json():
+    record = prediction_record("k", [("a", 0.2), ("b", 0.8)], "m", NOW)
+    assert record["boxes"] is None
+    row = to_json_row(record)
+    assert "boxes" not in row and row["predicted_at"] == "2026-01-02 03:04:05.000000"
+    assert [l["label"] for l in row["labels"]] == ["b", "a"]
