@@ -4,6 +4,7 @@ Every test that talks to an endpoint uses a real `python -m localserver` subproc
 127.0.0.1. Tests that change its switches get their own server (`make_server`), or reset
 it (`server` resets stats and switches for each test).
 """
+import dataclasses
 import glob
 import json
 import os
@@ -13,14 +14,13 @@ import pytest
 
 from localserver import LocalServer
 from localserver.demo import write_image
+from localserver.server import Config as ServerConfig
 
 # DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download
 # the Prism binary from the internet (see pipeline.run.offline_safe_runner).
 LOCAL_RUNNER = "FnApiRunner"
 
-DEFAULT_SWITCHES = {"latency_ms": 0, "capacity": 64, "quota_qps": 0, "fail_429_rate": 0,
-                    "fail_503_rate": 0, "reset_rate": 0, "max_body_bytes": 1572864,
-                    "bearer_token": "", "name_instances": 1}
+DEFAULT_SWITCHES = dataclasses.asdict(ServerConfig())  # the server's own defaults
 
 
 @pytest.fixture(scope="session")

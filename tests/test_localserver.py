@@ -20,11 +20,9 @@ import pytest
 from PIL import Image
 
 from localserver import LocalServer, model
+from tests.conftest import DEFAULT_SWITCHES
 
 LIMIT = 1572864
-DEFAULTS = dict(latency_ms=0, capacity=64, quota_qps=0, fail_429_rate=0, fail_503_rate=0,
-                reset_rate=0, seed=0, max_body_bytes=LIMIT, model_name="local-color-classifier",
-                bearer_token="", name_instances=1)
 
 #: A colour near each prototype, used with noise to exercise every label.
 COLOURS = {
@@ -131,25 +129,6 @@ def post_concurrently(url, payload, count):
     return statuses
 
 
-# --------------------------------------------------------------------------
-# fixtures
-# --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server():
-    """One server process shared by the module."""
-    with LocalServer() as running:
-        yield running
-
-
-@pytest.fixture
-def srv(server):
-    """The shared server with default switches and zeroed counters."""
-    server.configure(**DEFAULTS)
-    server.reset_stats()
-    return server
-
 
 # --------------------------------------------------------------------------
 # model
@@ -241,24 +220,24 @@ def test_classify_array_rejects_bad_tensors(rows):
 # --------------------------------------------------------------------------
 
 
-def test_healthz_and_unknown_path(srv):
-    assert get(srv.url + "/healthz")[0] == 200
-    status, _, body = post(srv.url + "/v1/projects/p/models/m:explain", {"instances": [1]})
+def test_healthz_and_unknown_path(server):
+    assert get(server.url + "/healthz")[0] == 200
+    status, _, body = post(server.url + "/v1/projects/p/models/m:explain", {"instances": [1]})
     assert_google_error(status, body, 404, "NOT_FOUND")
     with pytest.raises(urllib.error.HTTPError) as info:
-        get(srv.url + "/nothing/here")
+        get(server.url + "/nothing/here")
     assert info.value.code == 404
     info.value.close()
 
 
-def test_mlengine_b64_named_and_tensor(srv):
+def test_mlengine_b64_named_and_tensor(server):
     payload = {"instances": [
         {"b64": b64_image(COLOURS["red"])},
         {"key": "k1", "image": {"b64": b64_image(COLOURS["blue"], "JPEG")}, "extra": [7]},
         tensor(COLOURS["green"]),
         {"key": "k2", "image": tensor(COLOURS["black"])},
     ]}
-    status, _, body = post(srv.endpoint("mlengine"), payload)
+    status, _, body = post(server.endpoint("mlengine"), payload)
     assert status == 200
     predictions = body["predictions"]
     assert [p["labels"][0] for p in predictions] == ["red", "blue", "green", "black"]
@@ -272,31 +251,31 @@ def test_mlengine_b64_named_and_tensor(srv):
         assert prediction["scores"][0] > 0.5
 
 
-def test_mlengine_any_path_prefix_and_versions(srv):
-    url = srv.url + "/some/prefix/v1/projects/p/models/m/versions/v2:predict"
+def test_mlengine_any_path_prefix_and_versions(server):
+    url = server.url + "/some/prefix/v1/projects/p/models/m/versions/v2:predict"
     status, _, body = post(url, {"instances": [{"b64": b64_image(COLOURS["yellow"])}]})
     assert status == 200
     assert body["predictions"][0]["labels"][0] == "yellow"
 
 
-def test_mlengine_one_bad_instance_fails_whole_request(srv):
+def test_mlengine_one_bad_instance_fails_whole_request(server):
     good = {"b64": b64_image(COLOURS["red"])}
     bad = {"b64": base64.b64encode(truncated_png()).decode("ascii")}
-    status, _, body = post(srv.endpoint("mlengine"), {"instances": [good, bad, good]})
+    status, _, body = post(server.endpoint("mlengine"), {"instances": [good, bad, good]})
     assert status == 400
     assert set(body) == {"error"}
     assert isinstance(body["error"], str)
     assert body["error"].startswith("Prediction failed: instance 1: ")
-    status, _, body = post(srv.endpoint("mlengine"), {"instances": [good, good, "text"]})
+    status, _, body = post(server.endpoint("mlengine"), {"instances": [good, good, "text"]})
     assert status == 400 and body["error"].startswith("Prediction failed: instance 2: ")
-    stats = srv.stats()
+    stats = server.stats()
     assert stats["predicted"] == 0
     assert stats["instances"] == 6
     assert stats["responses_by_status"] == {"400": 2}
 
 
-def test_automl_default_threshold(srv):
-    status, _, body = post(srv.endpoint("automl"),
+def test_automl_default_threshold(server):
+    status, _, body = post(server.endpoint("automl"),
                            {"payload": {"image": {"imageBytes": b64_image(COLOURS["yellow"])}}})
     assert status == 200
     assert [item["displayName"] for item in body["payload"]] == ["yellow"]
@@ -304,8 +283,8 @@ def test_automl_default_threshold(srv):
 
 
 @pytest.mark.parametrize("threshold", ["0", 0, 0.0])
-def test_automl_threshold_zero_returns_all_labels(srv, threshold):
-    status, _, body = post(srv.endpoint("automl"), {
+def test_automl_threshold_zero_returns_all_labels(server, threshold):
+    status, _, body = post(server.endpoint("automl"), {
         "payload": {"image": {"imageBytes": b64_image(COLOURS["cyan"])}},
         "params": {"score_threshold": threshold}})
     assert status == 200
@@ -314,24 +293,24 @@ def test_automl_threshold_zero_returns_all_labels(srv, threshold):
     assert body["payload"][0]["displayName"] == "cyan"
 
 
-def test_automl_nothing_passes_threshold_gives_empty_list(srv):
-    status, _, body = post(srv.endpoint("automl"),
+def test_automl_nothing_passes_threshold_gives_empty_list(server):
+    status, _, body = post(server.endpoint("automl"),
                            {"payload": {"image": {"imageBytes": b64_image(GREY, noise=0)}}})
     assert (status, body) == (200, {"payload": []})
-    status, _, body = post(srv.endpoint("automl"), {
+    status, _, body = post(server.endpoint("automl"), {
         "payload": {"image": {"imageBytes": b64_image(COLOURS["red"])}},
         "params": {"score_threshold": "1.01"}})
     assert (status, body) == (200, {"payload": []})
 
 
-def test_automl_bad_image(srv):
-    status, _, body = post(srv.endpoint("automl"),
+def test_automl_bad_image(server):
+    status, _, body = post(server.endpoint("automl"),
                            {"payload": {"image": {"imageBytes": "bm90IGFuIGltYWdl"}}})
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
 
 
-def test_vertex_roundtrip(srv):
-    status, _, body = post(srv.endpoint("vertex"), vertex_body(COLOURS["cyan"], COLOURS["white"]))
+def test_vertex_roundtrip(server):
+    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["cyan"], COLOURS["white"]))
     assert status == 200
     assert body["deployedModelId"] == "local-color-1"
     assert body["modelDisplayName"] == "local-color-classifier"
@@ -345,27 +324,27 @@ def test_vertex_roundtrip(srv):
         assert prediction["confidences"] == sorted(prediction["confidences"], reverse=True)
 
 
-def test_vertex_parameters(srv):
+def test_vertex_parameters(server):
     payload = vertex_body(COLOURS["magenta"], GREY)
     payload["parameters"] = {"confidenceThreshold": 0.5, "maxPredictions": 3}
-    status, _, body = post(srv.endpoint("vertex"), payload)
+    status, _, body = post(server.endpoint("vertex"), payload)
     assert status == 200
     magenta, grey = body["predictions"]
     assert magenta == {"ids": ["5"], "displayNames": ["magenta"],
                        "confidences": magenta["confidences"]}
     assert grey == {"ids": [], "displayNames": [], "confidences": []}
     payload["parameters"] = {"maxPredictions": 2}
-    status, _, body = post(srv.endpoint("vertex"), payload)
+    status, _, body = post(server.endpoint("vertex"), payload)
     assert [len(p["ids"]) for p in body["predictions"]] == [2, 2]
 
 
-def test_vertex_bad_instance_names_its_index(srv):
+def test_vertex_bad_instance_names_its_index(server):
     payload = vertex_body(COLOURS["red"], COLOURS["red"])
     payload["instances"][1]["content"] = base64.b64encode(b"garbage").decode("ascii")
-    status, _, body = post(srv.endpoint("vertex"), payload)
+    status, _, body = post(server.endpoint("vertex"), payload)
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
     assert body["error"]["message"].startswith("Invalid image content at instances[1]: ")
-    assert srv.stats()["predicted"] == 0
+    assert server.stats()["predicted"] == 0
 
 
 @pytest.mark.parametrize("protocol, data", [
@@ -379,26 +358,26 @@ def test_vertex_bad_instance_names_its_index(srv):
     ("vertex", b'{"payload": {}}'),
     ("vertex", b'{"instances": [{}], "parameters": {"maxPredictions": 0}}'),
 ])
-def test_invalid_bodies_get_google_errors(srv, protocol, data):
-    status, _, body = post(srv.endpoint(protocol), data=data)
+def test_invalid_bodies_get_google_errors(server, protocol, data):
+    status, _, body = post(server.endpoint(protocol), data=data)
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
 
 
 @pytest.mark.parametrize("protocol", ["mlengine", "automl", "vertex"])
-def test_body_size_limit(srv, protocol):
+def test_body_size_limit(server, protocol):
     data = json.dumps({"instances": [{"b64": "A" * LIMIT}]}).encode("ascii")
     assert len(data) > LIMIT
-    status, _, body = post(srv.endpoint(protocol), data=data)
+    status, _, body = post(server.endpoint(protocol), data=data)
     assert (status, body) == (400, {"error": {
         "code": 400,
         "message": "Request payload size exceeds the limit: 1572864 bytes.",
         "status": "INVALID_ARGUMENT"}})
-    assert srv.stats()["max_request_bytes"] == len(data)
+    assert server.stats()["max_request_bytes"] == len(data)
 
 
-def test_body_size_limit_is_configurable(srv):
-    srv.configure(max_body_bytes=100)
-    status, _, body = post(srv.endpoint("vertex"), vertex_body(COLOURS["red"]))
+def test_body_size_limit_is_configurable(server):
+    server.configure(max_body_bytes=100)
+    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["red"]))
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
     assert body["error"]["message"] == "Request payload size exceeds the limit: 100 bytes."
 
@@ -408,10 +387,10 @@ def test_body_size_limit_is_configurable(srv):
 # --------------------------------------------------------------------------
 
 
-def test_quota_gives_429_with_retry_after(srv):
-    srv.configure(quota_qps=2)
+def test_quota_gives_429_with_retry_after(server):
+    server.configure(quota_qps=2)
     payload = vertex_body(COLOURS["red"])
-    results = [post(srv.endpoint("vertex"), payload) for _ in range(8)]
+    results = [post(server.endpoint("vertex"), payload) for _ in range(8)]
     statuses = [status for status, _, _ in results]
     assert statuses[:2] == [200, 200]  # the bucket starts full (2 tokens)
     rejected = [(headers, body) for status, headers, body in results if status == 429]
@@ -419,31 +398,31 @@ def test_quota_gives_429_with_retry_after(srv):
     for headers, body in rejected:
         assert headers["Retry-After"] == "1"
         assert_google_error(429, body, 429, "RESOURCE_EXHAUSTED")
-    stats = srv.stats()
+    stats = server.stats()
     assert stats["quota_429"] == len(rejected)
     assert stats["requests"] == 8
     assert sum(stats["per_second"].values()) == statuses.count(200)
     assert stats["responses_by_status"] == {"200": statuses.count(200), "429": len(rejected)}
 
 
-def test_injected_503(srv):
-    srv.configure(fail_503_rate=1.0)
+def test_injected_503(server):
+    server.configure(fail_503_rate=1.0)
     for _ in range(3):
-        status, _, body = post(srv.endpoint("mlengine"), {"instances": [tensor(GREY)]})
+        status, _, body = post(server.endpoint("mlengine"), {"instances": [tensor(GREY)]})
         assert_google_error(status, body, 503, "UNAVAILABLE")
-    stats = srv.stats()
+    stats = server.stats()
     assert stats["injected_503"] == 3
     assert stats["predicted"] == 0 and stats["instances"] == 0
     assert sum(stats["per_second"].values()) == 3  # admitted, then failed
 
 
-def test_injected_429_has_retry_after_zero(srv):
-    srv.configure(fail_429_rate=1.0)
-    status, headers, body = post(srv.endpoint("automl"),
+def test_injected_429_has_retry_after_zero(server):
+    server.configure(fail_429_rate=1.0)
+    status, headers, body = post(server.endpoint("automl"),
                                  {"payload": {"image": {"imageBytes": b64_image(GREY)}}})
     assert_google_error(status, body, 429, "RESOURCE_EXHAUSTED")
     assert headers["Retry-After"] == "0"
-    stats = srv.stats()
+    stats = server.stats()
     assert stats["injected_429"] == 1 and stats["quota_429"] == 0
 
 
@@ -454,25 +433,25 @@ async def aiohttp_post(url, payload):
             return response.status, await response.read()
 
 
-def test_reset_closes_connection_without_response(srv):
-    srv.configure(reset_rate=1.0)
+def test_reset_closes_connection_without_response(server):
+    server.configure(reset_rate=1.0)
     payload = vertex_body(COLOURS["red"])
     with pytest.raises(aiohttp.ClientConnectionError):
-        asyncio.run(aiohttp_post(srv.endpoint("vertex"), payload))
+        asyncio.run(aiohttp_post(server.endpoint("vertex"), payload))
     with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
-        post(srv.endpoint("vertex"), payload)
-    stats = srv.stats()
+        post(server.endpoint("vertex"), payload)
+    stats = server.stats()
     assert stats["injected_resets"] == 2
     assert stats["responses_by_status"] == {}
     assert stats["in_flight"] == 0
-    srv.configure(reset_rate=0)
-    assert asyncio.run(aiohttp_post(srv.endpoint("vertex"), payload))[0] == 200
+    server.configure(reset_rate=0)
+    assert asyncio.run(aiohttp_post(server.endpoint("vertex"), payload))[0] == 200
 
 
-def test_fault_draws_are_seeded(srv):
+def test_fault_draws_are_seeded(server):
     def statuses():
-        srv.configure(seed=7, fail_503_rate=0.5)
-        return [post(srv.endpoint("mlengine"), {"instances": [[[[0, 0, 0]]]]})[0]
+        server.configure(seed=7, fail_503_rate=0.5)
+        return [post(server.endpoint("mlengine"), {"instances": [[[[0, 0, 0]]]]})[0]
                 for _ in range(16)]
 
     first = statuses()
@@ -485,15 +464,15 @@ def test_fault_draws_are_seeded(srv):
 # --------------------------------------------------------------------------
 
 
-def test_stats_counters(srv):
+def test_stats_counters(server):
     bodies = [
         json.dumps({"instances": [tensor(COLOURS[c]) for c in colours]}).encode("utf-8")
         for colours in (["red"], ["red", "green", "blue"], ["white", "black"])
     ]
     before = time.time()
     for data in bodies:
-        assert post(srv.endpoint("mlengine"), data=data)[0] == 200
-    stats = srv.stats()
+        assert post(server.endpoint("mlengine"), data=data)[0] == 200
+    stats = server.stats()
     assert stats["requests"] == 3
     assert stats["instances"] == stats["predicted"] == 6
     assert stats["max_request_instances"] == 3
@@ -507,43 +486,43 @@ def test_stats_counters(srv):
         assert stats[key] == 0
 
 
-def test_max_in_flight_with_latency(srv):
-    srv.configure(latency_ms=300)
+def test_max_in_flight_with_latency(server):
+    server.configure(latency_ms=300)
     started = time.monotonic()
-    statuses = post_concurrently(srv.endpoint("vertex"), vertex_body(COLOURS["blue"]), 6)
+    statuses = post_concurrently(server.endpoint("vertex"), vertex_body(COLOURS["blue"]), 6)
     elapsed = time.monotonic() - started
     assert statuses == [200] * 6
     assert elapsed < 6 * 0.3  # served concurrently
-    stats = srv.stats()
+    stats = server.stats()
     assert stats["max_in_flight"] == 6
     assert stats["in_flight"] == 0
 
 
-def test_capacity_queues_requests(srv):
-    srv.configure(latency_ms=200, capacity=2)
+def test_capacity_queues_requests(server):
+    server.configure(latency_ms=200, capacity=2)
     started = time.monotonic()
-    statuses = post_concurrently(srv.endpoint("mlengine"), {"instances": [tensor(GREY)]}, 4)
+    statuses = post_concurrently(server.endpoint("mlengine"), {"instances": [tensor(GREY)]}, 4)
     elapsed = time.monotonic() - started
     assert statuses == [200] * 4
     assert elapsed >= 0.4  # two waves of two
-    assert srv.stats()["max_in_flight"] == 4  # counted from arrival, waiting included
+    assert server.stats()["max_in_flight"] == 4  # counted from arrival, waiting included
 
 
-def test_config_and_stats_reset(srv):
-    config = srv.configure(latency_ms="5", quota_qps=100, model_name="renamed")
-    assert config == {**DEFAULTS, "latency_ms": 5.0, "quota_qps": 100.0, "model_name": "renamed"}
-    assert get(srv.url + "/config")[1] == config
-    status, _, body = post(srv.endpoint("vertex"), vertex_body(COLOURS["red"]))
+def test_config_and_stats_reset(server):
+    config = server.configure(latency_ms="5", quota_qps=100, model_name="renamed")
+    assert config == {**DEFAULT_SWITCHES, "latency_ms": 5.0, "quota_qps": 100.0, "model_name": "renamed"}
+    assert get(server.url + "/config")[1] == config
+    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["red"]))
     assert status == 200 and body["modelDisplayName"] == "renamed"
 
     for bad in ({"no_such_switch": 1}, {"reset_rate": 2}, {"capacity": 0}, {"seed": "x"}):
-        status, _, body = post(srv.url + "/config", bad)
+        status, _, body = post(server.url + "/config", bad)
         assert_google_error(status, body, 400, "INVALID_ARGUMENT")
-    assert get(srv.url + "/config")[1] == config
+    assert get(server.url + "/config")[1] == config
 
-    assert srv.stats()["requests"] == 1
-    srv.reset_stats()
-    stats = srv.stats()
+    assert server.stats()["requests"] == 1
+    server.reset_stats()
+    stats = server.stats()
     assert stats["requests"] == stats["instances"] == stats["predicted"] == 0
     assert stats["responses_by_status"] == {} and stats["per_second"] == {}
     assert stats["max_request_bytes"] == stats["max_request_instances"] == 0
