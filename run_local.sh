@@ -44,3 +44,14 @@ if ! has_flag --endpoint; then
 fi
 
 "$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "$@"
+
+if [ -n "$server_pid" ]; then
+    "$PY" - "$url" <<'PYEOF'
+import sys
+from localserver import LocalServer
+stats = LocalServer.attach(sys.argv[1]).stats()
+print(f"local server: {stats['requests']} requests, {stats['instances']} instances, largest "
+      f"request {stats['max_request_bytes']} bytes / {stats['max_request_instances']} "
+      f"instances, at most {stats['max_in_flight']} in flight", file=sys.stderr)
+PYEOF
+fi

@@ -182,6 +182,13 @@ class LocalServer:
             body = exc.read().decode("utf-8", "replace")
             raise RuntimeError(f"{method} {path} failed: HTTP {exc.code}: {body}") from None
 
+    @classmethod
+    def attach(cls, url: str) -> "LocalServer":
+        """A handle on a server already running at ``url`` (started elsewhere; not stopped)."""
+        handle = cls()
+        handle.url = url.rstrip("/")
+        return handle
+
     def stats(self) -> Dict[str, Any]:
         """``GET /stats``; ``per_second`` keys are converted back to ``int``."""
         stats = self._call("GET", "/stats")

@@ -553,3 +553,9 @@ def test_start_failure_reports_stderr(switches, message):
     with pytest.raises(RuntimeError, match=message):
         server.start()
     assert server.process is None
+
+
+def test_attach_reads_a_running_servers_stats(server):
+    post(server.endpoint("mlengine"), {"instances": [[[[200, 30, 30]]]]})
+    handle = LocalServer.attach(server.url + "/")
+    assert handle.stats()["requests"] == server.stats()["requests"] == 1
