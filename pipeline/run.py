@@ -7,6 +7,7 @@ Local run (DirectRunner):
 Dataflow: the same command plus --runner DataflowRunner --project P --region R
     --temp_location gs://B/tmp --setup_file ./setup.py (see README, "Run on Dataflow").
 """
+import argparse
 import collections
 import json
 import logging
@@ -137,7 +138,22 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     return summary
 
 
+def print_help():
+    """This pipeline's own flags with their defaults (Beam's own flags are listed by Beam)."""
+    parser = argparse.ArgumentParser(
+        prog="batch-predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Batch image prediction on Apache Beam. Every Beam pipeline option "
+                    "(--runner, --project, --region, --temp_location, --direct_num_workers, "
+                    "...) is accepted too.")
+    PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser.print_help()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _LOG.setLevel(logging.INFO)
     try:
@@ -145,6 +161,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("batch-predict: interrupted; finished shards of this run were not written "
+              "(rerun with --skip_existing to resume)", file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)

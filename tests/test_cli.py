@@ -66,3 +66,12 @@ def test_config_file_with_command_line_override(images, tmp_path, server):
     summary = json.loads(result.stdout)
     assert summary["predicted"] == 2 and summary["requests"] == 2
     assert summary["output"].startswith(str(tmp_path / "from_config"))
+
+
+def test_help_lists_the_pipelines_own_flags_first():
+    result = cli("--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: batch-predict")
+    for flag in ("--input", "--endpoint", "--max_request_bytes", "--qps", "--skip_existing"):
+        assert flag in result.stdout
+    assert "--runner" in result.stdout  # named in the description: Beam's flags pass through
