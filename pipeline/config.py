@@ -3,6 +3,7 @@
 A YAML config holds the same options as the command line (`input: [...]`, `endpoint: ...`,
 and Beam options such as `runner`); flags given on the command line win.
 """
+import argparse
 import dataclasses
 import datetime
 import os
@@ -94,14 +95,33 @@ def with_config_file(argv: Sequence[str]) -> List[str]:
 
 
 def _as_flags(data: dict, given: set) -> List[str]:
+    """Flags for YAML options: a list repeats a repeatable flag (`input`), else is joined
+    with commas (`passthrough_fields: [a, b]` -> `--passthrough_fields=a,b`)."""
+    repeatable = _repeatable_flags()
     flags = []
     for name, value in data.items():
         flag = f"--{name}"
         if flag in given or value is None or value is False:
             continue  # the command line wins, whole (a list included)
+        if isinstance(value, list) and flag not in repeatable:
+            value = ",".join(str(item) for item in value)
         for item in value if isinstance(value, list) else [value]:
             flags.append(flag if item is True else f"{flag}={item}")
     return flags
+
+
+def _all_options_parser(parser_class=_BeamArgumentParser):
+    parser = parser_class(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def _repeatable_flags() -> set:
+    """Flags that argparse collects into a list (`--input`, Beam's `--experiments`, ...)."""
+    return {option for action in _all_options_parser()._actions  # pylint: disable=protected-access
+            if isinstance(action, argparse._AppendAction)  # pylint: disable=protected-access
+            for option in action.option_strings}
 
 
 class _StrictParser(_BeamArgumentParser):
@@ -113,13 +133,13 @@ class _StrictParser(_BeamArgumentParser):
 
 def check_known_flags(argv: Sequence[str]):
     """ConfigError for a flag that neither this pipeline nor Beam knows, or a bad value."""
-    parser = _StrictParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    _, unknown = parser.parse_known_args(list(argv))
+    _, unknown = _all_options_parser(_StrictParser).parse_known_args(list(argv))
     flags = [a for a in unknown if a.startswith("-")]
     if flags:
         raise ConfigError(f"unknown flag {flags[0].split('=', 1)[0]} (see --help)")
+    if unknown:  # e.g. an unquoted glob the shell expanded: `--input a.jpg b.jpg`
+        raise ConfigError(f"unexpected argument {unknown[0]!r} (quote globs given to --input; "
+                          f"repeat --input for several)")
 
 
 # Shared-core machine types, whose names do not end in their vCPU count.
@@ -197,7 +217,11 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         raise ConfigError("--input is required (a folder, glob, gs:// prefix or row file)")
     if not o.endpoint:
         raise ConfigError("--endpoint is required (the full :predict URL)")
-    endpoint = urllib.parse.urlsplit(o.endpoint)
+    try:
+        endpoint = urllib.parse.urlsplit(o.endpoint)
+        endpoint.port  # pylint: disable=pointless-statement  (raises on a bad port)
+    except ValueError as e:
+        raise ConfigError(f"--endpoint {o.endpoint!r} is not a valid URL: {e}")
     if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
         raise ConfigError(f"--endpoint must be an http(s) URL, not {o.endpoint!r}")
     if not o.output:
@@ -231,6 +255,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
                                  "BigQuery table: use --output_format parquet/jsonl/both")
     except ValueError as e:
         raise ConfigError(str(e))
+    if errors is not None and errors == output:
+        raise ConfigError("--errors must differ from --output: dead letters and JSONL "
+                          "predictions would share shard names")
     processes = worker_processes(options)
     return JobConfig(
         inputs=tuple(o.input),

@@ -116,9 +116,15 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
     options, config = parse(sys.argv[1:] if argv is None else argv)
     preflight(config)
-    write_bigquery_schema(config.schema_path, config.passthrough_fields)
+    try:
+        write_bigquery_schema(config.schema_path, config.passthrough_fields)
+    except Exception as e:  # Beam's filesystems raise several types
+        raise ConfigError(f"cannot write under --output {config.output}: {e}")
     started = time.monotonic()
-    p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
+    try:
+        p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
+    except ValueError as e:  # an unknown --runner
+        raise ConfigError(str(e).splitlines()[0])
     build_pipeline(p, config)
     result = p.run()
     if options.view_as(GoogleCloudOptions).template_location:

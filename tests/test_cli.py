@@ -75,3 +75,22 @@ def test_help_lists_the_pipelines_own_flags_first():
     for flag in ("--input", "--endpoint", "--max_request_bytes", "--qps", "--skip_existing"):
         assert flag in result.stdout
     assert "--runner" in result.stdout  # named in the description: Beam's flags pass through
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--input", "b.jpg"], "unexpected argument 'b.jpg'"),  # an unquoted glob, expanded
+    (["--errors", "{out}"], "--errors must differ from --output"),
+    (["--endpoint", "http://127.0.0.1:99999/m:predict"], "Port out of range"),
+    (["--runner", "NoSuchRunner"], "Unexpected pipeline runner: NoSuchRunner"),
+])
+def test_invocations_that_would_lose_or_hide_records(images, tmp_path, extra, expected):
+    out = str(tmp_path / "o")
+    extra = [e.replace("{out}", out) for e in extra]
+    if extra[0] == "--input":  # the shell expanded `--input *.jpg` into two words
+        args = ["--input", images, extra[1]]
+    else:
+        args = ["--input", images] + extra
+    if "--endpoint" not in args:
+        args += ["--endpoint", "http://127.0.0.1:9/m:predict"]
+    line = one_error_line(cli(*args, "--output", out))
+    assert expected in line

@@ -34,3 +34,14 @@ def test_config_that_is_not_a_mapping(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         with_config_file(["--config", str(path)])
+
+
+def test_yaml_lists_repeat_repeatable_flags_and_join_the_others(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: [a, b]\npassthrough_fields: [region, camera]\n"
+                    "label_names: [cat, dog]\nlabels: [team=a, env=b]\n")
+    argv = with_config_file(["--config", str(path)])
+    assert argv.count("--input=a") == 1 and "--input=b" in argv
+    assert "--passthrough_fields=region,camera" in argv
+    assert "--label_names=cat,dog" in argv
+    assert "--labels=team=a" in argv and "--labels=env=b" in argv  # Beam's job labels

@@ -11,12 +11,11 @@ import zlib
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-
-from tests.conftest import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from localserver.demo import color_image
+from tests.conftest import LOCAL_RUNNER
 from transforms import encode
 from transforms.encode import (EncodeInstances, ImageError, encode_instance, open_image,
                                parse_size, prepare, read_bytes)
@@ -221,6 +220,17 @@ def test_read_bytes_errors_name_the_row(tmp_path):
     with pytest.raises(ImageError) as error:
         read_bytes(ImageRef(missing, missing, origin="rows.csv:3"))
     assert str(error.value) == f"file not found: {missing} (row rows.csv:3)"
+
+
+def test_read_bytes_refuses_a_file_too_large_to_be_an_image(tmp_path):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:  # sparse: no disk or memory spent on the test's side
+        f.truncate(encode.MAX_FILE_BYTES + 1)
+    for size in (encode.MAX_FILE_BYTES + 1, None):  # listed size known, or not
+        with pytest.raises(ImageError) as error:
+            read_bytes(ImageRef(str(huge), str(huge), size=size))
+        assert error.value.stage == "read"
+        assert f"file of {encode.MAX_FILE_BYTES + 1} bytes is over" in str(error.value)
 
 
 def test_encode_instances_composite(tmp_path):

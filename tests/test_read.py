@@ -8,10 +8,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
-
-from tests.conftest import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 
+from tests.conftest import LOCAL_RUNNER
 from transforms import metrics
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, classify_file,
                              input_format, parse_rows, pattern_for, ref_rank, resolve_uri,
@@ -131,6 +130,15 @@ def test_parse_csv_rows_line_numbers_and_errors():
     assert out[1][1].uri == "/d/b, with comma.jpg"
     assert isinstance(out[2][1], RowError) and "3 fields but the header has 2" in str(out[2][1])
     assert isinstance(out[3][1], RowError) and "line 6" in str(out[3][1])
+
+
+def test_parse_csv_keeps_every_row_around_a_large_inline_image():
+    big = base64.b64encode(os.urandom(400_000)).decode("ascii")  # over csv's default limit
+    text = f"id,b64\n1,{big}\n2,{big[:8]}\n"
+    out = list(parse_rows("csv", lines_of(text), "/d/r.csv", RowSpec(b64_field="b64",
+                                                                       key_field="id")))
+    assert [(n, r.key) for n, r in out] == [(2, "1"), (3, "2")]
+    assert out[0][1].inline_b64 == big
 
 
 def test_parse_jsonl_rows_and_errors():

@@ -262,6 +262,8 @@ class PredictClient:
                 return Answer(None, None, f"no answer within --request_timeout_s="
                                           f"{self._settings.request_timeout_s:g}",
                               "timeout"), token
+            except aiohttp.InvalidURL as e:  # no retry can mend the URL
+                return Answer(None, None, f"invalid endpoint URL: {e}", None), token
             except (aiohttp.ClientError, OSError) as e:
                 self._throttler.answered(False)
                 return Answer(None, None, f"connection failed: {type(e).__name__}: {e}",

@@ -42,6 +42,11 @@ DOWNSCALE_FACTOR = 0.75
 MIN_SIDE = 224
 
 
+# Files larger than this are not read at all (AutoML's image limit is 30 MB; a request holds
+# 1.5 MB): a stray multi-GB file must not cost a worker that much memory.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
 class ImageError(ValueError):
     """An input that cannot become an instance; `stage` says where it failed."""
 
@@ -213,15 +218,25 @@ def read_bytes(ref: ImageRef) -> bytes:
             return base64.b64decode(ref.inline_b64, validate=True)
         except (binascii.Error, ValueError) as e:
             raise ImageError("read", f"invalid base64{where}: {e}")
+    if ref.size is not None and ref.size > MAX_FILE_BYTES:
+        raise ImageError("read", _too_large(ref, ref.size, where))
     try:
         with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
-            return f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageError("read", f"file not found: {ref.uri}{where}")
     except Exception as e:
         if _is_not_found(e):
             raise ImageError("read", f"file not found: {ref.uri}{where}")
         raise ImageError("read", f"cannot read {ref.uri}{where}: {type(e).__name__}: {e}")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError("read", _too_large(ref, len(data), where))
+    return data
+
+
+def _too_large(ref: ImageRef, size: int, where: str) -> str:
+    return (f"file of {size} bytes is over {MAX_FILE_BYTES} bytes, larger than any image an "
+            f"endpoint takes: {ref.uri}{where}")
 
 
 def _is_not_found(error: Exception) -> bool:

@@ -11,7 +11,6 @@ Only references (URI, size, a row's other columns) travel on from here; the byte
 next to the request (EncodeInstances), so memory does not grow with the job. Every record
 counts once in `inputs`; bad rows become `read` dead letters naming their file and line.
 """
-import binascii
 import csv
 import json
 import os
@@ -288,6 +287,12 @@ def parse_jsonl(lines: Iterable[Tuple[int, str]], source: str):
             yield number, e
 
 
+# Inline base64 images make long CSV fields: allow up to the largest image a request can hold
+# many times over (the csv module's default limit, 128 KiB, is a ~96 KB image).
+CSV_FIELD_LIMIT = 256 * 1024 * 1024
+csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
 def parse_csv(lines: Iterable[Tuple[int, str]], source: str):
     """(line, row dict or RowError) per data row of a CSV file with a header row."""
     numbered = iter(lines)
@@ -300,7 +305,14 @@ def parse_csv(lines: Iterable[Tuple[int, str]], source: str):
 
     reader = csv.reader(texts())
     header = None
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # the reader goes on with the next row after one bad row
+            yield last[0], RowError(f"{source} line {last[0]}: not valid CSV ({e})")
+            continue
         number = last[0]
         if not cells or not any(c.strip() for c in cells):
             continue
@@ -401,10 +413,11 @@ class _ParseRowsFn(beam.DoFn):
                         yield ref
                     else:
                         yield self._failed(f"{source}:{line}", str(ref))
-        except Exception as e:  # the file itself failed mid-way: one record for the rest
-            metrics.counter("inputs").inc()
-            yield self._failed(source, f"{source}: cannot read rows after line {line}: "
-                                       f"{type(e).__name__}: {e}")
+        except Exception as e:
+            if line:  # rows were already emitted: fail the bundle so the runner retries it
+                raise
+            metrics.counter("inputs").inc()  # the file could not be opened: one record for it
+            yield self._failed(source, f"{source}: cannot read rows: {type(e).__name__}: {e}")
 
     @staticmethod
     def _failed(key: str, message: str):
