@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import _BeamArgumentParser
 
 from pipeline.options import PredictOptions
 from transforms.auth import resolve_auth
+from transforms.ratelimit import worker_share
 from transforms.encode import parse_size
 from transforms.protocols import Protocol, make_protocol
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
@@ -269,7 +270,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         max_request_bytes=o.max_request_bytes,
         max_concurrent_requests=o.max_concurrent_requests,
         qps=o.qps,
-        qps_share=o.qps / processes if o.qps else 0.0,
+        qps_share=worker_share(o.qps, processes) if o.qps else 0.0,
         max_retries=o.max_retries,
         request_timeout_s=o.request_timeout_s,
         auth=auth,

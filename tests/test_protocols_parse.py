@@ -123,10 +123,10 @@ def test_mlengine_plain_values():
 def test_mlengine_whole_request_error_names_the_instance():
     with pytest.raises(ResponseError) as raised:
         MLEngine().parse({"error": "Prediction failed: instance 2: bad image"}, 4)
-    assert raised.value.instance_index == 2
+    assert named_instance(str(raised.value)) == 2
     with pytest.raises(ResponseError) as raised:
         MLEngine().parse({"error": {"code": 400, "message": "Bad input"}}, 4)
-    assert raised.value.instance_index is None and "Bad input" in str(raised.value)
+    assert named_instance(str(raised.value)) is None and "Bad input" in str(raised.value)
 
 
 @pytest.mark.parametrize("count", [2, 4])

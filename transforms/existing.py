@@ -13,7 +13,6 @@ only temp files, which these patterns never match. Dead letters (`<output>-error
 summaries are not prediction shards and are never read as such.
 """
 import json
-import logging
 import re
 from typing import Iterable, Optional, Tuple
 
@@ -32,7 +31,6 @@ SKIPPED = "skipped"
 SKIPPED_EXISTING = "skipped_existing"
 SKIPPED_NOT_DEAD_LETTER = "skipped_not_dead_letter"
 
-_LOG = logging.getLogger("batch_predict")
 
 
 def dead_letter_glob(prefix: str) -> str:

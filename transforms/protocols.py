@@ -16,14 +16,8 @@ INSTANCE_FORMATS = ("b64", "named", "tensor")
 
 
 class ResponseError(Exception):
-    """A response that does not carry one usable prediction per instance.
-
-    `instance_index` is set when the endpoint named the instance that failed.
-    """
-
-    def __init__(self, message: str, instance_index: Optional[int] = None):
-        super().__init__(message)
-        self.instance_index = instance_index
+    """A response that does not carry one usable prediction per instance (the client finds
+    a named culprit instance from the message, see `named_instance`)."""
 
 
 class Parsed(NamedTuple):
@@ -203,7 +197,7 @@ def named_instance(message: str) -> Optional[int]:
 def _predictions(response: Any, count: int) -> list:
     message = error_message(response)
     if message is not None:
-        raise ResponseError(message, named_instance(message))
+        raise ResponseError(message)
     predictions = response.get("predictions") if isinstance(response, dict) else None
     if not isinstance(predictions, list):
         raise ResponseError(f"response has no predictions list: {_snippet(response)}")
