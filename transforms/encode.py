@@ -222,7 +222,7 @@ def read_bytes(ref: ImageRef) -> bytes:
         raise ImageError("read", _too_large(ref, ref.size, where))
     try:
         with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read() if ref.size is not None else _read_capped(f)
     except FileNotFoundError:
         raise ImageError("read", f"file not found: {ref.uri}{where}")
     except Exception as e:
@@ -232,6 +232,18 @@ def read_bytes(ref: ImageRef) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise ImageError("read", _too_large(ref, len(data), where))
     return data
+
+
+def _read_capped(f, chunk_bytes: int = 64 * 1024) -> bytes:
+    """A file of unknown size (a row's URI), read no further than MAX_FILE_BYTES + 1."""
+    chunks, total = [], 0
+    while total <= MAX_FILE_BYTES:
+        chunk = f.read(chunk_bytes)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(ref: ImageRef, size: int, where: str) -> str:
