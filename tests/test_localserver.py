@@ -20,21 +20,11 @@ import pytest
 from PIL import Image
 
 from localserver import LocalServer, model
+from localserver.demo import LABEL_COLOURS
 from tests.conftest import DEFAULT_SWITCHES
 
 LIMIT = 1572864
 
-#: A colour near each prototype, used with noise to exercise every label.
-COLOURS = {
-    "red": (200, 30, 30),
-    "green": (30, 200, 30),
-    "blue": (30, 30, 200),
-    "yellow": (210, 210, 40),
-    "cyan": (40, 210, 210),
-    "magenta": (210, 40, 210),
-    "white": (235, 235, 235),
-    "black": (20, 20, 20),
-}
 GREY = (128, 128, 128)
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -73,7 +63,7 @@ def tensor(rgb, height=3, width=4):
 
 
 def truncated_png():
-    data = encode(noisy_image(COLOURS["red"], size=(64, 64), noise=60))
+    data = encode(noisy_image(LABEL_COLOURS["red"], size=(64, 64), noise=60))
     return data[: len(data) // 2]
 
 
@@ -136,15 +126,15 @@ def post_concurrently(url, payload, count):
 
 
 def test_labels_match_prototypes():
-    assert set(model.LABELS) == set(model.PROTOTYPES) == set(COLOURS)
+    assert set(model.LABELS) == set(model.PROTOTYPES) == set(LABEL_COLOURS)
     assert model.PROTOTYPES["red"] == (255, 0, 0)
     assert model.PROTOTYPES["white"] == (255, 255, 255)
     assert model.PROTOTYPES["black"] == (0, 0, 0)
 
 
-@pytest.mark.parametrize("label", sorted(COLOURS))
+@pytest.mark.parametrize("label", sorted(LABEL_COLOURS))
 def test_classify_each_label(label):
-    ranked = model.classify_image(noisy_image(COLOURS[label], seed=len(label)))
+    ranked = model.classify_image(noisy_image(LABEL_COLOURS[label], seed=len(label)))
     assert ranked[0][0] == label
     assert ranked[0][1] > 0.5
     assert sorted(name for name, _ in ranked) == sorted(model.LABELS)
@@ -155,7 +145,7 @@ def test_classify_each_label(label):
 
 
 def test_classify_bytes_png_jpeg_and_determinism():
-    img = noisy_image(COLOURS["magenta"], size=(40, 30))
+    img = noisy_image(LABEL_COLOURS["magenta"], size=(40, 30))
     from_png = model.classify_bytes(encode(img, "PNG"))
     assert from_png == model.classify_bytes(encode(img, "PNG"))
     assert from_png == model.classify_image(img)
@@ -167,11 +157,11 @@ def test_alpha_is_composited_over_white():
     assert model.classify_image(transparent_red)[0][0] == "white"
     opaque_red = Image.new("RGBA", (10, 10), (255, 0, 0, 255))
     assert model.classify_bytes(encode(opaque_red))[0][0] == "red"
-    assert model.classify_image(noisy_image(COLOURS["blue"], mode="L"))[0][0] == "black"
+    assert model.classify_image(noisy_image(LABEL_COLOURS["blue"], mode="L"))[0][0] == "black"
 
 
 def test_large_images_are_reduced():
-    big = noisy_image(COLOURS["cyan"], size=(640, 200), noise=5)
+    big = noisy_image(LABEL_COLOURS["cyan"], size=(640, 200), noise=5)
     assert model.reduce(big).size == (32, 10)
     assert model.classify_image(big)[0][0] == "cyan"
 
@@ -186,7 +176,7 @@ def test_ties_follow_label_order():
     (b"", "empty image data"),
     (b"definitely not an image", "not a recognised image format"),
     (truncated_png(), "cannot decode image"),
-    (encode(noisy_image(COLOURS["red"], size=(64, 64), noise=60), "JPEG")[:300],
+    (encode(noisy_image(LABEL_COLOURS["red"], size=(64, 64), noise=60), "JPEG")[:300],
      "cannot decode image"),
 ])
 def test_classify_bytes_rejects_bad_data(data, reason):
@@ -195,7 +185,7 @@ def test_classify_bytes_rejects_bad_data(data, reason):
 
 
 def test_classify_array():
-    assert model.classify_array(tensor(COLOURS["green"]))[0][0] == "green"
+    assert model.classify_array(tensor(LABEL_COLOURS["green"]))[0][0] == "green"
     assert model.classify_array([[[255, 255, 0]]])[0][0] == "yellow"
 
 
@@ -232,10 +222,10 @@ def test_healthz_and_unknown_path(server):
 
 def test_mlengine_b64_named_and_tensor(server):
     payload = {"instances": [
-        {"b64": b64_image(COLOURS["red"])},
-        {"key": "k1", "image": {"b64": b64_image(COLOURS["blue"], "JPEG")}, "extra": [7]},
-        tensor(COLOURS["green"]),
-        {"key": "k2", "image": tensor(COLOURS["black"])},
+        {"b64": b64_image(LABEL_COLOURS["red"])},
+        {"key": "k1", "image": {"b64": b64_image(LABEL_COLOURS["blue"], "JPEG")}, "extra": [7]},
+        tensor(LABEL_COLOURS["green"]),
+        {"key": "k2", "image": tensor(LABEL_COLOURS["black"])},
     ]}
     status, _, body = post(server.endpoint("mlengine"), payload)
     assert status == 200
@@ -253,13 +243,13 @@ def test_mlengine_b64_named_and_tensor(server):
 
 def test_mlengine_any_path_prefix_and_versions(server):
     url = server.url + "/some/prefix/v1/projects/p/models/m/versions/v2:predict"
-    status, _, body = post(url, {"instances": [{"b64": b64_image(COLOURS["yellow"])}]})
+    status, _, body = post(url, {"instances": [{"b64": b64_image(LABEL_COLOURS["yellow"])}]})
     assert status == 200
     assert body["predictions"][0]["labels"][0] == "yellow"
 
 
 def test_mlengine_one_bad_instance_fails_whole_request(server):
-    good = {"b64": b64_image(COLOURS["red"])}
+    good = {"b64": b64_image(LABEL_COLOURS["red"])}
     bad = {"b64": base64.b64encode(truncated_png()).decode("ascii")}
     status, _, body = post(server.endpoint("mlengine"), {"instances": [good, bad, good]})
     assert status == 400
@@ -276,7 +266,7 @@ def test_mlengine_one_bad_instance_fails_whole_request(server):
 
 def test_automl_default_threshold(server):
     status, _, body = post(server.endpoint("automl"),
-                           {"payload": {"image": {"imageBytes": b64_image(COLOURS["yellow"])}}})
+                           {"payload": {"image": {"imageBytes": b64_image(LABEL_COLOURS["yellow"])}}})
     assert status == 200
     assert [item["displayName"] for item in body["payload"]] == ["yellow"]
     assert body["payload"][0]["classification"]["score"] > 0.5
@@ -285,7 +275,7 @@ def test_automl_default_threshold(server):
 @pytest.mark.parametrize("threshold", ["0", 0, 0.0])
 def test_automl_threshold_zero_returns_all_labels(server, threshold):
     status, _, body = post(server.endpoint("automl"), {
-        "payload": {"image": {"imageBytes": b64_image(COLOURS["cyan"])}},
+        "payload": {"image": {"imageBytes": b64_image(LABEL_COLOURS["cyan"])}},
         "params": {"score_threshold": threshold}})
     assert status == 200
     scores = [item["classification"]["score"] for item in body["payload"]]
@@ -298,7 +288,7 @@ def test_automl_nothing_passes_threshold_gives_empty_list(server):
                            {"payload": {"image": {"imageBytes": b64_image(GREY, noise=0)}}})
     assert (status, body) == (200, {"payload": []})
     status, _, body = post(server.endpoint("automl"), {
-        "payload": {"image": {"imageBytes": b64_image(COLOURS["red"])}},
+        "payload": {"image": {"imageBytes": b64_image(LABEL_COLOURS["red"])}},
         "params": {"score_threshold": "1.01"}})
     assert (status, body) == (200, {"payload": []})
 
@@ -310,7 +300,7 @@ def test_automl_bad_image(server):
 
 
 def test_vertex_roundtrip(server):
-    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["cyan"], COLOURS["white"]))
+    status, _, body = post(server.endpoint("vertex"), vertex_body(LABEL_COLOURS["cyan"], LABEL_COLOURS["white"]))
     assert status == 200
     assert body["deployedModelId"] == "local-color-1"
     assert body["modelDisplayName"] == "local-color-classifier"
@@ -325,7 +315,7 @@ def test_vertex_roundtrip(server):
 
 
 def test_vertex_parameters(server):
-    payload = vertex_body(COLOURS["magenta"], GREY)
+    payload = vertex_body(LABEL_COLOURS["magenta"], GREY)
     payload["parameters"] = {"confidenceThreshold": 0.5, "maxPredictions": 3}
     status, _, body = post(server.endpoint("vertex"), payload)
     assert status == 200
@@ -339,7 +329,7 @@ def test_vertex_parameters(server):
 
 
 def test_vertex_bad_instance_names_its_index(server):
-    payload = vertex_body(COLOURS["red"], COLOURS["red"])
+    payload = vertex_body(LABEL_COLOURS["red"], LABEL_COLOURS["red"])
     payload["instances"][1]["content"] = base64.b64encode(b"garbage").decode("ascii")
     status, _, body = post(server.endpoint("vertex"), payload)
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
@@ -377,7 +367,7 @@ def test_body_size_limit(server, protocol):
 
 def test_body_size_limit_is_configurable(server):
     server.configure(max_body_bytes=100)
-    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["red"]))
+    status, _, body = post(server.endpoint("vertex"), vertex_body(LABEL_COLOURS["red"]))
     assert_google_error(status, body, 400, "INVALID_ARGUMENT")
     assert body["error"]["message"] == "Request payload size exceeds the limit: 100 bytes."
 
@@ -389,7 +379,7 @@ def test_body_size_limit_is_configurable(server):
 
 def test_quota_gives_429_with_retry_after(server):
     server.configure(quota_qps=2)
-    payload = vertex_body(COLOURS["red"])
+    payload = vertex_body(LABEL_COLOURS["red"])
     results = [post(server.endpoint("vertex"), payload) for _ in range(8)]
     statuses = [status for status, _, _ in results]
     assert statuses[:2] == [200, 200]  # the bucket starts full (2 tokens)
@@ -435,7 +425,7 @@ async def aiohttp_post(url, payload):
 
 def test_reset_closes_connection_without_response(server):
     server.configure(reset_rate=1.0)
-    payload = vertex_body(COLOURS["red"])
+    payload = vertex_body(LABEL_COLOURS["red"])
     with pytest.raises(aiohttp.ClientConnectionError):
         asyncio.run(aiohttp_post(server.endpoint("vertex"), payload))
     with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
@@ -466,7 +456,7 @@ def test_fault_draws_are_seeded(server):
 
 def test_stats_counters(server):
     bodies = [
-        json.dumps({"instances": [tensor(COLOURS[c]) for c in colours]}).encode("utf-8")
+        json.dumps({"instances": [tensor(LABEL_COLOURS[c]) for c in colours]}).encode("utf-8")
         for colours in (["red"], ["red", "green", "blue"], ["white", "black"])
     ]
     before = time.time()
@@ -489,7 +479,7 @@ def test_stats_counters(server):
 def test_max_in_flight_with_latency(server):
     server.configure(latency_ms=300)
     started = time.monotonic()
-    statuses = post_concurrently(server.endpoint("vertex"), vertex_body(COLOURS["blue"]), 6)
+    statuses = post_concurrently(server.endpoint("vertex"), vertex_body(LABEL_COLOURS["blue"]), 6)
     elapsed = time.monotonic() - started
     assert statuses == [200] * 6
     assert elapsed < 6 * 0.3  # served concurrently
@@ -512,7 +502,7 @@ def test_config_and_stats_reset(server):
     config = server.configure(latency_ms="5", quota_qps=100, model_name="renamed")
     assert config == {**DEFAULT_SWITCHES, "latency_ms": 5.0, "quota_qps": 100.0, "model_name": "renamed"}
     assert get(server.url + "/config")[1] == config
-    status, _, body = post(server.endpoint("vertex"), vertex_body(COLOURS["red"]))
+    status, _, body = post(server.endpoint("vertex"), vertex_body(LABEL_COLOURS["red"]))
     assert status == 200 and body["modelDisplayName"] == "renamed"
 
     for bad in ({"no_such_switch": 1}, {"reset_rate": 2}, {"capacity": 0}, {"seed": "x"}):

@@ -12,9 +12,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import LOCAL_RUNNER
 from transforms import metrics
-from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, classify_file,
+from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header,
                              input_format, parse_rows, pattern_for, ref_rank, resolve_uri,
-                             row_ref, split_inputs, text_lines)
+                             row_ref, skip_reason, split_inputs, text_lines)
 from transforms.records import ImageRef
 
 
@@ -66,12 +66,12 @@ def test_pattern_for():
     assert pattern_for("rel/*.png") == os.path.abspath("rel/*.png")
 
 
-def test_classify_file_case_insensitive_hidden_and_not_images():
-    assert isinstance(classify_file("/d/A.JPG", 1, "/d"), ImageRef)
-    assert isinstance(classify_file("/d/b.TiFf", 1, "/d"), ImageRef)
-    assert classify_file("/d/.hidden.jpg", 1, "/d") == "skipped_hidden"
-    assert classify_file("/d/.git/x.png", 1, "/d") == "skipped_hidden"
-    assert classify_file("/d/notes.txt", 1, "/d") == "skipped_not_image"
+def test_skip_reason_case_insensitive_hidden_and_not_images():
+    assert skip_reason("/d/A.JPG", "/d") is None
+    assert skip_reason("/d/b.TiFf", "/d") is None
+    assert skip_reason("/d/.hidden.jpg", "/d") == "skipped_hidden"
+    assert skip_reason("/d/.git/x.png", "/d") == "skipped_hidden"
+    assert skip_reason("/d/notes.txt", "/d") == "skipped_not_image"
 
 
 # -- rows --------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from pipeline.config import ConfigError, new_run_id
 from pipeline.graph import build_pipeline
 from pipeline.run import parse
 from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images
-from transforms.passthrough import JoinPassthrough, as_string
+from transforms.passthrough import JoinPassthrough
+from transforms.read import as_text
 from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_schema,
                                 prediction_record, prediction_schema, to_json_row)
 from transforms.write import (WriteResults, bq_load_command, parse_bigquery_table,
@@ -309,8 +310,8 @@ def test_parse_passthrough_fields():
             parse_passthrough_fields(bad)
 
 
-def test_as_string():
-    assert [as_string(v) for v in (None, "x", 3, 2.5, True, [1, "a"], {"k": 1})] == \
+def test_passthrough_values_as_text():
+    assert [as_text(v) for v in (None, "x", 3, 2.5, True, [1, "a"], {"k": 1})] == \
         [None, "x", "3", "2.5", "true", '[1,"a"]', '{"k":1}']
 
 

@@ -7,27 +7,18 @@ instance bytes, the request-building code stays unaware of them, and the cost (o
 of the prediction rows) is paid only when the flag is given. Values are strings (the output
 schema declares them STRING); a missing column, or an image input, gives null.
 """
-import json
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Sequence, Tuple
 
 import apache_beam as beam
 
+from transforms.read import as_text
 from transforms.records import ImageRef
-
-
-def as_string(value) -> Optional[str]:
-    """A passthrough value as the string the output column holds (JSON for lists/objects)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list, bool)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
 
 
 def chosen_fields(ref: ImageRef, names: Sequence[str]) -> Iterable[Tuple[str, dict]]:
     """(key, {name: value}) for a ref read from a row; nothing for a ref without fields."""
     if ref.fields:
-        yield ref.key, {name: as_string(ref.fields.get(name)) for name in names}
+        yield ref.key, {name: as_text(ref.fields.get(name)) for name in names}
 
 
 def key_record(record: dict) -> Tuple[str, dict]:

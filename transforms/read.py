@@ -139,11 +139,6 @@ def first(values: Iterable):
     return next(iter(values), None)
 
 
-def classify_file(path: str, size: int, root: str):
-    """An ImageRef, or the reason the file is skipped."""
-    return skip_reason(path, root) or ImageRef(key=path, uri=path, size=size)
-
-
 class _RefFn(beam.DoFn):
     def process(self, match):
         path, (size, reason) = match
