@@ -1,4 +1,4 @@
-"""Airflow DAG: the batch prediction Flex Template once a day (README.md, "Run on Dataflow" > "Scheduling a daily run").
+"""Airflow DAG: the batch prediction Flex Template once a day (docs/dataflow.md, "Scheduling a daily run").
 
 Every run reads the whole image prefix and predicts only the images no earlier run predicted
 (`skip_existing`); it writes them under the day's folder (`{date}`, filled in by the pipeline

@@ -5,7 +5,7 @@ Local run (DirectRunner):
         --output out/predictions
 
 Dataflow: the same command plus --runner DataflowRunner --project P --region R
-    --temp_location gs://B/tmp --setup_file ./setup.py (see README, "Run on Dataflow").
+    --temp_location gs://B/tmp --setup_file ./setup.py (see docs/dataflow.md).
 """
 import argparse
 import collections

@@ -6,7 +6,7 @@ Beam's GCS filesystem asks google-auth for Application Default Credentials and, 
 are none, retries for ~20-25 s before connecting anonymously. The `gcs` fixture points
 GOOGLE_APPLICATION_CREDENTIALS at a stub `authorized_user` file holding a static, unexpiring
 token: google-auth loads it offline, the storage client sends it to the emulator (which
-ignores it) and never refreshes it. See README.md, "Testing gs:// offline".
+ignores it) and never refreshes it. See docs/testing.md, "Testing gs:// offline".
 """
 import json
 import os

@@ -1,7 +1,7 @@
 """Client-side rate limiting: a steady request schedule for this worker's share of `--qps`,
 plus SRE-style adaptive throttling when the endpoint answers 429 anyway.
 
-How the share is derived is `pipeline.config.worker_processes` (and the README, "How `--qps`
+How the share is derived is `pipeline.config.worker_processes` (and docs/dataflow.md, "How `--qps`
 is shared across workers"): every worker process holds `qps / processes` and spaces its own
 requests that far apart, so the whole job never sends more than `--qps` however the runner
 schedules bundles.
