@@ -155,7 +155,8 @@ def print_help():
     parser.print_help()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
+    """The command: runs the job, prints the summary; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         print_help()
@@ -163,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _LOG.setLevel(logging.INFO)
     try:
-        summary = run(argv)
+        summary = run(argv, test_pipeline)
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2

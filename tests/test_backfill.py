@@ -20,9 +20,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
-from tests.conftest import (LOCAL_RUNNER, assert_accounted, labelled_images, read_dead_letters,
-                            read_predictions)
-from tests.test_write import check_jsonl_against_schema_file
+from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
+                           labelled_images, read_dead_letters, read_predictions)
 from transforms.existing import SelectTodo
 from transforms.records import ImageRef, prediction_schema
 

@@ -3,9 +3,13 @@ import json
 import subprocess
 import sys
 
+import apache_beam as beam
 import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from tests.conftest import labelled_images
+from pipeline.run import main
+from tests.helpers import labelled_images
+from transforms import metrics
 
 
 def cli(*args, timeout=120):
@@ -94,3 +98,21 @@ def test_invocations_that_would_lose_or_hide_records(images, tmp_path, extra, ex
         args += ["--endpoint", "http://127.0.0.1:9/m:predict"]
     line = one_error_line(cli(*args, "--output", out))
     assert expected in line
+
+
+def count_an_input_that_goes_nowhere(element):
+    metrics.counter("inputs").inc()
+    return element
+
+
+def test_a_run_whose_counts_do_not_add_up_exits_1(images, tmp_path, server, capsys):
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | "Lost" >> beam.Create([1]) | beam.Map(count_an_input_that_goes_nowhere)
+    status = main(["--input", images, "--endpoint", server.endpoint("mlengine"),
+                   "--output", str(tmp_path / "o")], test_pipeline=p)
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert status == 1
+    assert (summary["inputs"], summary["predicted"], summary["accounted"]) == (3, 2, False)
+    assert err.splitlines()[-1] == ("batch-predict: error: inputs != predicted + failed + "
+                                    "skipped; some records are unaccounted for")

@@ -4,7 +4,6 @@ endpoint is served here on 127.0.0.1)."""
 import asyncio
 import base64
 import http.server
-import io
 import json
 import random
 import threading
@@ -15,41 +14,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from localserver.demo import LABEL_COLOURS, color_image
+from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch
 from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
 from transforms.client import (ClientSettings, PredictClient, Reply, classify, culprit,
                                splittable)
 from transforms.protocols import MLEngine, make_protocol
 from transforms.ratelimit import RateLimiter, Throttler
 from transforms.retry import RetryPolicy
-
-FAST_RETRIES = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
-LABELS = list(LABEL_COLOURS)
-
-
-def jpeg(label, size=(32, 24), seed=0, quality=90):
-    buf = io.BytesIO()
-    color_image(label, size, seed).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def poison_jpeg():
-    """A JPEG whose header parses but whose pixels the server cannot decode."""
-    whole = jpeg("red", size=(256, 256), quality=95)
-    return whole[:len(whole) // 2]
-
-
-def batch(protocol, count, poison=()):
-    """(keys, instances, truth): `count` images, those at `poison` indexes truncated."""
-    keys, instances, truth = [], [], {}
-    for i in range(count):
-        label = LABELS[i % len(LABELS)]
-        key = f"img-{i:03d}-{label}"
-        data = poison_jpeg() if i in poison else jpeg(label, seed=i)
-        keys.append(key)
-        instances.append(protocol.instance(key, data, "image/jpeg"))
-        truth[key] = None if i in poison else label
-    return keys, instances, truth
 
 
 def settings(server, name="mlengine", **overrides):
@@ -251,13 +222,6 @@ def test_one_instance_over_the_size_limit_fails_alone(server):
     outcomes, stats = predict(settings(server), keys, instances)
     assert stats.requests == 1 and not outcomes[0].ok
     assert "Request payload size exceeds the limit" in outcomes[0].record["error"]
-
-
-class DuplicatingProtocol(MLEngine):
-    """Sends the first instance twice: the server answers one prediction too many."""
-
-    def body(self, instances):
-        return super().body([instances[0]] + list(instances))
 
 
 class DroppingProtocol(MLEngine):

@@ -38,7 +38,7 @@ from pipeline.config import (ConfigError, build_config, check_known_flags, machi
                              with_config_file, worker_processes)
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
-from tests.conftest import labelled_images
+from tests.helpers import labelled_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dataflow.yaml")

@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from localserver.demo import color_image
-from tests.conftest import LOCAL_RUNNER
+from tests.helpers import LOCAL_RUNNER
 from transforms import encode
 from transforms.encode import (EncodeInstances, ImageError, encode_instance, open_image,
                                parse_size, prepare, read_bytes)

@@ -20,7 +20,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from pipeline.run import run
-from tests.conftest import assert_accounted, labelled_images, read_dead_letters, read_predictions
+from tests.helpers import assert_accounted, labelled_images, read_dead_letters, read_predictions
 
 PROJECT = "emulated-project"
 BUCKET = "photos-bucket"

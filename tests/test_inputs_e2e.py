@@ -18,8 +18,8 @@ from PIL import Image
 
 from localserver.demo import write_image
 from pipeline.run import main, run
-from tests.conftest import (LOCAL_RUNNER, assert_accounted, labelled_images,
-                            read_dead_letters, read_predictions)
+from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images,
+                           read_dead_letters, read_predictions)
 from transforms.encode import EncodeInstances
 from transforms.protocols import make_protocol
 from transforms.read import ReadInputs

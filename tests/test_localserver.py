@@ -21,7 +21,7 @@ from PIL import Image
 
 from localserver import LocalServer, model
 from localserver.demo import LABEL_COLOURS
-from tests.conftest import DEFAULT_SWITCHES
+from tests.helpers import DEFAULT_SWITCHES
 
 LIMIT = 1572864
 

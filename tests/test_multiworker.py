@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import worker_processes
 from pipeline.run import run
-from tests.conftest import assert_accounted, labelled_images, read_dead_letters, \
+from tests.helpers import assert_accounted, labelled_images, read_dead_letters, \
     read_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

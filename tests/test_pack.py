@@ -2,7 +2,7 @@
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from tests.conftest import LOCAL_RUNNER
+from tests.helpers import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.pack import PackRequests, pack

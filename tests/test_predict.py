@@ -7,16 +7,17 @@ import pickle
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
-from tests.conftest import (assert_accounted, labelled_images, read_dead_letters,
-                            read_predictions)
-from tests.test_client import FAST_RETRIES, batch
+from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, assert_accounted,
+                           batch, labelled_images, read_dead_letters, read_predictions)
+from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
-from transforms.predict import ENGINES, FAILED, Predict, PredictSettings, Progress, _PredictFn
+from transforms.predict import FAILED, Predict, PredictSettings, Progress, _PredictFn
 from transforms.protocols import make_protocol
 from transforms.records import PredictRequest
 
@@ -89,6 +90,21 @@ def test_predict_composite_splits_outputs(server):
         assert_that(results[FAILED] | "BadKeys" >> beam.Map(lambda r: (r["key"], r["stage"])),
                     equal_to([(k, "predict") for k, v in truth.items() if v is None]),
                     label="failed")
+
+
+def test_failures_are_counted_by_their_own_stage(server):
+    requests, _ = requests_of(6, 3)
+    p = TestPipeline(runner=LOCAL_RUNNER)  # every answer has one prediction too many
+    results = (p | beam.Create(requests)
+               | Predict(predict_settings(server, protocol=DuplicatingProtocol())))
+    assert_that(results[FAILED] | beam.Map(lambda r: r["stage"]),
+                equal_to(["parse"] * 6), label="stages")
+    result = p.run()
+    result.wait_until_finish()
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    counts = {c.key.metric.name: c.committed for c in query["counters"]}
+    assert counts["failed_parse"] == 6
+    assert "failed_predict" not in counts
 
 
 def test_progress_line(caplog):

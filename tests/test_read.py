@@ -10,7 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.conftest import LOCAL_RUNNER
+from tests.helpers import LOCAL_RUNNER
 from transforms import metrics
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header,
                              input_format, parse_rows, pattern_for, ref_rank, resolve_uri,

@@ -17,7 +17,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.config import ConfigError, new_run_id
 from pipeline.graph import build_pipeline
 from pipeline.run import parse
-from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images
+from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
+                           check_row, labelled_images)
 from transforms.passthrough import JoinPassthrough
 from transforms.read import as_text
 from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_schema,
@@ -81,63 +82,6 @@ def test_parquet_with_passthrough_columns(tmp_path):
 
 
 # -- JSONL against the written schema file -------------------------------------------------
-
-BQ_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
-
-
-def check_value(value, field, where):
-    """Raise AssertionError unless `value` loads into BigQuery column `field` from JSON."""
-    mode = field.get("mode", "NULLABLE")
-    if mode == "REPEATED":
-        assert isinstance(value, list), f"{where}: REPEATED needs a list, got {value!r}"
-        for i, item in enumerate(value):
-            assert item is not None, f"{where}[{i}]: null in a REPEATED field"
-            check_value(item, {**field, "mode": "REQUIRED"}, f"{where}[{i}]")
-        return
-    if value is None:
-        assert mode == "NULLABLE", f"{where}: null in a {mode} field"
-        return
-    kind = field["type"]
-    if kind == "STRING":
-        assert isinstance(value, str), f"{where}: STRING got {value!r}"
-    elif kind in ("FLOAT", "FLOAT64"):
-        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
-    elif kind in ("INTEGER", "INT64"):
-        assert isinstance(value, int) and not isinstance(value, bool), where
-    elif kind == "TIMESTAMP":
-        assert isinstance(value, str) and BQ_TIMESTAMP.match(value), f"{where}: {value!r}"
-    elif kind == "RECORD":
-        check_row(value, field["fields"], where)
-    else:
-        raise AssertionError(f"{where}: type {kind} not handled by this check")
-
-
-def check_row(row, fields, where="row"):
-    assert isinstance(row, dict), f"{where}: not an object"
-    names = {f["name"] for f in fields}
-    assert set(row) <= names, f"{where}: fields not in the schema: {set(row) - names}"
-    for field in fields:
-        if field["name"] not in row:  # an absent column loads as NULL (REPEATED: empty)
-            assert field.get("mode") != "REQUIRED", f"{where}: no {field['name']}"
-            continue
-        check_value(row[field["name"]], field, f"{where}.{field['name']}")
-
-
-def check_jsonl_against_schema_file(jsonl_paths, schema_path):
-    """Every line of every file is one JSON object that matches the schema file's types."""
-    with open(schema_path, encoding="utf-8") as f:
-        fields = json.load(f)
-    assert isinstance(fields, list) and all({"name", "type", "mode"} <= set(x) for x in fields)
-    rows = []
-    for path in jsonl_paths:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                assert line.endswith("\n") and line.strip(), f"{path}:{n}: blank or unterminated"
-                row = json.loads(line)
-                check_row(row, fields, f"{path}:{n}")
-                rows.append(row)
-    return rows
-
 
 def test_jsonl_lines_match_the_schema_file(tmp_path):
     rows = records(4, extra={"customer": "acme"})

@@ -26,11 +26,11 @@ def key_record(record: dict) -> Tuple[str, dict]:
 
 
 def with_fields(joined: Tuple[str, dict], names: Sequence[str]) -> Iterable[dict]:
-    """Each prediction of a key with its row's fields (rows sharing a key pair up in order)."""
+    """The prediction of a key with its row's fields (keys are unique: ReadInputs keeps one
+    record per key, so a key has at most one row and one prediction)."""
     _, groups = joined
-    fields = list(groups["fields"])
-    for i, record in enumerate(groups["predictions"]):
-        values = fields[min(i, len(fields) - 1)] if fields else {}
+    values = next(iter(groups["fields"]), {})
+    for record in groups["predictions"]:
         yield {**record, **{name: values.get(name) for name in names}}
 
 

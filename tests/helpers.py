@@ -1,0 +1,162 @@
+"""Helpers shared by the test modules: demo images, output readers, summary and schema checks,
+and small request batches for the client and Predict tests. Fixtures live in conftest.py."""
+import dataclasses
+import glob
+import io
+import json
+import os
+import re
+
+import pyarrow.parquet as pq
+
+from localserver.demo import LABEL_COLOURS, color_image, write_image
+from localserver.server import Config as ServerConfig
+from transforms.protocols import MLEngine
+from transforms.retry import RetryPolicy
+
+# DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download
+# the Prism binary from the internet (see pipeline.run.offline_safe_runner).
+LOCAL_RUNNER = "FnApiRunner"
+
+DEFAULT_SWITCHES = dataclasses.asdict(ServerConfig())  # the local server's own defaults
+
+FAST_RETRIES = RetryPolicy(max_retries=3, base_delay_s=0.01, max_delay_s=0.05)
+
+
+# -- Jobs and their outputs ------------------------------------------------------------------
+
+def labelled_images(folder, labels, fmt_cycle=("jpg", "png", "jpeg", "webp"), size=(48, 40)):
+    """Write one image per label (in order) into `folder`; returns {absolute path: label}."""
+    truth = {}
+    for i, label in enumerate(labels):
+        ext = fmt_cycle[i % len(fmt_cycle)]
+        sub = os.path.join(str(folder), "nested") if i % 4 == 3 else str(folder)
+        path = os.path.abspath(os.path.join(sub, f"{label}_{i:03d}.{ext}"))
+        write_image(path, label, seed=i, size=size)
+        truth[path] = label
+    return truth
+
+
+def read_predictions(output_prefix, fmt="parquet"):
+    """Every prediction row written under an output prefix, from all runs, keyed by key."""
+    rows = []
+    if fmt == "parquet":
+        for path in sorted(glob.glob(f"{output_prefix}-*.parquet")):
+            rows.extend(pq.read_table(path).to_pylist())
+    else:
+        for path in sorted(glob.glob(f"{output_prefix}-*.jsonl")):
+            if os.path.basename(path).startswith(os.path.basename(output_prefix) + "-errors"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                rows.extend(json.loads(line) for line in f if line.strip())
+    return rows
+
+
+def read_dead_letters(errors_prefix):
+    rows = []
+    for path in sorted(glob.glob(f"{errors_prefix}-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            rows.extend(json.loads(line) for line in f if line.strip())
+    return rows
+
+
+def assert_accounted(summary):
+    assert summary["inputs"] == summary["predicted"] + summary["failed"] + summary["skipped"], \
+        summary
+    assert summary["accounted"] is True, summary
+
+
+# -- JSONL against the written BigQuery schema file ------------------------------------------
+
+BQ_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?$")
+
+
+def check_value(value, field, where):
+    """Raise AssertionError unless `value` loads into BigQuery column `field` from JSON."""
+    mode = field.get("mode", "NULLABLE")
+    if mode == "REPEATED":
+        assert isinstance(value, list), f"{where}: REPEATED needs a list, got {value!r}"
+        for i, item in enumerate(value):
+            assert item is not None, f"{where}[{i}]: null in a REPEATED field"
+            check_value(item, {**field, "mode": "REQUIRED"}, f"{where}[{i}]")
+        return
+    if value is None:
+        assert mode == "NULLABLE", f"{where}: null in a {mode} field"
+        return
+    kind = field["type"]
+    if kind == "STRING":
+        assert isinstance(value, str), f"{where}: STRING got {value!r}"
+    elif kind in ("FLOAT", "FLOAT64"):
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+    elif kind in ("INTEGER", "INT64"):
+        assert isinstance(value, int) and not isinstance(value, bool), where
+    elif kind == "TIMESTAMP":
+        assert isinstance(value, str) and BQ_TIMESTAMP.match(value), f"{where}: {value!r}"
+    elif kind == "RECORD":
+        check_row(value, field["fields"], where)
+    else:
+        raise AssertionError(f"{where}: type {kind} not handled by this check")
+
+
+def check_row(row, fields, where="row"):
+    assert isinstance(row, dict), f"{where}: not an object"
+    names = {f["name"] for f in fields}
+    assert set(row) <= names, f"{where}: fields not in the schema: {set(row) - names}"
+    for field in fields:
+        if field["name"] not in row:  # an absent column loads as NULL (REPEATED: empty)
+            assert field.get("mode") != "REQUIRED", f"{where}: no {field['name']}"
+            continue
+        check_value(row[field["name"]], field, f"{where}.{field['name']}")
+
+
+def check_jsonl_against_schema_file(jsonl_paths, schema_path):
+    """Every line of every file is one JSON object that matches the schema file's types."""
+    with open(schema_path, encoding="utf-8") as f:
+        fields = json.load(f)
+    assert isinstance(fields, list) and all({"name", "type", "mode"} <= set(x) for x in fields)
+    rows = []
+    for path in jsonl_paths:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                assert line.endswith("\n") and line.strip(), f"{path}:{n}: blank or unterminated"
+                row = json.loads(line)
+                check_row(row, fields, f"{path}:{n}")
+                rows.append(row)
+    return rows
+
+
+# -- Request batches for the client and Predict ----------------------------------------------
+
+LABELS = list(LABEL_COLOURS)
+
+
+def jpeg(label, size=(32, 24), seed=0, quality=90):
+    buf = io.BytesIO()
+    color_image(label, size, seed).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def poison_jpeg():
+    """A JPEG whose header parses but whose pixels the server cannot decode."""
+    whole = jpeg("red", size=(256, 256), quality=95)
+    return whole[:len(whole) // 2]
+
+
+def batch(protocol, count, poison=()):
+    """(keys, instances, truth): `count` images, those at `poison` indexes truncated."""
+    keys, instances, truth = [], [], {}
+    for i in range(count):
+        label = LABELS[i % len(LABELS)]
+        key = f"img-{i:03d}-{label}"
+        data = poison_jpeg() if i in poison else jpeg(label, seed=i)
+        keys.append(key)
+        instances.append(protocol.instance(key, data, "image/jpeg"))
+        truth[key] = None if i in poison else label
+    return keys, instances, truth
+
+
+class DuplicatingProtocol(MLEngine):
+    """Sends the first instance twice: the server answers one prediction too many."""
+
+    def body(self, instances):
+        return super().body([instances[0]] + list(instances))
