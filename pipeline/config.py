@@ -41,7 +41,6 @@ class JobConfig:
     max_instances_per_request: int
     max_request_bytes: int
     max_concurrent_requests: int
-    qps: float
     qps_share: float
     max_retries: int
     request_timeout_s: float
@@ -269,7 +268,6 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         max_instances_per_request=o.max_instances_per_request,
         max_request_bytes=o.max_request_bytes,
         max_concurrent_requests=o.max_concurrent_requests,
-        qps=o.qps,
         qps_share=worker_share(o.qps, processes) if o.qps else 0.0,
         max_retries=o.max_retries,
         request_timeout_s=o.request_timeout_s,

@@ -26,7 +26,7 @@ def test_command_line_wins_and_replaces_lists(tmp_path):
     options = PipelineOptions(argv + ["--output", "o", "--endpoint", "http://127.0.0.1:1/m:predict"])
     config = build_config(options)
     assert config.inputs == ("c",)
-    assert config.qps == 7 and config.max_retries == 2 and config.skip_existing
+    assert config.qps_share == 7 and config.max_retries == 2 and config.skip_existing
 
 
 def test_config_that_is_not_a_mapping(tmp_path):

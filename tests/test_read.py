@@ -1,8 +1,11 @@
 """ReadInputs / ReadImages / ReadRows: formats by extension, rows to refs, bad rows to `read`
 dead letters, every record counted once, keys unique."""
 import base64
+import csv
 import json
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
@@ -132,13 +135,29 @@ def test_parse_csv_rows_line_numbers_and_errors():
     assert isinstance(out[3][1], RowError) and "line 6" in str(out[3][1])
 
 
-def test_parse_csv_keeps_every_row_around_a_large_inline_image():
+@pytest.fixture
+def default_csv_field_limit():
+    """The csv module's own limit during the test (another test may have raised it)."""
+    before = csv.field_size_limit(128 * 1024)
+    yield
+    csv.field_size_limit(before)
+
+
+def test_parse_csv_keeps_every_row_around_a_large_inline_image(default_csv_field_limit):
     big = base64.b64encode(os.urandom(400_000)).decode("ascii")  # over csv's default limit
     text = f"id,b64\n1,{big}\n2,{big[:8]}\n"
     out = list(parse_rows("csv", lines_of(text), "/d/r.csv", RowSpec(b64_field="b64",
                                                                        key_field="id")))
     assert [(n, r.key) for n, r in out] == [(2, "1"), (3, "2")]
     assert out[0][1].inline_b64 == big
+
+
+def test_importing_the_pipeline_leaves_the_csv_field_limit_alone():
+    code = ("import csv; before = csv.field_size_limit(); import pipeline.run; "
+            "print(before == csv.field_size_limit())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_parse_jsonl_rows_and_errors():

@@ -56,7 +56,6 @@ class TokenSource:
         if mode == "adc" and resolve_auth("adc", endpoint) != "adc":
             raise ValueError("refusing to send a bearer token over plain http")
         self.enabled = mode == "adc"
-        self.refreshes = 0
         self._credentials = None
         self._missing: Optional[str] = None
         self._lock: Optional[asyncio.Lock] = None
@@ -89,7 +88,6 @@ class TokenSource:
                 except Exception as e:  # google.auth.exceptions.RefreshError, transport errors
                     raise AuthError(f"cannot refresh the access token: {type(e).__name__}: "
                                     f"{_shortened(str(e))}", retryable=True)
-                self.refreshes += 1
             return credentials.token
 
 

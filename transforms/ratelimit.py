@@ -42,7 +42,6 @@ class RateLimiter:
     """
 
     def __init__(self, qps: float, clock: Callable[[], float] = time.monotonic):
-        self.qps = qps
         self._interval = 1.0 / qps if qps > 0 else 0.0
         self._clock = clock
         self._next = 0.0

@@ -24,7 +24,6 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import metrics
 from transforms.records import ImageRef, dead_letter
 
-SKIPPED = "skipped"
 FAILED = "failed"
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
@@ -148,11 +147,10 @@ class _RefFn(beam.DoFn):
         else:
             metrics.counter(reason).inc()
             metrics.counter("skipped").inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (path, reason))
 
 
 class ReadImages(beam.PTransform):
-    """Patterns -> ImageRef per image file (deduplicated), with a `skipped` output."""
+    """Patterns -> ImageRef per image file (deduplicated); other files are counted skips."""
 
     def __init__(self, patterns: List[str]):
         super().__init__()
@@ -163,7 +161,7 @@ class ReadImages(beam.PTransform):
                 | "Patterns" >> beam.Create(self._patterns)
                 | "Match" >> beam.FlatMap(match_pattern)
                 | "Dedupe" >> beam.CombinePerKey(first)
-                | "ToRefs" >> beam.ParDo(_RefFn()).with_outputs(SKIPPED, main="refs"))
+                | "ToRefs" >> beam.ParDo(_RefFn()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,10 +169,9 @@ class ReadImages(beam.PTransform):
 
 
 class Outputs(NamedTuple):
-    """What ReadRows and ReadInputs produce: refs, read dead letters, skipped files."""
+    """What ReadRows and ReadInputs produce: refs and read dead letters."""
     refs: beam.PCollection
     failed: beam.PCollection
-    skipped: Optional[beam.PCollection] = None
 
 
 class RowSpec(NamedTuple):
@@ -285,11 +282,20 @@ def parse_jsonl(lines: Iterable[Tuple[int, str]], source: str):
 # Inline base64 images make long CSV fields: allow up to the largest image a request can hold
 # many times over (the csv module's default limit, 128 KiB, is a ~96 KB image).
 CSV_FIELD_LIMIT = 256 * 1024 * 1024
-csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
+def allow_long_csv_fields():
+    """Raise the csv module's field limit to CSV_FIELD_LIMIT, never lowering a larger one.
+
+    The limit is process-wide state of the csv module, so it is raised only where rows are
+    read, not when this module is imported."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
 
 
 def parse_csv(lines: Iterable[Tuple[int, str]], source: str):
     """(line, row dict or RowError) per data row of a CSV file with a header row."""
+    allow_long_csv_fields()
     numbered = iter(lines)
     last = [0]
 
@@ -514,8 +520,8 @@ class UniqueKeys(beam.PTransform):
 
 
 class ReadInputs(beam.PTransform):
-    """Every --input -> ImageRef per record (unique keys), with `failed` (read dead letters)
-    and `skipped` outputs. Image folders and row files may be mixed in one job."""
+    """Every --input -> ImageRef per record (unique keys), with `failed` (read dead letters);
+    skipped files are counted. Image folders and row files may be mixed in one job."""
 
     def __init__(self, inputs: Sequence[str], requested_format: str = "auto",
                  spec: RowSpec = RowSpec()):
@@ -525,11 +531,9 @@ class ReadInputs(beam.PTransform):
 
     def expand(self, pbegin):
         p = pbegin.pipeline
-        refs, failed, skipped = [], [], []
+        refs, failed = [], []
         if self._images:
-            images = pbegin | "ReadImages" >> ReadImages(self._images)
-            refs.append(images.refs)
-            skipped.append(images.skipped)
+            refs.append(pbegin | "ReadImages" >> ReadImages(self._images))
         if self._rows:
             rows = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
             failed.append(rows.failed)
@@ -537,5 +541,4 @@ class ReadInputs(beam.PTransform):
                     | "AllRefs" >> beam.Flatten(pipeline=p)
                     | "UniqueKeys" >> UniqueKeys()]
         return Outputs(refs | "Refs" >> beam.Flatten(pipeline=p),
-                       failed | "Failed" >> beam.Flatten(pipeline=p),
-                       skipped | "Skipped" >> beam.Flatten(pipeline=p))
+                       failed | "Failed" >> beam.Flatten(pipeline=p))

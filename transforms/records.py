@@ -1,8 +1,8 @@
 """The records the pipeline emits, and their declared schemas.
 
 Every output row is a plain dict matching `PREDICTION_SCHEMA` (Arrow, for Parquet) and
-`bigquery_schema()` (for JSONL loads and WriteToBigQuery). Dead letters match
-`DEAD_LETTER_FIELDS`. Nothing downstream formats strings by hand.
+`bigquery_schema()` (for JSONL loads and WriteToBigQuery); dead letters are built by
+`dead_letter()`. Nothing downstream formats strings by hand.
 """
 import datetime
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
@@ -36,8 +36,6 @@ def prediction_schema(extra_fields: Sequence[str] = ()) -> pa.Schema:
         schema = schema.append(pa.field(name, pa.string()))
     return schema
 
-
-DEAD_LETTER_FIELDS = ("key", "stage", "error", "http_status", "attempts", "failed_at")
 
 BIGQUERY_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 

@@ -36,7 +36,6 @@ PARQUET_CODEC = "snappy"
 PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
 PARQUET_RECORD_BATCH_SIZE = 1000
 
-PLACEHOLDERS = ("date", "run_id")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 # new_run_id(): `YYYYMMDDThhmmssZ-` and hex.
 RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]+"
