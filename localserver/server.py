@@ -1,7 +1,7 @@
 """Local prediction server speaking ML Engine, AutoML v1beta1 and Vertex AI.
 
-One aiohttp application answers all three wire formats (see
-``/work/shared/PROTOCOLS.md``) with the deterministic colour classifier from
+One aiohttp application answers all three wire formats (the client side of each is
+:mod:`transforms.protocols`) with the deterministic colour classifier from
 :mod:`localserver.model`, and can simulate the unpleasant parts of a real
 service: latency, limited capacity, a QPS quota, injected 429/503 errors and
 abrupt connection resets. Counters at ``GET /stats`` let tests and benchmarks

@@ -2,7 +2,7 @@
 joined into a request body, and how a response body becomes labels.
 
 Pure functions and small immutable objects only, so that everything here is tested directly
-and is safe to pickle onto Dataflow workers. See PROTOCOLS.md for the formats.
+and is safe to pickle onto Dataflow workers.
 """
 import base64
 import json

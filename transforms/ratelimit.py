@@ -63,9 +63,8 @@ class Throttler:
     The formula is Beam's AdaptiveThrottler's, but a request is counted when its answer comes
     (accepted: any HTTP answer but 429), not when it is sent: Beam's counts in-flight requests
     as not accepted, so with 500 ms latency the first half second of a job sees 32 requests
-    and no acceptance and holds back 97 % of the next ones (measured: the server got 3, 8, 7,
-    12 requests in the first seconds instead of 32). Requests held back locally are counted
-    at once, as the SRE book says.
+    and no acceptance and holds back 97 % of the next ones. Requests held back locally are
+    counted at once, as the SRE book says.
     """
 
     def __init__(self, window_s: float = THROTTLE_WINDOW_S,

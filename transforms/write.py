@@ -28,9 +28,9 @@ FILE_FORMATS = {"parquet": ("parquet",), "jsonl": ("jsonl",), "both": ("parquet"
                 "bigquery": ()}
 
 # Parquet: snappy, and row groups of up to 4 MB of buffered Arrow data (a prediction row is
-# ~200 bytes there, so ~20k rows a group). Beam's default of 64 MB holds a whole 50,000-image
-# job's rows in memory on each writer: peak RSS 50k/5k images 1.31x with it, 1.25x with 8 MB,
-# 1.19x with 4 MB (benchmarks/memory.py), and memory is meant to stay flat as jobs grow. Lists in the standard 3-level form (`list.element`) that BigQuery's
+# ~200 bytes there, so ~20k rows a group): Beam's default of 64 MB holds a large job's rows in
+# memory on each writer, and memory is meant to stay flat as jobs grow (figures in
+# benchmarks/README.md). Lists in the standard 3-level form (`list.element`) that BigQuery's
 # list inference and other readers expect.
 PARQUET_CODEC = "snappy"
 PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
