@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
@@ -21,7 +22,7 @@ from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_s
                            check_row, labelled_images)
 from transforms.passthrough import JoinPassthrough
 from transforms.read import as_text
-from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_schema,
+from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_field, bigquery_schema,
                                 prediction_record, prediction_schema, to_json_row)
 from transforms.write import (WriteResults, bq_load_command, parse_bigquery_table,
                               parse_passthrough_fields, render_path, shard_glob, shard_regex,
@@ -113,18 +114,31 @@ def test_schema_check_rejects_what_bq_load_rejects():
             check_row(row, fields)
 
 
-def test_bigquery_schema_matches_the_arrow_schema():
-    arrow_to_bq = {"string": "STRING", "double": "FLOAT", "timestamp[us, tz=UTC]": "TIMESTAMP"}
-    for extra in ((), ("customer",)):
-        arrow, bq = prediction_schema(extra), bigquery_schema(extra)
-        assert [f.name for f in arrow] == [f["name"] for f in bq]
-        for a, b in zip(arrow, bq):
-            if b["type"] == "RECORD":
-                assert b["mode"] == "REPEATED"
-                assert [f.name for f in a.type.value_type] == [f["name"] for f in b["fields"]]
-            else:
-                assert arrow_to_bq[str(a.type)] == b["type"]
-                assert (b["mode"] == "REQUIRED") == (not a.nullable)
+def test_bigquery_schema_of_the_prediction_rows():
+    nullable = lambda name, kind: {"name": name, "type": kind, "mode": "NULLABLE"}
+    assert bigquery_schema(("customer",)) == [
+        {"name": "key", "type": "STRING", "mode": "REQUIRED"},
+        {"name": "labels", "type": "RECORD", "mode": "REPEATED",
+         "fields": [nullable("label", "STRING"), nullable("score", "FLOAT")]},
+        nullable("top_label", "STRING"),
+        nullable("top_score", "FLOAT"),
+        nullable("model", "STRING"),
+        nullable("predicted_at", "TIMESTAMP"),
+        {"name": "boxes", "type": "RECORD", "mode": "REPEATED",
+         "fields": [nullable("label", "STRING")] + [nullable(n, "FLOAT") for n in (
+             "score", "x_min", "x_max", "y_min", "y_max")]},
+        nullable("customer", "STRING"),
+    ]
+
+
+def test_bigquery_fields_follow_the_arrow_types():
+    inner = pa.struct([("n", pa.int64()), ("ok", pa.bool_())])
+    assert bigquery_field(pa.field("f", inner, nullable=False)) == {
+        "name": "f", "type": "RECORD", "mode": "REQUIRED",
+        "fields": [{"name": "n", "type": "INTEGER", "mode": "NULLABLE"},
+                   {"name": "ok", "type": "BOOLEAN", "mode": "NULLABLE"}]}
+    assert bigquery_field(pa.field("t", pa.list_(pa.timestamp("us", tz="UTC")))) == {
+        "name": "t", "type": "TIMESTAMP", "mode": "REPEATED"}
 
 
 def test_bq_load_command():

@@ -1,8 +1,8 @@
 """The records the pipeline emits, and their declared schemas.
 
 Every output row is a plain dict matching `PREDICTION_SCHEMA` (Arrow, for Parquet) and
-`bigquery_schema()` (for JSONL loads and WriteToBigQuery); dead letters are built by
-`dead_letter()`. Nothing downstream formats strings by hand.
+`bigquery_schema()`, derived from it (for JSONL loads and WriteToBigQuery); dead letters
+are built by `dead_letter()`. Nothing downstream formats strings by hand.
 """
 import datetime
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
@@ -121,22 +121,24 @@ def to_json_row(record: dict) -> dict:
     return row
 
 
+_BIGQUERY_TYPES = {pa.string(): "STRING", pa.float64(): "FLOAT", pa.int64(): "INTEGER",
+                   pa.bool_(): "BOOLEAN"}
+
+
+def bigquery_field(field: pa.Field) -> dict:
+    """An Arrow field as a BigQuery schema field: a list is REPEATED, a struct a RECORD."""
+    kind = field.type
+    mode = "NULLABLE" if field.nullable else "REQUIRED"
+    if pa.types.is_list(kind):
+        kind, mode = kind.value_type, "REPEATED"
+    if pa.types.is_struct(kind):
+        return {"name": field.name, "type": "RECORD", "mode": mode,
+                "fields": [bigquery_field(kind.field(i)) for i in range(kind.num_fields)]}
+    bq_type = "TIMESTAMP" if pa.types.is_timestamp(kind) else _BIGQUERY_TYPES[kind]
+    return {"name": field.name, "type": bq_type, "mode": mode}
+
+
 def bigquery_schema(extra_fields: Sequence[str] = ()) -> list:
-    """The BigQuery schema of prediction rows as a JSON-able list (the `bq load` schema file)."""
-    fields = [
-            {"name": "key", "type": "STRING", "mode": "REQUIRED"},
-            {"name": "labels", "type": "RECORD", "mode": "REPEATED", "fields": [
-                    {"name": "label", "type": "STRING", "mode": "NULLABLE"},
-                    {"name": "score", "type": "FLOAT", "mode": "NULLABLE"},
-            ]},
-            {"name": "top_label", "type": "STRING", "mode": "NULLABLE"},
-            {"name": "top_score", "type": "FLOAT", "mode": "NULLABLE"},
-            {"name": "model", "type": "STRING", "mode": "NULLABLE"},
-            {"name": "predicted_at", "type": "TIMESTAMP", "mode": "NULLABLE"},
-            {"name": "boxes", "type": "RECORD", "mode": "REPEATED", "fields": [
-                    {"name": n, "type": "STRING" if n == "label" else "FLOAT",
-                     "mode": "NULLABLE"}
-                    for n in ("label", "score", "x_min", "x_max", "y_min", "y_max")]},
-    ]
-    fields += [{"name": f, "type": "STRING", "mode": "NULLABLE"} for f in extra_fields]
-    return fields
+    """The BigQuery schema of prediction rows as a JSON-able list (the `bq load` schema file),
+    derived from the Arrow schema."""
+    return [bigquery_field(f) for f in prediction_schema(extra_fields)]
