@@ -1,6 +1,9 @@
-"""Installs the `pipeline` and `transforms` packages (and the local prediction server used by
-the demo and tests), with the `batch-predict` console script. This is also the file Dataflow
-workers install: `--setup_file ./setup.py`.
+"""Installs the `pipeline` and `transforms` packages with the `batch-predict` console script.
+This is also the file Dataflow workers install: `--setup_file ./setup.py`.
+
+`localserver` (the demo and test prediction server) is not installed: workers never need it.
+It runs from the repository root (`python -m localserver`), as ./run_local.sh, the tests and
+the benchmarks do.
 """
 import setuptools
 
@@ -11,7 +14,7 @@ setuptools.setup(
                 "endpoints: concurrent, rate limited, with per-record dead letters.",
     python_requires=">=3.9",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
-                                               "transforms.*", "localserver", "localserver.*"]),
+                                               "transforms.*"]),
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "google-auth>=2.20,<3",

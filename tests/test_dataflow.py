@@ -101,7 +101,7 @@ def offline(seconds: float = BUILD_TIMEOUT_S):
 def copy_project(dest) -> str:
     """The packages setup.py installs, copied (so building the sdist leaves the tree alone)."""
     shutil.copy(os.path.join(ROOT, "setup.py"), dest)
-    for package in ("pipeline", "transforms", "localserver"):
+    for package in ("pipeline", "transforms"):
         shutil.copytree(os.path.join(ROOT, package), os.path.join(dest, package),
                         ignore=shutil.ignore_patterns("__pycache__"))
     return os.path.join(dest, "setup.py")

@@ -94,6 +94,23 @@ def test_staged_sdist_contains_every_worker_module(staged_sdist):
     assert expected <= members, sorted(expected - members)
 
 
+def test_workers_do_not_install_the_local_server(tmp_path):
+    """`--setup_file ./setup.py` from the repository root, where localserver/ sits too."""
+    tree = tmp_path / "repo"
+    for name in ("setup.py", *WORKER_PACKAGES, "localserver"):
+        src = os.path.join(ROOT, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            os.makedirs(tree, exist_ok=True)
+            shutil.copy(src, tree / name)
+    sdist = Stager._build_setup_package(  # pylint: disable=protected-access
+        str(tree / "setup.py"), str(tmp_path / "staged"))
+    members, _ = sdist_members(sdist)
+    top = {m.split("/")[0] for m in members if m.endswith(".py")}
+    assert top == {"setup.py", *WORKER_PACKAGES}, sorted(members)
+
+
 def test_legacy_setup_py_sdist_contains_every_worker_module(image_tree, tmp_path):
     """Beam's fallback where `build` is not installed (e.g. on a plain launcher)."""
     done = subprocess.run([sys.executable, "setup.py", "sdist", "--dist-dir", str(tmp_path)],
