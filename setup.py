@@ -32,6 +32,9 @@ setuptools.setup(
         # (tests/test_packaging.py).
         "test": ["pytest>=7,<10", "gcp-storage-emulator>=2024.0", "build>=1,<2",
                  "wheel>=0.40,<1"],
+        # model: the local server's real image classifiers (EfficientNet-Lite0, a user's ONNX
+        # model) on the CPU; the demo and the tests install it.
+        "model": ["onnxruntime>=1.17,<2", "numpy>=1.24,<3"],
     },
     entry_points={"console_scripts": ["batch-predict=pipeline.run:main"]},
 )

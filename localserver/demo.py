@@ -1,12 +1,15 @@
 """Demo and test images whose correct label is known: `python -m localserver.demo DIR [N]`.
 
-Each image is a mid-tone of one of the model's label colours with mild noise, in a mix of
-formats and sizes, some in sub-folders; the label is the first part of the file name
-(`red_0007.jpg`). One deliberately corrupt file (`corrupt.jpg`) shows the dead letters.
-Existing demo sets are left as they are.
+Each synthetic image is a mid-tone of one of the colour model's label colours with mild noise,
+in a mix of formats and sizes, some in sub-folders; the label is the first part of the file name
+(`red_0007.jpg`). One deliberately corrupt file (`corrupt.jpg`) shows the dead letters. Real
+photos (`photos/`, from scikit-image's data, CC0 or public domain: localserver/photos/SOURCES.md)
+are what EfficientNet-Lite0 labels. Existing demo sets are left as they are, but get the photos
+if they lack them.
 """
 import os
 import random
+import shutil
 import sys
 from typing import Dict, Tuple
 
@@ -24,6 +27,14 @@ LABEL_COLOURS: Dict[str, Tuple[int, int, int]] = {
     "black": (18, 20, 22),
 }
 FORMATS = (("jpg", "JPEG"), ("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP"))
+PHOTOS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "photos")
+# Each demo photo's ImageNet classes, any of which in the top 5 is right.
+PHOTO_CLASSES: Dict[str, Tuple[str, ...]] = {
+    "cat.jpg": ("tabby cat", "tiger cat", "Egyptian Mau"),
+    "coffee.jpg": ("espresso", "coffee mug", "tea cup"),
+    "rocket.jpg": ("missile", "projectile", "space shuttle"),
+    "camera.jpg": ("tripod", "reflex camera"),
+}
 
 
 def color_image(label: str, size=(96, 64), seed: int = 0, mode: str = "RGB") -> Image.Image:
@@ -47,6 +58,17 @@ def write_image(path: str, label: str, seed: int = 0, size=(96, 64), fmt: str = 
     return path
 
 
+def copy_photos(folder: str) -> int:
+    """Copy the demo photos into `folder`/photos unless it exists; returns how many."""
+    target = os.path.join(folder, "photos")
+    if os.path.isdir(target):
+        return 0
+    os.makedirs(target)
+    for name in PHOTO_CLASSES:
+        shutil.copyfile(os.path.join(PHOTOS_DIR, name), os.path.join(target, name))
+    return len(PHOTO_CLASSES)
+
+
 def make_demo_set(folder: str, count: int = 48) -> int:
     """Write `count` labelled images (plus one corrupt file) into an empty `folder`."""
     labels = list(LABEL_COLOURS)
@@ -58,7 +80,7 @@ def make_demo_set(folder: str, count: int = 48) -> int:
                     size=(64 + 8 * (i % 5), 48 + 8 * (i % 4)), fmt=fmt)
     with open(os.path.join(folder, "corrupt.jpg"), "wb") as f:
         f.write(b"this is not a JPEG")
-    return count + 1
+    return count + 1 + copy_photos(folder)
 
 
 def main(argv=None) -> int:
@@ -68,11 +90,13 @@ def main(argv=None) -> int:
         return 2
     folder, count = argv[0], int(argv[1]) if len(argv) > 1 else 48
     if os.path.isdir(folder) and os.listdir(folder):
-        print(f"demo: using the images in {folder}", file=sys.stderr)
+        added = copy_photos(folder)
+        print(f"demo: using the images in {folder}"
+              + (f" (added {added} photos)" if added else ""), file=sys.stderr)
         return 0
     written = make_demo_set(folder, count)
-    print(f"demo: wrote {written} files to {folder} ({count} images, 1 corrupt)",
-          file=sys.stderr)
+    print(f"demo: wrote {written} files to {folder} ({count} synthetic images, "
+          f"{len(PHOTO_CLASSES)} photos, 1 corrupt)", file=sys.stderr)
     return 0
 
 

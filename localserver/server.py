@@ -35,11 +35,11 @@ import struct
 import sys
 import time
 import typing
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from aiohttp import web
 
-from localserver import model
+from localserver import classifiers, model
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 1572864
@@ -263,8 +263,9 @@ def draw_fault(rng: random.Random, config: Config) -> Optional[str]:
 class ServerState:
     """Everything mutable the handlers share: config, counters, slots, quota, RNG."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, classifier=None):
         self.config = config
+        self.classifier = classifier or classifiers.ColourClassifier()
         self.stats = Stats()
         self.slots = asyncio.Semaphore(config.capacity)
         self.bucket = make_bucket(config.quota_qps)
@@ -370,12 +371,12 @@ def size_limit_message(limit: int) -> str:
 Job = Tuple[int, Callable[[], Tuple[int, Dict[str, Any], int]]]
 
 
-def classify_image_value(value: Any) -> model.Prediction:
-    """Classify an ML Engine image value: ``{"b64": ...}`` or an RGB tensor."""
+def image_value(value: Any):
+    """The Pillow image of an ML Engine image value: ``{"b64": ...}`` or an RGB tensor."""
     if isinstance(value, dict) and "b64" in value:
-        return model.classify_bytes(decode_base64(value["b64"]))
+        return classifiers.decode_image(decode_base64(value["b64"]))
     if isinstance(value, list):
-        return model.classify_array(value)
+        return model.array_to_image(value)
     raise ValueError(f"unsupported image value of type {type(value).__name__}; "
                      "expected {\"b64\": ...} or an H x W x 3 list")
 
@@ -384,43 +385,61 @@ def labels_and_scores(ranked: model.Prediction) -> Dict[str, List]:
     return {"labels": [label for label, _ in ranked], "scores": [score for _, score in ranked]}
 
 
-def mlengine_prediction(instance: Any) -> Dict[str, Any]:
-    """One ML Engine prediction for one instance (raises ``ValueError``)."""
+def mlengine_image(instance: Any):
+    """The image of one ML Engine instance (raises ``ValueError``)."""
     if isinstance(instance, list):
-        return labels_and_scores(model.classify_array(instance))
+        return model.array_to_image(instance)
     if not isinstance(instance, dict):
         raise ValueError(f"unsupported instance of type {type(instance).__name__}")
     if set(instance) == {"b64"}:
-        return labels_and_scores(classify_image_value(instance))
+        return image_value(instance)
     if "image" not in instance:
         raise ValueError("named-input instance has no 'image' input")
-    echoed = {name: value for name, value in instance.items() if name != "image"}
-    return {**echoed, **labels_and_scores(classify_image_value(instance["image"]))}
+    return image_value(instance["image"])
 
 
-def run_mlengine(instances: List[Any],
-                 name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
-    """Predict every instance; any failure fails the whole request (string error)."""
-    predictions = []
-    for index, instance in enumerate(instances):
+def mlengine_prediction(instance: Any, ranked: model.Prediction) -> Dict[str, Any]:
+    """One ML Engine prediction; a named-input instance's other inputs are echoed."""
+    echoed = ({name: value for name, value in instance.items() if name != "image"}
+              if isinstance(instance, dict) and set(instance) != {"b64"} else {})
+    return {**echoed, **labels_and_scores(ranked)}
+
+
+def decoded_images(values: List[Any], to_image: Callable[[Any], Any]) -> List[Any]:
+    """Every value's image; the first bad one raises ``classifiers.BadImage``."""
+    images = []
+    for index, value in enumerate(values):
         try:
-            predictions.append(mlengine_prediction(instance))
+            images.append(to_image(value))
         except ValueError as exc:
-            where = f"instance {index}: " if name_instances else ""
-            return 400, {"error": f"Prediction failed: {where}{exc}"}, 0
+            raise classifiers.BadImage(index, str(exc)) from None
+    return images
+
+
+def run_mlengine(instances: List[Any], classifier,
+                 name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
+    """Predict every instance in one batch; any failure fails the whole request."""
+    try:
+        ranked = classifier.classify(decoded_images(instances, mlengine_image))
+    except classifiers.BadImage as exc:
+        where = f"instance {exc.index}: " if name_instances else ""
+        return 400, {"error": f"Prediction failed: {where}{exc.reason}"}, 0
+    predictions = [mlengine_prediction(instance, one)
+                   for instance, one in zip(instances, ranked)]
     return 200, {"predictions": predictions}, len(predictions)
 
 
-def parse_mlengine(body: Dict[str, Any], name_instances: bool = True) -> Job:
+def parse_mlengine(body: Dict[str, Any], classifier, name_instances: bool = True) -> Job:
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
-    return len(instances), lambda: run_mlengine(instances, name_instances)
+    return len(instances), lambda: run_mlengine(instances, classifier, name_instances)
 
 
-def run_automl(image_b64: Any, threshold: float) -> Tuple[int, Dict[str, Any], int]:
+def run_automl(image_b64: Any, threshold: float,
+               classifier) -> Tuple[int, Dict[str, Any], int]:
     try:
-        ranked = model.classify_bytes(decode_base64(image_b64))
+        ranked = classifier.predict([decode_base64(image_b64)])[0]
     except ValueError as exc:
         return 400, google_error_body(400, f"Invalid image content: {exc}"), 0
     payload = [
@@ -431,7 +450,7 @@ def run_automl(image_b64: Any, threshold: float) -> Tuple[int, Dict[str, Any], i
     return 200, {"payload": payload}, 1
 
 
-def parse_automl(body: Dict[str, Any]) -> Job:
+def parse_automl(body: Dict[str, Any], classifier) -> Job:
     payload = body["payload"]
     image = payload.get("image") if isinstance(payload, dict) else None
     if not isinstance(image, dict) or "imageBytes" not in image:
@@ -440,32 +459,37 @@ def parse_automl(body: Dict[str, Any]) -> Job:
     if not isinstance(params, dict):
         raise BadRequest("Invalid JSON payload: 'params' must be an object.")
     threshold = parse_number(params.get("score_threshold", 0.5), "params.score_threshold")
-    return 1, lambda: run_automl(image["imageBytes"], threshold)
+    return 1, lambda: run_automl(image["imageBytes"], threshold, classifier)
 
 
-def vertex_prediction(instance: Any, threshold: float, limit: int) -> Dict[str, List]:
-    """One Vertex classification prediction (raises ``ValueError``)."""
+def vertex_image(instance: Any):
+    """The image of one Vertex instance (raises ``ValueError``)."""
     if not isinstance(instance, dict) or "content" not in instance:
         raise ValueError("expected an object with a 'content' field")
-    ranked = model.classify_bytes(decode_base64(instance["content"]))
+    return classifiers.decode_image(decode_base64(instance["content"]))
+
+
+def vertex_prediction(ranked: model.Prediction, threshold: float, limit: int,
+                      labels: Sequence[str]) -> Dict[str, List]:
+    """One Vertex classification prediction."""
     kept = [(label, score) for label, score in ranked if score >= threshold][:limit]
     return {
-        "ids": [str(model.LABELS.index(label)) for label, _ in kept],
+        "ids": [str(labels.index(label)) for label, _ in kept],
         "displayNames": [label for label, _ in kept],
         "confidences": [score for _, score in kept],
     }
 
 
 def run_vertex(instances: List[Any], threshold: float, limit: int, model_name: str,
-               name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
-    predictions = []
-    for index, instance in enumerate(instances):
-        try:
-            predictions.append(vertex_prediction(instance, threshold, limit))
-        except ValueError as exc:
-            where = f" at instances[{index}]" if name_instances else ""
-            message = f"Invalid image content{where}: {exc}"
-            return 400, google_error_body(400, message), 0
+               classifier, name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
+    try:
+        ranked = classifier.classify(decoded_images(instances, vertex_image))
+    except classifiers.BadImage as exc:
+        where = f" at instances[{exc.index}]" if name_instances else ""
+        message = f"Invalid image content{where}: {exc.reason}"
+        return 400, google_error_body(400, message), 0
+    predictions = [vertex_prediction(one, threshold, limit, classifier.labels)
+                   for one in ranked]
     body = {
         "predictions": predictions,
         "deployedModelId": DEPLOYED_MODEL_ID,
@@ -475,7 +499,8 @@ def run_vertex(instances: List[Any], threshold: float, limit: int, model_name: s
     return 200, body, len(predictions)
 
 
-def parse_vertex(body: Dict[str, Any], model_name: str, name_instances: bool = True) -> Job:
+def parse_vertex(body: Dict[str, Any], model_name: str, classifier,
+                 name_instances: bool = True) -> Job:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
@@ -484,23 +509,23 @@ def parse_vertex(body: Dict[str, Any], model_name: str, name_instances: bool = T
         raise BadRequest("Invalid JSON payload: 'parameters' must be an object.")
     threshold = parse_number(parameters.get("confidenceThreshold", 0.0),
                              "parameters.confidenceThreshold")
-    limit = parse_number(parameters.get("maxPredictions", len(model.LABELS)),
+    limit = parse_number(parameters.get("maxPredictions", len(classifier.labels)),
                          "parameters.maxPredictions")
     if limit < 1 or limit != int(limit):
         raise BadRequest("Invalid value for parameters.maxPredictions: must be a positive integer.")
     return len(instances), lambda: run_vertex(instances, threshold, int(limit), model_name,
-                                              name_instances)
+                                              classifier, name_instances)
 
 
-def parse_predict(route: str, raw: bytes, config: Config) -> Job:
+def parse_predict(route: str, raw: bytes, config: Config, classifier) -> Job:
     """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
     body = parse_json_object(raw)
     if route == ENDPOINTS_ROUTE:
-        return parse_vertex(body, config.model_name, bool(config.name_instances))
+        return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
     if "instances" in body:
-        return parse_mlengine(body, bool(config.name_instances))
+        return parse_mlengine(body, classifier, bool(config.name_instances))
     if "payload" in body:
-        return parse_automl(body)
+        return parse_automl(body, classifier)
     raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "
                      "or 'payload' (AutoML).")
 
@@ -572,7 +597,7 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     if len(raw) > config.max_body_bytes:
         return google_error(400, size_limit_message(config.max_body_bytes))
     try:
-        count, run = parse_predict(route, raw, config)
+        count, run = parse_predict(route, raw, config, state.classifier)
     except BadRequest as exc:
         return google_error(exc.code, exc.message)
     state.stats.count_instances(count)
@@ -580,7 +605,7 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     async with state.slots:
         if config.latency_ms > 0:
             await asyncio.sleep(config.latency_ms / 1000.0)
-        status, body, predicted = run()
+        status, body, predicted = await asyncio.to_thread(run)
     state.stats.predicted += predicted
     return web.json_response(body, status=status)
 
@@ -657,10 +682,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     return google_error(404, f"The requested URL {path} was not found on this server.")
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, classifier=None) -> web.Application:
     """The aiohttp application; must be called inside a running event loop."""
     app = web.Application(client_max_size=CLIENT_MAX_SIZE)
-    app[STATE] = ServerState(config)
+    app[STATE] = ServerState(config, classifier)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
@@ -687,14 +712,14 @@ def listening_url(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-async def serve(host: str, port: int, config: Config) -> None:
+async def serve(host: str, port: int, config: Config, classifier=None) -> None:
     """Serve until SIGTERM or SIGINT, printing ``LISTENING <url>`` once ready."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    runner = web.AppRunner(build_app(config), access_log=None,
+    runner = web.AppRunner(build_app(config, classifier), access_log=None,
                            shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     sock = bind_socket(host, port)
@@ -710,14 +735,15 @@ async def serve(host: str, port: int, config: Config) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m localserver",
-        description="Local ML Engine / AutoML / Vertex prediction server "
-                    "with a deterministic colour classifier.")
+        description="Local ML Engine / AutoML / Vertex prediction server with a "
+                    "deterministic colour classifier, EfficientNet-Lite0 or your own ONNX model.")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
     parser.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
     defaults = Config()
     for name, kind in config_types().items():
         parser.add_argument(f"--{name}", type=kind, default=getattr(defaults, name),
                             help=f"{CONFIG_HELP[name]} (default: %(default)s)")
+    classifiers.add_model_flags(parser)
     return parser
 
 
@@ -725,12 +751,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
-    config = Config(**args)
     try:
+        classifier = classifiers.classifier_from_flags(args)
+        if args["model_name"] == Config.model_name:
+            args["model_name"] = classifier.name
+        config = Config(**args)
         config.validate()
-    except ValueError as exc:
+    except (ValueError, ImportError, OSError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(host, port, config))
+    asyncio.run(serve(host, port, config, classifier))
     return 0

@@ -10,7 +10,7 @@ stamp="$VENV/.installed-$(cksum < setup.py | cut -d' ' -f1)"
 if [ ! -f "$stamp" ]; then
     echo "bootstrap: installing the project and its dependencies (first run: a few minutes)" >&2
     "$PY" -m pip install --quiet --upgrade pip >&2
-    "$PY" -m pip install --quiet -e ".[test]" >&2
+    "$PY" -m pip install --quiet -e ".[test,model]" >&2
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
