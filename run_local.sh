@@ -4,12 +4,28 @@
 # pass --endpoint), runs the pipeline on DirectRunner, prints the summary and the outputs,
 # and stops the server. Extra arguments pass through to the pipeline (they win over
 # configs/local.yaml), e.g.:  ./run_local.sh --output_format parquet --max_concurrent_requests 4
+# except the local server's model flags (docs/model.md), which go to the server. The default
+# model is EfficientNet-Lite0 (ImageNet labels, real photos among the demo images):
+#   ./run_local.sh --model colour                     (the fast colour model)
+#   ./run_local.sh --model my.onnx --labels labels.txt --input_size 299
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
 
-args=("$@")
+SERVER_FLAGS=" --model --labels --input_size --crop_fraction --mean --std --layout --top_k "
+args=()
+server_args=()
+while [ $# -gt 0 ]; do
+    name="${1%%=*}"
+    if [[ "$SERVER_FLAGS" == *" $name "* ]]; then
+        if [[ "$1" == *=* ]]; then server_args+=("$name" "${1#*=}"); shift
+        else server_args+=("$1" "${2:?run_local: $1 needs a value}"); shift 2; fi
+    else
+        args+=("$1"); shift
+    fi
+done
 has_flag() { local f; for f in "${args[@]}"; do [[ "$f" == "$1" || "$f" == "$1="* ]] && return 0; done; return 1; }
+[[ " ${server_args[*]} " == *" --model "* ]] || server_args+=(--model efficientnet_lite0)
 
 if ! has_flag --input; then
     "$PY" -m localserver.demo demo/images
@@ -29,10 +45,11 @@ trap 'stop_server; exit 130' INT TERM
 endpoint_args=()
 if ! has_flag --endpoint; then
     server_log="$(mktemp)"
-    "$PY" -m localserver --host 127.0.0.1 --port 0 --latency_ms 50 > "$server_log" 2>&1 &
+    "$PY" -m localserver --host 127.0.0.1 --port 0 --latency_ms 50 "${server_args[@]}" \
+        > "$server_log" 2>&1 &
     server_pid=$!
     url=""
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 300); do
         url="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$server_log" || true)"
         [ -n "$url" ] && break
         kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; exit 1; }
@@ -43,7 +60,14 @@ if ! has_flag --endpoint; then
     endpoint_args=(--endpoint "$url/v1/projects/demo/models/colors:predict")
 fi
 
-"$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "$@"
+summary_json="$(mktemp)"
+"$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "${args[@]}" \
+    | tee "$summary_json"
+if ! has_flag --input; then
+    echo "demo photos (localserver/photos/SOURCES.md), top label and score:" >&2
+    "$PY" -m localserver.demo --show "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["output"])' "$summary_json")" >&2 || true
+fi
+rm -f "$summary_json"
 
 if [ -n "$server_pid" ]; then
     "$PY" - "$url" <<'PYEOF'

@@ -83,10 +83,24 @@ def make_demo_set(folder: str, count: int = 48) -> int:
     return count + 1 + copy_photos(folder)
 
 
+def show_photos(run_prefix: str) -> int:
+    """Print the demo photos' top label and score from a run's prediction files."""
+    from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
+    rows = [r for r in prediction_rows(run_prefix)
+            if os.path.basename(r["key"]) in PHOTO_CLASSES
+            and os.path.basename(os.path.dirname(r["key"])) == "photos"]
+    for row in sorted(rows, key=lambda r: r["key"]):
+        print(f"  {os.path.basename(row['key']):<12} {row['top_label']} ({row['top_score']:.2f})")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--show":
+        return show_photos(argv[1])
     if not argv:
-        print("usage: python -m localserver.demo DIR [COUNT]", file=sys.stderr)
+        print("usage: python -m localserver.demo DIR [COUNT]  |  --show RUN_PREFIX",
+              file=sys.stderr)
         return 2
     folder, count = argv[0], int(argv[1]) if len(argv) > 1 else 48
     if os.path.isdir(folder) and os.listdir(folder):

@@ -71,5 +71,8 @@ class PredictOptions(PipelineOptions):
         add("--bigquery_temp_location", default=None,
             help="For --output_format bigquery: gs:// folder for load files "
                  "(default --temp_location).")
+        add("--report", action="store_true", default=False,
+            help="At the end, write the run's HTML report to <output>-<run id>-report.html "
+                 "(also: batch-predict report <run prefix>).")
         add("--config", default=None,
             help="A YAML file of these options; command-line flags win.")

@@ -24,6 +24,7 @@ from pipeline.config import ConfigError, JobConfig, build_config, check_known_fl
     with_config_file
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
+from pipeline import report
 from transforms import metrics
 from transforms.read import RowSpec, check_input, pattern_for
 from transforms.existing import any_match, dead_letter_glob
@@ -140,7 +141,13 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         summary["bq_load"] = jsonl_load_command(
             config.output_run_prefix, config.schema_path,
             options.view_as(PredictOptions).bigquery_table)
+    write_text(report.metrics_path(config.output_run_prefix),
+               json.dumps(report.run_metrics(result), indent=1) + "\n")
+    if options.view_as(PredictOptions).report:
+        summary["report"] = report.report_path(config.output_run_prefix)
     write_text(config.summary_path, json.dumps(summary, indent=2) + "\n")
+    if summary.get("report"):
+        report.write_report(config.output_run_prefix)
     return summary
 
 
@@ -155,9 +162,25 @@ def print_help():
     parser.print_help()
 
 
+def report_main(argv: Sequence[str]) -> int:
+    """`batch-predict report <run prefix>`: write the run's HTML report, print its path."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: batch-predict report <run prefix>  (the \"output\" of a run's summary)",
+              file=sys.stderr)
+        return 2
+    try:
+        print(report.write_report(argv[0].rstrip("-")))
+    except report.ReportError as e:
+        print(f"batch-predict report: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
     """The command: runs the job, prints the summary; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
@@ -177,6 +200,8 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
     if summary.get("bq_load"):
         print(f"load the JSONL into BigQuery: {summary['bq_load']}", file=sys.stderr)
+    if summary.get("report"):
+        print(f"run report: {summary['report']}", file=sys.stderr)
     if summary["accounted"] is False:
         print("batch-predict: error: inputs != predicted + failed + skipped; "
               "some records are unaccounted for", file=sys.stderr)

@@ -274,6 +274,7 @@ def _count(outcomes, stats: Stats):
         _counter(f"retries_{cause}").inc(n)
     for ms in stats.latencies_ms:
         _LATENCY.update(ms)
+        _counter(metrics.latency_bucket(ms)).inc()
     predicted = sum(1 for outcome in outcomes if outcome.ok)
     if predicted:
         _counter("predicted").inc(predicted)
