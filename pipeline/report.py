@@ -356,6 +356,17 @@ code,.key{font-family:ui-monospace,Menlo,monospace;font-size:12px;word-break:bre
 """
 
 
+#: Marks on the page what rendered: plots, and thumbnails shown or broken (read by the tests
+#: in a real browser, and visible to anyone who inspects the page).
+CHECK_SCRIPT = """window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.querySelectorAll(".sheet img"));
+  var root = document.documentElement.dataset;
+  root.plots = document.querySelectorAll("svg.plot").length;
+  root.imagesShown = images.filter(function (i) { return i.naturalWidth > 0; }).length;
+  root.imagesBroken = images.length - root.imagesShown;
+});"""
+
+
 def tiles(summary: dict) -> str:
     names = ("inputs", "predicted", "failed", "skipped", "requests", "retries", "elapsed_s",
              "images_per_s")
@@ -437,7 +448,8 @@ def render(prefix: str, summary: dict, run_metrics: dict, predictions: dict,
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Run report {E(str(summary.get('run_id', '')))}</title>"
-            f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{''.join(sections)}"
+            f"<script>{CHECK_SCRIPT}</script></body></html>\n")
 
 
 def make_report(prefix: str) -> str:
