@@ -157,7 +157,8 @@ def print_help():
         prog="batch-predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Batch image prediction on Apache Beam. Every Beam pipeline option "
                     "(--runner, --project, --region, --temp_location, --direct_num_workers, "
-                    "...) is accepted too.")
+                    "...) is accepted too. `batch-predict report <run prefix>` writes a run's "
+                    "HTML report from its files.")
     PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     parser.print_help()
 
