@@ -17,7 +17,7 @@ from localserver.classifiers import (BadImage, EFFICIENTNET_LITE0, MODELS_DIR, O
                                      to_tensor)
 from localserver.demo import PHOTO_CLASSES, PHOTOS_DIR, copy_photos
 from pipeline.run import run
-from tests.conftest import assert_accounted, read_dead_letters, read_predictions
+from tests.helpers import assert_accounted, read_dead_letters, read_predictions
 
 ONNX_PATH = os.path.join(MODELS_DIR, "efficientnet_lite0.onnx")
 LABELS_PATH = os.path.join(MODELS_DIR, "imagenet_labels.txt")

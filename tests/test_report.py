@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import report
 from pipeline.run import main, run
-from tests.conftest import assert_accounted, labelled_images
+from tests.helpers import assert_accounted, labelled_images
 from transforms import metrics
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"] * 4
