@@ -1,8 +1,9 @@
 """Local prediction server speaking ML Engine, AutoML v1beta1 and Vertex AI.
 
 One aiohttp application answers all three wire formats (the client side of each is
-:mod:`transforms.protocols`) with the deterministic colour classifier from
-:mod:`localserver.model`, and can simulate the unpleasant parts of a real
+:mod:`transforms.protocols`) with one classifier object from
+:mod:`localserver.classifiers` (``--model``: the deterministic colour model,
+EfficientNet-Lite0 or a user's ONNX file), and can simulate the unpleasant parts of a real
 service: latency, limited capacity, a QPS quota, injected 429/503 errors and
 abrupt connection resets. Counters at ``GET /stats`` let tests and benchmarks
 see what the server actually received.
@@ -17,7 +18,8 @@ Routes (predict routes match on the path *suffix*, under any prefix):
 Order of events for a predict request: arrival (counted in ``in_flight``),
 body read, bearer token check (401, only with ``--bearer_token``), quota check (429 + ``Retry-After: 1``), injected fault draw
 (reset / 503 / 429 + ``Retry-After: 0``), body size limit, JSON parse,
-capacity slot + latency, classification, response.
+capacity slot + latency, classification of the request's images as one batch (in a worker
+thread, so a slow model does not stall the event loop), response.
 """
 
 import argparse
