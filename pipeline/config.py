@@ -22,6 +22,7 @@ from pipeline.options import PredictOptions
 from transforms.auth import resolve_auth
 from transforms.ratelimit import worker_share
 from transforms.encode import parse_size
+from transforms.labels import LabelSpec, check_field_path, check_label_names, load_label_names
 from transforms.protocols import Protocol, make_protocol
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
@@ -210,6 +211,21 @@ def new_run_id(now: Optional[datetime.datetime] = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+def label_spec(o: PredictOptions) -> LabelSpec:
+    """--label_names / --label_names_file and --labels_field / --scores_field, validated
+    (the file is read here, once, on the launcher)."""
+    if o.label_names and o.label_names_file:
+        raise ValueError("give --label_names or --label_names_file, not both")
+    names = ()
+    if o.label_names:
+        names = check_label_names([n.strip() for n in o.label_names.split(",")],
+                                  "--label_names")
+    elif o.label_names_file:
+        names = load_label_names(o.label_names_file)
+    return LabelSpec(names, check_field_path(o.labels_field, "--labels_field"),
+                     check_field_path(o.scores_field, "--scores_field"))
+
+
 def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobConfig:
     """The validated JobConfig for these options; ConfigError says what is wrong."""
     o = options.view_as(PredictOptions)
@@ -235,8 +251,8 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         image_size = parse_size(o.image_size)
         if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
             raise ValueError("--instance_format tensor needs --image_size WxH")
-        labels = tuple(n.strip() for n in o.label_names.split(",")) if o.label_names else ()
-        protocol = make_protocol(o.protocol, o.instance_format, labels, o.score_threshold)
+        protocol = make_protocol(o.protocol, o.instance_format, label_spec(o),
+                                 o.score_threshold, not o.no_prediction_column)
         auth = resolve_auth(o.auth, o.endpoint)
         now = datetime.datetime.now(datetime.timezone.utc)
         run_id = run_id or new_run_id(now)

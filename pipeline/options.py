@@ -33,7 +33,17 @@ class PredictOptions(PipelineOptions):
             help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists.")
         add("--image_size", default=None, help="Optional WxH to resize images to fit.")
         add("--label_names", default=None,
-            help="Comma-separated label names, for models that return bare score lists.")
+            help="Comma-separated class names in the model's class-index order, for models "
+                 "that answer unnamed scores or class indices.")
+        add("--label_names_file", default=None,
+            help="The same from a file (local or gs://): one name per line, a JSON list, or "
+                 "a JSON {\"0\": name} map (TorchServe index_to_name.json).")
+        add("--labels_field", default=None,
+            help="Dotted path to the labels in a prediction of a custom shape "
+                 "(e.g. outputs.classes); see docs/predictions.md.")
+        add("--scores_field", default=None,
+            help="Dotted path to the scores in a prediction of a custom shape "
+                 "(e.g. outputs.scores): a list, a {label: score} map or one number.")
         add("--score_threshold", type=float, default=None,
             help="AutoML params.score_threshold / Vertex confidenceThreshold.")
         # Requests
@@ -64,6 +74,9 @@ class PredictOptions(PipelineOptions):
         add("--retry_dead_letters", default=None,
             help="A dead-letter prefix (e.g. <output>-errors): predict only the --input "
                  "records whose keys are in <prefix>-*.jsonl.")
+        add("--no_prediction_column", action="store_true", default=False,
+            help="Leave the model's raw prediction (the `prediction` column, JSON text) out "
+                 "of the outputs.")
         add("--passthrough_fields", default=None,
             help="Comma-separated columns of CSV/JSONL input rows copied into the outputs.")
         add("--bigquery_table", default=None,

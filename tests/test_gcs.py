@@ -19,8 +19,9 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from pipeline.run import run
+from pipeline.run import parse, run
 from tests.helpers import assert_accounted, labelled_images, read_dead_letters, read_predictions
+from transforms.labels import load_label_names
 
 PROJECT = "emulated-project"
 BUCKET = "photos-bucket"
@@ -166,3 +167,17 @@ def test_csv_in_a_bucket_resolves_relative_uris_there(server, gcs, tmp_path):
     assert dead["key"] == "99" and dead["stage"] == "read"
     assert dead["error"] == (f"file not found: gs://{BUCKET}/in/missing/gone.jpg "
                              f"(row gs://{BUCKET}/in/rows.csv:{len(truth) + 2})")
+
+
+def test_label_names_file_in_a_bucket(gcs):
+    gcs.blob("model/labels.txt").upload_from_string("tabby\ntiger cat\n")
+    gcs.blob("model/index_to_name.json").upload_from_string(
+        json.dumps({"0": ["n01", "tabby"], "1": ["n02", "tiger cat"]}))
+    for name in ("labels.txt", "index_to_name.json"):
+        assert load_label_names(f"gs://{BUCKET}/model/{name}") == ("tabby", "tiger cat")
+    _, config = parse(["--input", "/nowhere", "--endpoint", "http://127.0.0.1:9/m:predict",
+                       "--output", "/nowhere/p",
+                       "--label_names_file", f"gs://{BUCKET}/model/labels.txt"])
+    assert config.protocol.labels.names == ("tabby", "tiger cat")
+    with pytest.raises(ValueError, match=f"cannot read --label_names_file gs://{BUCKET}/no"):
+        load_label_names(f"gs://{BUCKET}/no/labels.txt")

@@ -5,8 +5,9 @@ import pickle
 
 import pytest
 
+from transforms.labels import LabelSpec
 from transforms.protocols import (AutoML, MLEngine, Parsed, ResponseError, Vertex,
-                                  labels_from_prediction, make_protocol, named_instance,
+                                  make_protocol, named_instance, prediction_text,
                                   resource_name)
 from transforms.records import prediction_record, to_json_row
 
@@ -62,24 +63,32 @@ def test_automl_payload_with_other_label():
     response = {"payload": [
         {"displayName": "roses", "classification": {"score": 0.91}},
         {"displayName": "--other--", "classification": {"score": 0.09}}]}
-    assert AutoML().parse(response, 1) == [Parsed([("roses", 0.91), ("--other--", 0.09)])]
+    assert AutoML().parse(response, 1) == [Parsed([("roses", 0.91), ("--other--", 0.09)],
+                                                  prediction=prediction_text(
+                                                      response["payload"]))]
 
 
 @pytest.mark.parametrize("response", [{"payload": []}, {}])
 def test_automl_empty_payload_is_no_labels(response):
-    assert AutoML().parse(response, 1) == [Parsed([])]
+    assert AutoML().parse(response, 1) == [Parsed([], prediction="[]")]
     record = prediction_record("k", [], "m", NOW)
     assert record["top_label"] is None and record["top_score"] is None and record["labels"] == []
 
 
-@pytest.mark.parametrize("response", [
-    {"payload": [{"displayName": "x"}]},
-    {"payload": [{"displayName": "x", "classification": {"score": "high"}}]},
-    {"payload": "roses"},
-    [1, 2]])
-def test_automl_malformed_payload_is_an_error(response):
+@pytest.mark.parametrize("response", [{"payload": "roses"}, [1, 2]])
+def test_automl_malformed_response_is_an_error(response):
     with pytest.raises(ResponseError):
         AutoML().parse(response, 1)
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"displayName": "x"}, "unexpected AutoML payload item"),
+    ({"displayName": "x", "classification": {"score": "high"}}, "not a number"),
+    ({"displayName": "x", "classification": {"score": float("nan")}}, "not a finite number"),
+    ({"displayName": 3, "classification": {"score": 0.5}}, "not a name")])
+def test_automl_unreadable_payload_is_refused(item, message):
+    [parsed] = AutoML().parse({"payload": [item]}, 1)
+    assert parsed.labels == [] and message in parsed.error
 
 
 # -- ML Engine -----------------------------------------------------------------------------
@@ -89,35 +98,49 @@ def test_mlengine_dict_predictions_in_order():
         {"key": "a", "labels": ["cat", "dog"], "scores": [0.8, 0.2]},
         {"classes": ["cat", "dog"], "probabilities": [0.1, 0.9]},
         {"label": "dog", "score": 0.7}]}
-    assert MLEngine().parse(response, 3) == [
-        Parsed([("cat", 0.8), ("dog", 0.2)]),
-        Parsed([("cat", 0.1), ("dog", 0.9)]),
-        Parsed([("dog", 0.7)])]
+    parsed = MLEngine().parse(response, 3)
+    assert [p.labels for p in parsed] == [
+        [("cat", 0.8), ("dog", 0.2)], [("cat", 0.1), ("dog", 0.9)], [("dog", 0.7)]]
+    assert [json.loads(p.prediction) for p in parsed] == response["predictions"]
+    assert parsed[0].prediction == '{"key":"a","labels":["cat","dog"],"scores":[0.8,0.2]}'
 
 
 def test_mlengine_score_lists_take_names_from_the_label_set():
-    protocol = make_protocol("mlengine", label_set=("cat", "dog", "cow"))
+    protocol = make_protocol("mlengine", labels=LabelSpec(("cat", "dog", "cow")))
     response = {"predictions": [[0.1, 0.7, 0.2], {"scores": [0.5, 0.25, 0.25]},
                                 {"classes": 2, "probabilities": [0, 0, 1]}]}
     assert [p.labels for p in protocol.parse(response, 3)] == [
         [("cat", 0.1), ("dog", 0.7), ("cow", 0.2)],
         [("cat", 0.5), ("dog", 0.25), ("cow", 0.25)],
         [("cat", 0.0), ("dog", 0.0), ("cow", 1.0)]]
-    assert labels_from_prediction([0.3, 0.7]) == [("0", 0.3), ("1", 0.7)]
-    with pytest.raises(ResponseError, match="--label_names names 3"):
-        protocol.parse({"predictions": [[0.5, 0.5]]}, 1)
+    [parsed] = protocol.parse({"predictions": [[0.5, 0.5]]}, 1)
+    assert "--label_names or --label_names_file names 3" in parsed.error
 
 
-def test_mlengine_plain_values():
-    assert labels_from_prediction("cat") == [("cat", 1.0)]
-    assert labels_from_prediction(2, ("a", "b", "c")) == [("c", 1.0)]
-    assert labels_from_prediction(7) == [("7", 1.0)]
-    assert labels_from_prediction(0.83, ("positive",)) == [("positive", 0.83)]
-    assert labels_from_prediction(0.83) == [("value", 0.83)]
-    for bad in (True, None, {"nothing": 1}, {"labels": ["a"], "scores": [1, 2]},
-                {"labels": ["a"], "scores": ["x"]}, [0.1, "x"]):
-        with pytest.raises(ResponseError):
-            labels_from_prediction(bad)
+def test_one_unreadable_prediction_is_refused_alone():
+    response = {"predictions": [{"labels": ["a"], "scores": [0.5]},
+                                {"labels": ["a"], "scores": [float("nan")]},
+                                {"labels": ["b"], "scores": ["Infinity"]},
+                                {"labels": ["a"], "scores": [0.5], "logits": [float("inf")]}]}
+    parsed = MLEngine().parse(response, 4)
+    assert [p.error is None for p in parsed] == [True, False, False, False]
+    assert all("finite" in p.error for p in parsed[1:])
+    assert parsed[0] == Parsed([("a", 0.5)], prediction='{"labels":["a"],"scores":[0.5]}')
+    # without the prediction column, only the scores must be finite
+    kept = MLEngine(keep_prediction=False).parse(response, 4)
+    assert [p.error is None for p in kept] == [True, False, False, True]
+    assert kept[3] == Parsed([("a", 0.5)], prediction=None)
+
+
+def test_custom_fields_reach_the_parser():
+    protocol = make_protocol("vertex", labels=LabelSpec((), "out.n", "out.s"))
+    [parsed] = protocol.parse({"predictions": [{"out": {"n": ["x"], "s": [1]}}]}, 1)
+    assert parsed.labels == [("x", 1.0)]
+
+
+def test_automl_takes_no_label_flags():
+    with pytest.raises(ValueError, match="automl answers one fixed shape"):
+        make_protocol("automl", labels=LabelSpec(("a",)))
 
 
 def test_mlengine_whole_request_error_names_the_instance():
@@ -151,7 +174,7 @@ def test_vertex_classification_and_model_name():
                                  "confidences": [0.3, 0.7]}],
                 "deployedModelId": "123"}
     parsed = Vertex().parse(response, 1)
-    assert parsed == [Parsed([("rose", 0.3), ("tulip", 0.7)], None)]
+    assert [(p.labels, p.boxes) for p in parsed] == [([("rose", 0.3), ("tulip", 0.7)], None)]
     endpoint = "https://x-aiplatform.googleapis.com/v1/projects/p/locations/l/endpoints/e:predict"
     assert Vertex().model_name(response, endpoint) == "123"
     assert Vertex().model_name({}, endpoint) == "projects/p/locations/l/endpoints/e"
@@ -175,12 +198,13 @@ def test_vertex_detection_boxes():
     assert to_json_row(record)["boxes"] == parsed.boxes
 
 
-@pytest.mark.parametrize("bboxes", [[[0, 1, 0, 1]], [[0, 1, 0], [0, 1, 0, 1]], "x"])
-def test_vertex_detection_malformed_boxes_are_an_error(bboxes):
+@pytest.mark.parametrize("bboxes", [[[0, 1, 0, 1]], [[0, 1, 0], [0, 1, 0, 1]], "x",
+                                    [[0, 1, 0, 1], [0, "NaN", 0, 1]]])
+def test_vertex_detection_malformed_boxes_are_refused(bboxes):
     response = {"predictions": [{"displayNames": ["a", "b"], "confidences": [0.5, 0.5],
                                  "bboxes": bboxes}]}
-    with pytest.raises(ResponseError):
-        Vertex().parse(response, 1)
+    [parsed] = Vertex(keep_prediction=False).parse(response, 1)
+    assert parsed.error and parsed.labels == [] and parsed.boxes is None
 
 
 def test_classification_rows_have_no_boxes_in_json():

@@ -127,6 +127,7 @@ def test_bigquery_schema_of_the_prediction_rows():
         {"name": "boxes", "type": "RECORD", "mode": "REPEATED",
          "fields": [nullable("label", "STRING")] + [nullable(n, "FLOAT") for n in (
              "score", "x_min", "x_max", "y_min", "y_max")]},
+        nullable("prediction", "STRING"),
         nullable("customer", "STRING"),
     ]
 
@@ -304,3 +305,23 @@ def test_the_run_prints_the_bq_load_command_after_the_summary(tmp_path, server):
     assert f"load the JSONL into BigQuery: {command}" in result.stderr.splitlines()
     assert summary["bq_load"] == command
     check_jsonl_against_schema_file([shard], f"{out}.schema.json")
+
+
+# -- the prediction column -----------------------------------------------------------------
+
+def test_prediction_column_in_parquet_jsonl_and_the_schema_file(tmp_path):
+    said = '{"labels":["red","blue"],"scores":[0.2,0.8],"note":"ünï"}'
+    rows = [prediction_record("/d/a.jpg", [("red", 0.2), ("blue", 0.8)], "m", AT,
+                              prediction=said),
+            prediction_record("/d/b.jpg", [("red", 0.9)], "m", AT)]  # left out: None
+    prefix = write(tmp_path, rows, "both")
+    [parquet] = glob.glob(f"{prefix}-*.parquet")
+    assert pq.read_schema(parquet).field("prediction").type == pa.string()
+    assert {r["key"]: r["prediction"] for r in pq.read_table(parquet).to_pylist()} == \
+        {"/d/a.jpg": said, "/d/b.jpg": None}
+    write_bigquery_schema(str(tmp_path / "pred.schema.json"))
+    back = check_jsonl_against_schema_file(glob.glob(f"{prefix}-*.jsonl"),
+                                           str(tmp_path / "pred.schema.json"))
+    by_key = {r["key"]: r for r in back}
+    assert by_key["/d/a.jpg"]["prediction"] == said and "prediction" not in by_key["/d/b.jpg"]
+    assert {"name": "prediction", "type": "STRING", "mode": "NULLABLE"} in bigquery_schema()

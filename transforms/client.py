@@ -29,7 +29,8 @@ from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
 import aiohttp
 
 from transforms.auth import AuthError, TokenSource
-from transforms.protocols import Protocol, ResponseError, error_message, named_instance
+from transforms.protocols import (Parsed, Protocol, ResponseError, error_message,
+                                  named_instance)
 from transforms.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
 from transforms.records import dead_letter, prediction_record, utc_now
 from transforms.retry import RetryPolicy, parse_retry_after
@@ -126,6 +127,15 @@ def culprit(message: str, status: Optional[int], count: int) -> Optional[int]:
     return index if index is not None and 0 <= index < count else None
 
 
+def outcome(key: str, parsed: Parsed, model: str, now, status: Optional[int],
+            attempts: int) -> Outcome:
+    """One instance's prediction record, or its `parse` dead letter when it was refused."""
+    if parsed.error is not None:
+        return Outcome(False, dead_letter(key, "parse", parsed.error, status, attempts))
+    return Outcome(True, prediction_record(key, parsed.labels, model, now, parsed.boxes,
+                                           parsed.prediction))
+
+
 class PredictClient:
     """One per worker process and event loop: a connection pool, a limiter and a throttler."""
 
@@ -180,7 +190,7 @@ class PredictClient:
             else:
                 model = self._protocol.model_name(reply.body, self._settings.endpoint)
                 now = utc_now()
-                return [Outcome(True, prediction_record(k, p.labels, model, now, p.boxes))
+                return [outcome(k, p, model, now, reply.status, attempts)
                         for k, p in zip(keys, parsed)]
         else:
             failure, stage = reply.error, "predict"

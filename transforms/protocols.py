@@ -2,32 +2,63 @@
 joined into a request body, and how a response body becomes labels.
 
 Pure functions and small immutable objects only, so that everything here is tested directly
-and is safe to pickle onto Dataflow workers.
+and is safe to pickle onto Dataflow workers. See `transforms.labels` for how one prediction
+becomes labels (docs/predictions.md).
 """
 import base64
 import json
 import re
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
-Labels = List[Tuple[str, float]]
+from transforms.labels import (LabelError, Labels, LabelSpec, read_labels, score, snippet,
+                               warn_if_indexed)
 
 PROTOCOLS = ("mlengine", "automl", "vertex")
 INSTANCE_FORMATS = ("b64", "named", "tensor")
 
 
 class ResponseError(Exception):
-    """A response that does not carry one usable prediction per instance (the client finds
-    a named culprit instance from the message, see `named_instance`)."""
+    """A response that does not carry one prediction per instance (the client finds a
+    named culprit instance from the message, see `named_instance`)."""
 
 
 class Parsed(NamedTuple):
-    """What one prediction says: its labels, and its boxes when it is a detection.
+    """What one prediction says: its labels, its boxes when it is a detection, and the
+    prediction itself as compact JSON text; or why it cannot be read (`error`, a `parse`
+    dead letter for that instance alone).
 
     `boxes` is None for classification; for detection it is one dict per box, score
     descending: `{label, score, x_min, x_max, y_min, y_max}` (Vertex `bboxes` order).
     """
     labels: Labels
     boxes: Optional[List[dict]] = None
+    prediction: Optional[str] = None  # None when --no_prediction_column
+    error: Optional[str] = None
+
+
+def refused(error: str) -> Parsed:
+    return Parsed([], error=error)
+
+
+def prediction_text(prediction: Any) -> str:
+    """The prediction as compact, strict JSON text (the `prediction` column)."""
+    try:
+        return json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError:
+        raise LabelError("prediction holds a non-finite number (NaN or Infinity), which is "
+                         "not JSON: it is never written (--no_prediction_column leaves the "
+                         "prediction out, if its scores are finite)")
+
+
+def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool) -> Parsed:
+    """One instance's Parsed, or its refusal."""
+    try:
+        named = warn_if_indexed(read_labels(prediction, spec))
+        text = prediction_text(prediction) if keep_prediction else None
+    except LabelError as e:
+        return refused(str(e))
+    return Parsed(named.labels, prediction=text)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -85,11 +116,13 @@ class MLEngine(Protocol):
 
     name = "mlengine"
 
-    def __init__(self, instance_format: str = "b64", label_set: Sequence[str] = ()):
+    def __init__(self, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
+                 keep_prediction: bool = True):
         if instance_format not in INSTANCE_FORMATS:
             raise ValueError(f"unknown instance format {instance_format!r}")
         self.instance_format = instance_format
-        self.label_set = tuple(label_set)
+        self.labels = labels
+        self.keep_prediction = keep_prediction
 
     def instance(self, key, data, mime_type, pixels=None):
         if self.instance_format == "tensor":
@@ -104,8 +137,8 @@ class MLEngine(Protocol):
         return b'{"instances":[', b"]}"
 
     def parse(self, response, count):
-        predictions = _predictions(response, count)
-        return [Parsed(labels_from_prediction(p, self.label_set)) for p in predictions]
+        return [read_prediction(p, self.labels, self.keep_prediction)
+                for p in _predictions(response, count)]
 
 
 class Vertex(Protocol):
@@ -113,9 +146,11 @@ class Vertex(Protocol):
 
     name = "vertex"
 
-    def __init__(self, parameters: Optional[dict] = None, label_set: Sequence[str] = ()):
+    def __init__(self, parameters: Optional[dict] = None, labels: LabelSpec = LabelSpec(),
+                 keep_prediction: bool = True):
         self.parameters = dict(parameters or {})
-        self.label_set = tuple(label_set)
+        self.labels = labels
+        self.keep_prediction = keep_prediction
 
     def instance(self, key, data, mime_type, pixels=None):
         return _dumps({"content": b64(data), "mimeType": mime_type})
@@ -127,8 +162,8 @@ class Vertex(Protocol):
         return b'{"instances":[', suffix
 
     def parse(self, response, count):
-        predictions = _predictions(response, count)
-        return [parse_vertex_prediction(p, self.label_set) for p in predictions]
+        return [parse_vertex_prediction(p, self.labels, self.keep_prediction)
+                for p in _predictions(response, count)]
 
 
 class AutoML(Protocol):
@@ -137,8 +172,9 @@ class AutoML(Protocol):
     name = "automl"
     max_instances = 1
 
-    def __init__(self, score_threshold: Optional[float] = None):
+    def __init__(self, score_threshold: Optional[float] = None, keep_prediction: bool = True):
         self.score_threshold = score_threshold
+        self.keep_prediction = keep_prediction
 
     def instance(self, key, data, mime_type, pixels=None):
         return _dumps({"image": {"imageBytes": b64(data)}})
@@ -154,24 +190,40 @@ class AutoML(Protocol):
             raise ResponseError(f"AutoML answers one image per request, not {count}")
         if not isinstance(response, dict) or not isinstance(response.get("payload", []), list):
             raise ResponseError(f"unexpected AutoML response: {_snippet(response)}")
-        labels = []
-        for item in response.get("payload", []):
-            try:
-                labels.append((str(item["displayName"]), float(item["classification"]["score"])))
-            except (KeyError, TypeError, ValueError):
-                raise ResponseError(f"unexpected AutoML payload item: {_snippet(item)}")
-        return [Parsed(labels)]
+        payload = response.get("payload", [])
+        try:
+            labels = [automl_label(item) for item in payload]
+            text = prediction_text(payload) if self.keep_prediction else None
+        except LabelError as e:
+            return [refused(str(e))]
+        return [Parsed(labels, prediction=text)]
 
 
-def make_protocol(name: str, instance_format: str = "b64", label_set: Sequence[str] = (),
-                  score_threshold: Optional[float] = None) -> Protocol:
+def automl_label(item: Any) -> Tuple[str, float]:
+    """One AutoML payload item: `{displayName, classification: {score}}`."""
+    try:
+        name, value = item["displayName"], item["classification"]["score"]
+    except (KeyError, TypeError):
+        raise LabelError(f"unexpected AutoML payload item: {snippet(item)}")
+    if not isinstance(name, str):
+        raise LabelError(f"AutoML displayName {snippet(name)} is not a name")
+    return name, score(value)
+
+
+def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
+                  score_threshold: Optional[float] = None,
+                  keep_prediction: bool = True) -> Protocol:
     if name == "mlengine":
-        return MLEngine(instance_format, label_set)
+        return MLEngine(instance_format, labels, keep_prediction)
     if name == "vertex":
         params = {} if score_threshold is None else {"confidenceThreshold": score_threshold}
-        return Vertex(params, label_set)
+        return Vertex(params, labels, keep_prediction)
     if name == "automl":
-        return AutoML(score_threshold)
+        if labels != LabelSpec():
+            raise ValueError("--protocol automl answers one fixed shape (displayName, "
+                             "score): --label_names, --label_names_file, --labels_field and "
+                             "--scores_field do not apply")
+        return AutoML(score_threshold, keep_prediction)
     raise ValueError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
 
 
@@ -207,85 +259,33 @@ def _predictions(response: Any, count: int) -> list:
     return predictions
 
 
-def parse_vertex_prediction(prediction: Any, label_set: Sequence[str] = ()) -> Parsed:
+def parse_vertex_prediction(prediction: Any, labels: LabelSpec = LabelSpec(),
+                            keep_prediction: bool = True) -> Parsed:
     """A Vertex prediction: classification labels, plus boxes for object detection."""
-    labels = labels_from_prediction(prediction, label_set)
+    parsed = read_prediction(prediction, labels, keep_prediction)
     bboxes = prediction.get("bboxes") if isinstance(prediction, dict) else None
-    if bboxes is None:
-        return Parsed(labels)
+    if parsed.error is not None or bboxes is None:
+        return parsed
+    try:
+        return parsed._replace(boxes=detection_boxes(parsed.labels, bboxes))
+    except LabelError as e:
+        return refused(str(e))
+
+
+def detection_boxes(labels: Labels, bboxes: Any) -> List[dict]:
+    """Vertex `bboxes` ([xMin, xMax, yMin, yMax] per label) as BOX_TYPE dicts, score first."""
     if not isinstance(bboxes, list) or len(bboxes) != len(labels):
-        raise ResponseError(f"prediction has {len(labels)} labels but "
-                            f"{len(bboxes) if isinstance(bboxes, list) else 'no list of'} "
-                            f"bboxes")
+        raise LabelError(f"prediction has {len(labels)} labels but "
+                         f"{len(bboxes) if isinstance(bboxes, list) else 'no list of'} bboxes")
     boxes = []
-    for (label, score), box in zip(labels, bboxes):
-        try:
-            x_min, x_max, y_min, y_max = (float(v) for v in box)
-        except (TypeError, ValueError):
-            raise ResponseError(f"a bbox is not [xMin, xMax, yMin, yMax]: {_snippet(box)}")
-        boxes.append({"label": label, "score": score, "x_min": x_min, "x_max": x_max,
+    for (label, value), box in zip(labels, bboxes):
+        if not isinstance(box, list) or len(box) != 4:
+            raise LabelError(f"a bbox is not [xMin, xMax, yMin, yMax]: {snippet(box)}")
+        x_min, x_max, y_min, y_max = (score(v) for v in box)
+        boxes.append({"label": label, "score": value, "x_min": x_min, "x_max": x_max,
                       "y_min": y_min, "y_max": y_max})
     boxes.sort(key=lambda b: -b["score"])
-    return Parsed(labels, boxes)
-
-
-def labels_from_prediction(prediction: Any, label_set: Sequence[str] = ()) -> Labels:
-    """Labels and scores from one prediction in any of the common classification shapes.
-
-    - Vertex classification: `{"displayNames": [...], "confidences": [...]}`
-    - `{"labels": [...], "scores": [...]}` (also `classes`/`probabilities`)
-    - `{"label": "x", "score": 0.9}`
-    - a bare list of scores, or `{"scores": [...]}`, named by `label_set` (else by index)
-    - a plain value: a class name or index with score 1.0, or a bare number as the score of
-      the one `label_set` name (else of label "value")
-    """
-    if isinstance(prediction, dict):
-        names = _first(prediction, "displayNames", "labels", "classes", "label")
-        scores = _first(prediction, "confidences", "scores", "probabilities", "score")
-        if isinstance(names, list) and isinstance(scores, list):
-            if len(names) != len(scores):
-                raise ResponseError(
-                    f"prediction has {len(names)} labels but {len(scores)} scores")
-            try:
-                return [(str(n), float(s)) for n, s in zip(names, scores)]
-            except (TypeError, ValueError):
-                raise ResponseError(f"scores are not numbers: {_snippet(scores)}")
-        if isinstance(scores, list):
-            return _name_scores(scores, label_set)
-        if names is not None and not isinstance(names, list):
-            try:
-                return [(str(names), float(scores) if scores is not None else 1.0)]
-            except (TypeError, ValueError):
-                raise ResponseError(f"score is not a number: {_snippet(prediction)}")
-        raise ResponseError(f"cannot read labels from prediction: {_snippet(prediction)}")
-    if isinstance(prediction, list):
-        return _name_scores(prediction, label_set)
-    if isinstance(prediction, (str, int)) and not isinstance(prediction, bool):
-        if isinstance(prediction, int) and 0 <= prediction < len(label_set):
-            return [(label_set[prediction], 1.0)]
-        return [(str(prediction), 1.0)]
-    if isinstance(prediction, float):
-        return [(label_set[0] if len(label_set) == 1 else "value", prediction)]
-    raise ResponseError(f"cannot read labels from prediction: {_snippet(prediction)}")
-
-
-def _first(d: dict, *names):
-    for name in names:
-        if name in d:
-            return d[name]
-    return None
-
-
-def _name_scores(scores: list, label_set: Sequence[str]) -> Labels:
-    if label_set and len(label_set) != len(scores):
-        raise ResponseError(
-            f"prediction has {len(scores)} scores but --label_names names {len(label_set)}")
-    try:
-        values = [float(s) for s in scores]
-    except (TypeError, ValueError):
-        raise ResponseError(f"scores are not numbers: {_snippet(scores)}")
-    names = label_set or [str(i) for i in range(len(values))]
-    return list(zip(names, values))
+    return boxes
 
 
 def resource_name(endpoint: str) -> str:

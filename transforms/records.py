@@ -26,6 +26,9 @@ PREDICTION_SCHEMA = pa.schema([
         pa.field("model", pa.string()),
         pa.field("predicted_at", pa.timestamp("us", tz="UTC")),
         pa.field("boxes", pa.list_(BOX_TYPE)),
+        # The model's own prediction for the instance as compact JSON text; null with
+        # --no_prediction_column (the column stays, so every run has one schema).
+        pa.field("prediction", pa.string()),
 ])
 
 
@@ -71,9 +74,11 @@ def prediction_record(
         labels: Iterable[Tuple[str, float]],
         model: str,
         predicted_at: datetime.datetime,
-        boxes: Optional[Sequence[dict]] = None) -> dict:
+        boxes: Optional[Sequence[dict]] = None,
+        prediction: Optional[str] = None) -> dict:
     """A prediction row: labels sorted by score descending, top label and score alongside;
-    `boxes` (detection only, else None) as BOX_TYPE dicts."""
+    `boxes` (detection only, else None) as BOX_TYPE dicts; `prediction` the model's own
+    answer as JSON text (None when left out)."""
     ranked = sorted(((str(l), float(s)) for l, s in labels), key=lambda ls: -ls[1])
     top_label, top_score = ranked[0] if ranked else (None, None)
     return {
@@ -84,6 +89,7 @@ def prediction_record(
             "model": model,
             "predicted_at": predicted_at,
             "boxes": None if boxes is None else list(boxes),
+            "prediction": prediction,
     }
 
 
@@ -118,6 +124,8 @@ def to_json_row(record: dict) -> dict:
     row["predicted_at"] = format_timestamp(record["predicted_at"])
     if row.get("boxes") is None:
         row.pop("boxes", None)  # classification: no boxes key (BigQuery: an empty REPEATED)
+    if row.get("prediction") is None:
+        row.pop("prediction", None)  # --no_prediction_column: left out of the line
     return row
 
 
