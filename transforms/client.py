@@ -11,12 +11,14 @@ schedule, get a token, POST with the per-attempt timeout. Then:
   `max_retries`; every retry counted by cause.
 - 401 with auth on: the token is refreshed and the request sent once more (counted as
   `unauthorized`); a failed token refresh is retried like the above (cause `auth`).
-- 400/413 or a 200 that is no good answer (an `{"error"}` body, a prediction count that
-  differs from the instance count, unreadable predictions): the request is split, halves
+- 400/413 or a 200 that is no good answer (an `{"error"}` body, no predictions list, a
+  prediction count that differs from the instance count): the request is split, halves
   retried, until the failing instances are alone; when the message names the instance
   (`instance 3`, `instances[3]`) that one is taken out directly. Size-limit refusals are
   always bisected.
 - Anything else (403, 404, other 4xx, retries exhausted): every key fails as it is.
+A good answer whose prediction for one instance cannot be read (see `transforms.labels`)
+is a `parse` dead letter for that instance alone; its neighbours are written.
 """
 import asyncio
 import collections
