@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import threading
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -74,9 +74,17 @@ def score(value: Any) -> float:
 
 
 def scores(values: Any) -> List[float]:
+    """`score` of each value; the common case (plain finite numbers) in one C-level pass."""
     if not isinstance(values, list):
         raise LabelError(f"scores {snippet(values)} are not a list")
-    return [score(v) for v in values]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = None
+    if numbers is None or bool in set(map(type, values)) or not all(
+            map(math.isfinite, numbers)):
+        return [score(v) for v in values]  # raises, naming the bad value
+    return numbers
 
 
 def class_index(value: Any) -> Optional[int]:
@@ -92,10 +100,12 @@ def class_index(value: Any) -> Optional[int]:
     return None
 
 
-def label_name(value: Any, names: Sequence[str]) -> Tuple[str, bool]:
+def label_name(value: Any, names: Sequence[str],
+               known: Optional[AbstractSet[str]] = None) -> Tuple[str, bool]:
     """(label, is_bare_index) for a label the model gave: a name, or a class index named
-    through `names`. A name must be one of `names` when names are given."""
-    if isinstance(value, str) and value in names:
+    through `names`. A name must be one of `names` when names are given (`known`: the same
+    names as a set, for callers that name many labels)."""
+    if isinstance(value, str) and value in (names if known is None else known):
         return value, False
     index = class_index(value)
     if index is not None:
@@ -118,8 +128,9 @@ def pair(labels: Sequence[Any], values: Sequence[Any], names: Sequence[str] = ()
     if len(labels) != len(values):
         raise LabelError(f"prediction has {len(labels)} labels but {len(values)} scores "
                          f"(point {FIELD_FLAGS} at two lists of one length)")
-    named = [label_name(v, names) for v in labels]
-    return Named([(n, score(s)) for (n, _), s in zip(named, values)],
+    known = frozenset(names)
+    named = [label_name(v, names, known) for v in labels]
+    return Named([(n, s) for (n, _), s in zip(named, scores(list(values)))],
                  any(i for _, i in named))
 
 
