@@ -96,6 +96,7 @@ class Config:
     model_name: str = "local-color-classifier"
     bearer_token: str = ""
     name_instances: int = 1
+    constant: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` if any switch is out of range."""
@@ -126,6 +127,7 @@ CONFIG_HELP = {
     "model_name": "model name reported in responses",
     "bearer_token": "when set, predict requests need 'Authorization: Bearer <it>', else 401",
     "name_instances": "1: error messages name the failing instance; 0: they do not",
+    "constant": "1: every ML Engine instance gets one fixed answer, undecoded (benchmarks)",
 }
 
 
@@ -431,10 +433,22 @@ def run_mlengine(instances: List[Any], classifier,
     return 200, {"predictions": predictions}, len(predictions)
 
 
-def parse_mlengine(body: Dict[str, Any], classifier, name_instances: bool = True) -> Job:
+#: The answer of ``--constant 1`` to every ML Engine instance.
+CONSTANT_PREDICTION = {"labels": [model.LABELS[0]], "scores": [1.0]}
+
+
+def run_constant(count: int) -> Tuple[int, Dict[str, Any], int]:
+    """The same prediction for each of ``count`` instances, none of them looked at."""
+    return 200, {"predictions": [CONSTANT_PREDICTION] * count}, count
+
+
+def parse_mlengine(body: Dict[str, Any], classifier, name_instances: bool = True,
+                   constant: bool = False) -> Job:
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
+    if constant:
+        return len(instances), lambda: run_constant(len(instances))
     return len(instances), lambda: run_mlengine(instances, classifier, name_instances)
 
 
@@ -525,7 +539,8 @@ def parse_predict(route: str, raw: bytes, config: Config, classifier) -> Job:
     if route == ENDPOINTS_ROUTE:
         return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
     if "instances" in body:
-        return parse_mlengine(body, classifier, bool(config.name_instances))
+        return parse_mlengine(body, classifier, bool(config.name_instances),
+                              bool(config.constant))
     if "payload" in body:
         return parse_automl(body, classifier)
     raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "

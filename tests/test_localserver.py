@@ -264,6 +264,18 @@ def test_mlengine_one_bad_instance_fails_whole_request(server):
     assert stats["responses_by_status"] == {"400": 2}
 
 
+def test_constant_answers_every_instance_without_decoding_it(server):
+    instances = [{"b64": b64_image(LABEL_COLOURS["blue"])},
+                 {"b64": base64.b64encode(truncated_png()).decode("ascii")}, "text"]
+    status, _, body = post(server.endpoint("mlengine"), {"instances": instances})
+    assert status == 400  # decoded: the truncated image fails the request
+    server.configure(constant=1)
+    status, _, body = post(server.endpoint("mlengine"), {"instances": instances})
+    assert status == 200
+    assert body["predictions"] == [{"labels": ["red"], "scores": [1.0]}] * 3
+    assert server.stats()["predicted"] == 3
+
+
 def test_automl_default_threshold(server):
     status, _, body = post(server.endpoint("automl"),
                            {"payload": {"image": {"imageBytes": b64_image(LABEL_COLOURS["yellow"])}}})
