@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from transforms import metrics
+from transforms import jpeg, metrics
 from transforms.protocols import Protocol
 from transforms.records import ImageRef, Instance, dead_letter
 
@@ -99,7 +99,11 @@ def open_image(data: bytes) -> Image.Image:
 def orientation(img: Image.Image) -> int:
     """The EXIF orientation found in the header (1 when none). `img.getexif()` is not used:
     for PNG it decodes the whole image to look for a late eXIf chunk."""
-    raw = img.info.get("exif")
+    return exif_orientation(img.info.get("exif"))
+
+
+def exif_orientation(raw: Optional[bytes]) -> int:
+    """The orientation tag of an EXIF block (1 when there is none)."""
     if not raw:
         return 1
     try:
@@ -154,6 +158,8 @@ def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
 def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
             tensor: bool = False) -> Prepared:
     """The bytes (and pixels, for tensors) to send for one image."""
+    if not tensor and as_it_is(data, image_size):
+        return Prepared(data, SENDABLE_FORMATS["JPEG"])
     img = open_image(data)
     if tensor:
         pixels = normalised(img, image_size, exact=True)
@@ -162,6 +168,15 @@ def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
         return Prepared(data, SENDABLE_FORMATS[img.format])
     fmt = "PNG" if img.format in ("PNG", "GIF", "BMP", "TIFF") else "JPEG"
     return Prepared(encode_image(normalised(img, image_size), fmt), SENDABLE_FORMATS[fmt])
+
+
+def as_it_is(data: bytes, image_size: Optional[Tuple[int, int]]) -> bool:
+    """A JPEG whose header alone shows it goes as it is (what `prepare` would decide with
+    Pillow, without its cost); False when unsure."""
+    found = jpeg.header(data)
+    return (found is not None
+            and (image_size is None or (found.width, found.height) == image_size)
+            and exif_orientation(found.exif) == 1)
 
 
 def smaller_versions(data: bytes, min_side: int = MIN_SIDE) -> Iterator[Tuple[bytes, str]]:
