@@ -280,19 +280,25 @@ class _EncodeFn(beam.DoFn):
         self._max_request_bytes = max_request_bytes
         self._image_size = image_size
 
+    def start_bundle(self):
+        self._counts = metrics.BundleCounts()
+
     def process(self, ref: ImageRef):
         try:
             data = read_bytes(ref)
             yield encode_instance(ref.key, data, self._protocol, self._max_request_bytes,
                                   self._image_size)
-            metrics.counter("encoded").inc()
+            self._counts.inc("encoded")
         except ImageError as e:
-            metrics.counter(f"failed_{e.stage}").inc()
+            self._counts.inc(f"failed_{e.stage}")
             yield beam.pvalue.TaggedOutput(FAILED, dead_letter(ref.key, e.stage, str(e)))
         except Exception as e:  # anything else about one image must not fail the bundle
-            metrics.counter("failed_encode").inc()
+            self._counts.inc("failed_encode")
             yield beam.pvalue.TaggedOutput(FAILED, dead_letter(
                 ref.key, "encode", f"cannot encode: {type(e).__name__}: {e}"))
+
+    def finish_bundle(self):
+        self._counts.flush()
 
 
 class EncodeInstances(beam.PTransform):

@@ -139,14 +139,20 @@ def first(values: Iterable):
 
 
 class _RefFn(beam.DoFn):
+    def start_bundle(self):
+        self._counts = metrics.BundleCounts()
+
     def process(self, match):
         path, (size, reason) = match
-        metrics.counter("inputs").inc()
+        self._counts.inc("inputs")
         if reason is None:
             yield ImageRef(key=path, uri=path, size=size)
         else:
-            metrics.counter(reason).inc()
-            metrics.counter("skipped").inc()
+            self._counts.inc(reason)
+            self._counts.inc("skipped")
+
+    def finish_bundle(self):
+        self._counts.flush()
 
 
 class ReadImages(beam.PTransform):
