@@ -1,9 +1,11 @@
 """Throughput of the predict engine against the project's local server (prints figures).
 
-    python benchmarks/throughput.py [--images 3000] [--runinference_images 240]
-                                    [--cpu_images 12000] [--repeats 5] [--qps_requests 200]
+    python benchmarks/throughput.py [--case all|latency|cpu|overhead|qps] [--images 3000]
+                                    [--runinference_images 240] [--cpu_images 12000]
+                                    [--overhead_images 12000] [--repeats 5]
+                                    [--qps_requests 200]
 
-One run, one image set, one local server per case:
+One run, one image set, one local server per case (`--case` runs one of them):
 1. Latency-bound: server with 500 ms latency and 16 concurrent slots, <= 4 instances per
    request, so at most 16 / 0.5 s * 4 = 128 img/s. This pipeline (one DirectRunner
    process, `--max_concurrent_requests 16`) against Beam's RunInference with a
@@ -12,7 +14,11 @@ One run, one image set, one local server per case:
 2. CPU-bound: no latency. This pipeline against a bare asyncio + aiohttp loop that reads each
    file, base64-encodes it and POSTs the same requests (16 in flight). Target: >= 60 %.
    The server shares the machine's cores, so the runs alternate and the median is shown.
-3. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
+3. Per-image overhead: a server that answers a constant without looking at the images
+   (`--constant 1`), 8x8 JPEGs, no latency: the client is the bottleneck. This pipeline
+   against the same bare loop, alternating, median of `--repeats`; also the client's CPU
+   time (user + sys of this process) per image. Target: >= 1/3 of the bare loop's img/s.
+4. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
    measured and its quota 429s.
 
 Rates are end to end (wall clock of the whole job, pipeline start-up included) and, for the
@@ -51,24 +57,31 @@ QPS = 20
 PROTOCOL = make_protocol("mlengine")
 
 
-def make_images(folder: str, count: int):
+def make_images(folder: str, count: int, size=(64, 48)):
     labels = list(LABEL_COLOURS)
     existing = sorted(glob.glob(os.path.join(folder, "*.jpg")))
     for i in range(len(existing), count):
         write_image(os.path.join(folder, f"{labels[i % len(labels)]}_{i:05d}.jpg"),
-                    labels[i % len(labels)], seed=i, size=(64, 48))
+                    labels[i % len(labels)], seed=i, size=size)
     return sorted(glob.glob(os.path.join(folder, "*.jpg")))[:count]
 
 
+def timed(function, *args) -> dict:
+    """Wall clock and this process's CPU time (user + sys, all threads) of one call."""
+    started, cpu = time.monotonic(), time.process_time()
+    result = function(*args)
+    return {"result": result, "seconds": time.monotonic() - started,
+            "cpu": time.process_time() - cpu}
+
+
 def ours(folder: str, server: LocalServer, out: str, *extra) -> dict:
-    started = time.monotonic()
-    summary = run(["--input", folder, "--endpoint", server.endpoint("mlengine"),
-                   "--output", out, "--max_instances_per_request", str(PER_REQUEST),
-                   "--max_concurrent_requests", str(CONCURRENCY), *extra])
-    wall = time.monotonic() - started
+    run_ = timed(run, ["--input", folder, "--endpoint", server.endpoint("mlengine"),
+                       "--output", out, "--max_instances_per_request", str(PER_REQUEST),
+                       "--max_concurrent_requests", str(CONCURRENCY), *extra])
+    summary = run_["result"]
     assert summary["accounted"] and summary["failed"] == 0, summary
-    return {"images": summary["predicted"], "seconds": wall,
-            "rate": summary["predicted"] / wall, "requests": summary["requests"]}
+    return {"images": summary["predicted"], "seconds": run_["seconds"], "cpu": run_["cpu"],
+            "rate": summary["predicted"] / run_["seconds"], "requests": summary["requests"]}
 
 
 def link(source: str, target: str):
@@ -166,11 +179,25 @@ async def bare_loop(folder: str, endpoint: str) -> int:
 
 
 def bare(folder: str, server: LocalServer) -> dict:
-    started = time.monotonic()
-    done = asyncio.run(bare_loop(folder, server.endpoint("mlengine")))
-    wall = time.monotonic() - started
-    return {"images": done, "seconds": wall, "rate": done / wall,
-            "requests": server.stats()["requests"]}
+    run_ = timed(lambda: asyncio.run(bare_loop(folder, server.endpoint("mlengine"))))
+    done = run_["result"]
+    return {"images": done, "seconds": run_["seconds"], "cpu": run_["cpu"],
+            "rate": done / run_["seconds"], "requests": server.stats()["requests"]}
+
+
+def alternate(folder: str, server: LocalServer, out: str, repeats: int):
+    """`repeats` runs each of the bare loop and this pipeline, alternating."""
+    loops, mines = [], []
+    for _ in range(repeats):
+        server.reset_stats()
+        loops.append(bare(folder, server))
+        server.reset_stats()
+        mines.append(ours(folder, server, out))
+    return loops, mines
+
+
+def median(values):
+    return sorted(values)[len(values) // 2]
 
 
 def median_run(runs):
@@ -178,34 +205,30 @@ def median_run(runs):
 
 
 def show(name: str, figures: dict):
+    cpu = (f", {figures['cpu'] / figures['images'] * 1e6:.0f} us CPU/image"
+           if "cpu" in figures else "")
     print(f"  {name:<34} {figures['images']:>5} images in {figures['seconds']:6.1f} s = "
-          f"{figures['rate']:6.1f} img/s  ({figures['requests']} requests)", flush=True)
+          f"{figures['rate']:6.1f} img/s  ({figures['requests']} requests{cpu})", flush=True)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--runinference_images", type=int, default=240)
-    parser.add_argument("--cpu_images", type=int, default=12000)
-    parser.add_argument("--qps_requests", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of the cpu-bound case")
-    parser.add_argument("--workdir", default=None, help="keeps the images between runs")
-    args = parser.parse_args(argv)
+def compare(loops, mines, target: str):
+    """The median runs of both, and ours as a share of the bare loop's img/s."""
+    loop, mine = median_run(loops), median_run(mines)
+    show("bare asyncio + aiohttp loop", loop)
+    show("ours (DirectRunner, 1 process)", mine)
+    rates = {name: " ".join(f"{r['rate']:.0f}" for r in runs)
+             for name, runs in (("bare", loops), ("ours", mines))}
+    ratios = [m["rate"] / b["rate"] for b, m in zip(loops, mines)]
+    cpu = {name: median([r["cpu"] / r["images"] * 1e6 for r in runs])
+           for name, runs in (("bare", loops), ("ours", mines))}
+    print(f"  ours: {mine['rate'] / loop['rate']:.0%} of the bare loop (target: {target}); "
+          f"pairwise {' '.join(f'{r:.0%}' for r in ratios)}; "
+          f"all runs: bare {rates['bare']}, ours {rates['ours']} img/s")
+    print(f"  client CPU per image (median): bare {cpu['bare']:.0f} us, ours {cpu['ours']:.0f} "
+          f"us ({cpu['bare'] / cpu['ours']:.0%})", flush=True)
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")
-    folder = os.path.join(workdir, "images")
-    os.makedirs(folder, exist_ok=True)
-    paths = make_images(folder, max(args.images, args.cpu_images, args.qps_requests))
-    sets = {}
-    for name, count in (("latency", args.images), ("cpu", args.cpu_images),
-                        ("qps", args.qps_requests)):
-        sets[name] = os.path.join(workdir, f"set-{name}-{count}")
-        if not os.path.isdir(sets[name]):
-            os.makedirs(sets[name])
-            for path in paths[:count]:  # hard links: real files, as users have, at no cost
-                link(path, os.path.join(sets[name], os.path.basename(path)))
-    out = os.path.join(workdir, "out")
 
+def latency_case(sets, out, args):
     print(f"latency-bound: {LATENCY_MS} ms, {CAPACITY} slots, {PER_REQUEST} per request -> "
           f"ceiling {CEILING:.0f} img/s")
     with LocalServer(latency_ms=LATENCY_MS, capacity=CAPACITY) as server:
@@ -221,22 +244,24 @@ def main(argv=None):
           f"{mine['rate'] / theirs['rate']:.1f}x RunInference "
           f"(targets: >= 90 %, >= 10x)")
 
-    print(f"cpu-bound: no latency; {args.repeats} runs each, alternating (median)")
-    loops, mines = [], []
-    with LocalServer(latency_ms=0, capacity=64) as server:
-        for _ in range(args.repeats):
-            server.reset_stats()
-            loops.append(bare(sets["cpu"], server))
-            server.reset_stats()
-            mines.append(ours(sets["cpu"], server, os.path.join(out, "cpu")))
-    loop, mine_cpu = median_run(loops), median_run(mines)
-    show("bare asyncio + aiohttp loop", loop)
-    show("ours (DirectRunner, 1 process)", mine_cpu)
-    rates = {name: " ".join(f"{r['rate']:.0f}" for r in runs)
-             for name, runs in (("bare", loops), ("ours", mines))}
-    print(f"  ours: {mine_cpu['rate'] / loop['rate']:.0%} of the bare loop (target: >= 60 %); "
-          f"all runs: bare {rates['bare']}, ours {rates['ours']} img/s")
 
+def cpu_case(sets, out, args):
+    print(f"cpu-bound: no latency; {args.repeats} runs each, alternating (median)")
+    with LocalServer(latency_ms=0, capacity=64) as server:
+        loops, mines = alternate(sets["cpu"], server, os.path.join(out, "cpu"), args.repeats)
+    compare(loops, mines, ">= 60 %")
+
+
+def overhead_case(sets, out, args):
+    print(f"per-image overhead: constant answers, 8x8 JPEGs, no latency; {args.repeats} runs "
+          f"each, alternating (median)")
+    with LocalServer(latency_ms=0, capacity=64, constant=1) as server:
+        loops, mines = alternate(sets["overhead"], server, os.path.join(out, "overhead"),
+                                 args.repeats)
+    compare(loops, mines, ">= 33 %")
+
+
+def qps_case(sets, out, args):
     print(f"qps: --qps {QPS} against a server quota of {QPS}/s, one image per request")
     with LocalServer(quota_qps=QPS) as server:
         limited = ours(sets["qps"], server, os.path.join(out, "qps"), "--qps", str(QPS),
@@ -245,6 +270,50 @@ def main(argv=None):
         rate = steady_rate(stats, 1)
         print(f"  measured {rate:.2f} requests/s over the full seconds ({rate / QPS - 1:+.1%}), "
               f"{stats['quota_429']} quota 429s, {stats['requests']} requests")
+
+
+CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case, "qps": qps_case}
+
+
+def image_sets(workdir: str, counts: dict) -> dict:
+    """A folder of hard links per case (the first `count` images of a shared pool)."""
+    sets = {}
+    pools = {}
+    for name, (count, size) in counts.items():
+        pool = os.path.join(workdir, f"images-{size[0]}x{size[1]}")
+        if pool not in pools:
+            os.makedirs(pool, exist_ok=True)
+            needed = max(c for c, s in counts.values() if s == size)
+            pools[pool] = make_images(pool, needed, size)
+        sets[name] = os.path.join(workdir, f"set-{name}-{count}-{size[0]}x{size[1]}")
+        if not os.path.isdir(sets[name]):
+            os.makedirs(sets[name])
+            for path in pools[pool][:count]:  # hard links: real files, as users have
+                link(path, os.path.join(sets[name], os.path.basename(path)))
+    return sets
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=("all", *CASES), default="all")
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--runinference_images", type=int, default=240)
+    parser.add_argument("--cpu_images", type=int, default=12000)
+    parser.add_argument("--overhead_images", type=int, default=12000)
+    parser.add_argument("--qps_requests", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of the cpu-bound and overhead cases")
+    parser.add_argument("--workdir", default=None, help="keeps the images between runs")
+    args = parser.parse_args(argv)
+
+    cases = list(CASES) if args.case == "all" else [args.case]
+    counts = {"latency": (args.images, (64, 48)), "cpu": (args.cpu_images, (64, 48)),
+              "overhead": (args.overhead_images, (8, 8)), "qps": (args.qps_requests, (64, 48))}
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")
+    sets = image_sets(workdir, {name: counts[name] for name in cases})
+    out = os.path.join(workdir, "out")
+    for name in cases:
+        CASES[name](sets, out, args)
 
 
 if __name__ == "__main__":
