@@ -15,7 +15,8 @@ One run, one image set, one local server per case (`--case` runs one of them):
    file, base64-encodes it and POSTs the same requests (16 in flight). Target: >= 60 %.
    The server shares the machine's cores, so the runs alternate and the median is shown.
 3. Per-image overhead: a server that answers a constant without looking at the images
-   (`--constant 1`), 8x8 JPEGs, no latency: the client is the bottleneck. This pipeline
+   (`--constant 1`), 8x8 JPEGs, 32 per request (the default), no latency: the client is
+   the bottleneck. This pipeline
    against the same bare loop, alternating, median of `--repeats`; also the client's CPU
    time (user + sys of this process) per image. Target: >= 1/3 of the bare loop's img/s.
 4. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
@@ -54,6 +55,7 @@ LATENCY_MS = 500
 CAPACITY = 16
 CEILING = CAPACITY / (LATENCY_MS / 1000) * PER_REQUEST
 QPS = 20
+OVERHEAD_PER_REQUEST = 32  # the pipeline's default --max_instances_per_request
 PROTOCOL = make_protocol("mlengine")
 
 
@@ -74,9 +76,10 @@ def timed(function, *args) -> dict:
             "cpu": time.process_time() - cpu}
 
 
-def ours(folder: str, server: LocalServer, out: str, *extra) -> dict:
+def ours(folder: str, server: LocalServer, out: str, *extra,
+         per_request: int = PER_REQUEST) -> dict:
     run_ = timed(run, ["--input", folder, "--endpoint", server.endpoint("mlengine"),
-                       "--output", out, "--max_instances_per_request", str(PER_REQUEST),
+                       "--output", out, "--max_instances_per_request", str(per_request),
                        "--max_concurrent_requests", str(CONCURRENCY), *extra])
     summary = run_["result"]
     assert summary["accounted"] and summary["failed"] == 0, summary
@@ -155,9 +158,9 @@ def runinference(paths, server: LocalServer) -> dict:
 
 # -- a bare asyncio loop ---------------------------------------------------------------------
 
-async def bare_loop(folder: str, endpoint: str) -> int:
+async def bare_loop(folder: str, endpoint: str, per_request: int = PER_REQUEST) -> int:
     paths = sorted(glob.glob(os.path.join(folder, "**", "*.jpg"), recursive=True))
-    chunks = [paths[i:i + PER_REQUEST] for i in range(0, len(paths), PER_REQUEST)]
+    chunks = [paths[i:i + per_request] for i in range(0, len(paths), per_request)]
     queue = asyncio.Queue()
     for chunk in chunks:
         queue.put_nowait(chunk)
@@ -178,21 +181,23 @@ async def bare_loop(folder: str, endpoint: str) -> int:
     return done
 
 
-def bare(folder: str, server: LocalServer) -> dict:
-    run_ = timed(lambda: asyncio.run(bare_loop(folder, server.endpoint("mlengine"))))
+def bare(folder: str, server: LocalServer, per_request: int = PER_REQUEST) -> dict:
+    run_ = timed(lambda: asyncio.run(bare_loop(folder, server.endpoint("mlengine"),
+                                               per_request)))
     done = run_["result"]
     return {"images": done, "seconds": run_["seconds"], "cpu": run_["cpu"],
             "rate": done / run_["seconds"], "requests": server.stats()["requests"]}
 
 
-def alternate(folder: str, server: LocalServer, out: str, repeats: int):
+def alternate(folder: str, server: LocalServer, out: str, repeats: int,
+              per_request: int = PER_REQUEST):
     """`repeats` runs each of the bare loop and this pipeline, alternating."""
     loops, mines = [], []
     for _ in range(repeats):
         server.reset_stats()
-        loops.append(bare(folder, server))
+        loops.append(bare(folder, server, per_request))
         server.reset_stats()
-        mines.append(ours(folder, server, out))
+        mines.append(ours(folder, server, out, per_request=per_request))
     return loops, mines
 
 
@@ -253,11 +258,11 @@ def cpu_case(sets, out, args):
 
 
 def overhead_case(sets, out, args):
-    print(f"per-image overhead: constant answers, 8x8 JPEGs, no latency; {args.repeats} runs "
-          f"each, alternating (median)")
+    print(f"per-image overhead: constant answers, 8x8 JPEGs, {OVERHEAD_PER_REQUEST} per "
+          f"request, no latency; {args.repeats} runs each, alternating (median)")
     with LocalServer(latency_ms=0, capacity=64, constant=1) as server:
         loops, mines = alternate(sets["overhead"], server, os.path.join(out, "overhead"),
-                                 args.repeats)
+                                 args.repeats, OVERHEAD_PER_REQUEST)
     compare(loops, mines, ">= 33 %")
 
 
