@@ -2,7 +2,7 @@
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
-from tests.conftest import LOCAL_RUNNER
+from tests.helpers import LOCAL_RUNNER
 from transforms import metrics
 
 
