@@ -58,6 +58,10 @@ class JobConfig:
     retry_dead_letters: Optional[str] = None  # a dead-letter prefix whose keys are retried
     passthrough_fields: Tuple[str, ...] = ()
     bigquery: Optional[BigQueryTarget] = None  # for --output_format bigquery
+    errors_template: Optional[str] = None  # --errors before {date}/{run_id} are filled in
+    commit_records: int = 0  # records per committed part; 0 = no incremental commits
+    commit_seconds: float = 30.0
+    parts_stale_after_s: float = 3600.0
 
     @property
     def output_run_prefix(self) -> str:
@@ -245,6 +249,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
     for name in ("max_instances_per_request", "max_request_bytes", "max_concurrent_requests"):
         if getattr(o, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
+    if o.commit_every_records < 0 or not o.commit_every_s > 0 or not o.parts_stale_after_s >= 0:
+        raise ConfigError("--commit_every_records and --parts_stale_after_s must be >= 0, "
+                          "--commit_every_s > 0")
     if o.qps < 0 or o.max_retries < 0 or o.request_timeout_s <= 0:
         raise ConfigError("--qps and --max_retries must be >= 0, --request_timeout_s > 0")
     try:
@@ -300,6 +307,10 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,
         passthrough_fields=passthrough_fields,
         bigquery=bigquery,
+        errors_template=_absolute(o.errors) if o.errors else _absolute(o.output) + "-errors",
+        commit_records=o.commit_every_records,
+        commit_seconds=o.commit_every_s,
+        parts_stale_after_s=o.parts_stale_after_s,
     )
 
 

@@ -4,12 +4,14 @@ import apache_beam as beam
 from pipeline.config import JobConfig
 from transforms.client import ClientSettings
 from transforms.encode import EncodeInstances
-from transforms.existing import SelectTodo
+from transforms.existing import AdoptParts, SelectTodo
 from transforms.pack import PackRequests
 from transforms.passthrough import JoinPassthrough
 from transforms.predict import Predict, PredictSettings
 from transforms.read import ReadInputs, RowSpec
 from transforms.retry import RetryPolicy
+from transforms.parts import CommitParts, DeleteParts, parts_dir
+from transforms.records import prediction_schema
 from transforms.write import WriteDeadLetters, WriteResults
 
 
@@ -42,8 +44,41 @@ def with_passthrough(predictions, refs, config: JobConfig):
         config.passthrough_fields)
 
 
-def build_pipeline(p: beam.Pipeline, config: JobConfig):
-    """Read -> encode -> pack -> predict -> write, with every failure to the dead letters."""
+def commit_parts(predictions, failures, config: JobConfig):
+    """Part paths of the predictions and dead letters committed while the job runs."""
+    if not config.commit_records:
+        return []
+    return [
+        predictions | "CommitPredictions" >> CommitParts(
+            parts_dir(config.output_run_prefix), prediction_schema(),
+            config.commit_records, config.commit_seconds),
+        failures | "CommitDeadLetters" >> CommitParts(
+            parts_dir(config.errors_run_prefix), None,
+            config.commit_records, config.commit_seconds),
+    ]
+
+
+def with_missing_fields(row: dict, names) -> dict:
+    return {**{name: None for name in names}, **row}
+
+
+def with_adopted(results, p, config: JobConfig, adopt_parts):
+    """Results plus the rows of killed runs' parts this run adopts (once per key)."""
+    if not adopt_parts:
+        return results
+    adopted = (p
+               | "AdoptParts" >> AdoptParts(adopt_parts, config.output_template)
+               | "AdoptedFields" >> beam.Map(with_missing_fields, config.passthrough_fields))
+    return (results, adopted) | "WithAdopted" >> beam.Flatten()
+
+
+def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_folders=()):
+    """Read -> encode -> pack -> predict -> write, with every failure to the dead letters.
+
+    Predictions and dead letters are also committed in parts as they are made; the parts
+    (this run's, and `adopt_folders` of killed runs whose `adopt_parts` it writes into its
+    own shards) are deleted once the shards are in place. See docs/crash-safety.md.
+    """
     inputs = p | "ReadInputs" >> ReadInputs(
         config.inputs, config.input_format,
         RowSpec(config.uri_field, config.b64_field, config.key_field))
@@ -55,9 +90,17 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig):
                      config.protocol, config.max_instances_per_request,
                      config.max_request_bytes)
                  | "Predict" >> Predict(predict_settings(config)))
-    with_passthrough(predicted.predictions, todo, config) | "WriteResults" >> WriteResults(
+    failures = ((inputs.failed, encoded.failed, predicted.failed)
+                | "MergeFailures" >> beam.Flatten())
+    committed = commit_parts(predicted.predictions, failures, config)
+    results = with_adopted(with_passthrough(predicted.predictions, todo, config), p, config,
+                           adopt_parts)
+    written = results | "WriteResults" >> WriteResults(
         config.output_run_prefix, config.output_format, config.passthrough_fields,
         config.bigquery)
-    (inputs.failed, encoded.failed, predicted.failed) | "WriteDeadLetters" >> WriteDeadLetters(
-        config.errors_run_prefix)
+    written_errors = failures | "WriteDeadLetters" >> WriteDeadLetters(config.errors_run_prefix)
+    if committed and config.bigquery is None:
+        folders = (parts_dir(config.output_run_prefix), parts_dir(config.errors_run_prefix),
+                   *adopt_folders)
+        (*written, written_errors, *committed) | "DeleteParts" >> DeleteParts(folders)
     return p

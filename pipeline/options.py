@@ -5,6 +5,9 @@ through untouched. `pipeline.config` turns these into a validated JobConfig.
 """
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.leftovers import DEFAULT_STALE_AFTER_S
+from transforms.parts import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
+
 DEFAULT_MAX_REQUEST_BYTES = 1_500_000
 
 
@@ -87,5 +90,15 @@ class PredictOptions(PipelineOptions):
         add("--report", action="store_true", default=False,
             help="At the end, write the run's HTML report to <output>-<run id>-report.html "
                  "(also: batch-predict report <run prefix>).")
+        # Crash safety (docs/crash-safety.md)
+        add("--commit_every_records", type=int, default=DEFAULT_COMMIT_RECORDS,
+            help="Commit finished predictions and dead letters durably while the job runs, "
+                 "in parts of at most this many records per writer; 0 = only at the end.")
+        add("--commit_every_s", type=float, default=DEFAULT_COMMIT_SECONDS,
+            help="... or once the oldest uncommitted record is this many seconds old.")
+        add("--parts_stale_after_s", type=float, default=DEFAULT_STALE_AFTER_S,
+            help="An earlier run without a summary whose files have not changed for this "
+                 "long is treated as dead: its temp files are removed and --skip_existing "
+                 "adopts its committed parts.")
         add("--config", default=None,
             help="A YAML file of these options; command-line flags win.")

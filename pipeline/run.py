@@ -28,6 +28,8 @@ from pipeline import report
 from transforms import metrics
 from transforms.read import RowSpec, check_input, pattern_for
 from transforms.existing import any_match, dead_letter_glob
+from transforms.leftovers import plan_leftovers
+from transforms.parts import delete_folder, parts_dir
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
 _LOG = logging.getLogger("batch_predict")
@@ -62,6 +64,17 @@ def preflight(config: JobConfig):
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
 
 
+def clean_up_leftovers(config: JobConfig):
+    """Remove what finished or dead earlier runs left; which killed runs' parts to adopt."""
+    try:
+        return plan_leftovers(
+            config.output_template, config.errors_template, config.run_id,
+            adopt=config.skip_existing and config.bigquery is None,
+            stale_after_s=config.parts_stale_after_s)
+    except Exception as e:  # Beam's filesystems raise several types
+        raise ConfigError(f"cannot list earlier runs under --output {config.output}: {e}")
+
+
 def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
     """The run summary from the job's metrics (committed where the runner has them)."""
     counts = collections.Counter()
@@ -87,6 +100,8 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
         "retries": counts["retries"],
         "retries_by_cause": retries_by_cause,
         "splits": counts["splits"],
+        "parts_committed": counts["parts_committed"],
+        "adopted": counts["adopted"],
         "elapsed_s": round(elapsed_s, 3),
         "images_per_s": round(counts["predicted"] / elapsed_s, 1) if elapsed_s else None,
         "output": config.output_run_prefix,
@@ -126,7 +141,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
     except ValueError as e:  # an unknown --runner
         raise ConfigError(str(e).splitlines()[0])
-    build_pipeline(p, config)
+    plan = clean_up_leftovers(config)
+    build_pipeline(p, config, plan.adopt_parts, plan.adopt_folders)
     result = p.run()
     if options.view_as(GoogleCloudOptions).template_location:
         # Only a job description was written (a Flex Template launch or a classic template):
@@ -137,6 +153,11 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 "accounted": None}
     result.wait_until_finish()
     summary = summarize(result, config, time.monotonic() - started)
+    summary["cleaned_up"] = list(plan.removed)
+    if config.bigquery is not None and config.commit_records:
+        # the load jobs are done once the job is: this run's parts are no longer needed
+        for folder in (parts_dir(config.output_run_prefix), parts_dir(config.errors_run_prefix)):
+            delete_folder(folder)
     if config.output_format in ("jsonl", "both"):
         summary["bq_load"] = jsonl_load_command(
             config.output_run_prefix, config.schema_path,

@@ -24,8 +24,9 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.io.textio import ReadAllFromText
 
 from transforms import metrics
+from transforms.parts import read_parquet_part
 from transforms.records import ImageRef
-from transforms.write import shard_glob, shard_regex
+from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 
 SKIPPED = "skipped"
 SKIPPED_EXISTING = "skipped_existing"
@@ -97,16 +98,37 @@ class _ListShards(beam.PTransform):
                 | "OnlyShards" >> beam.Filter(is_shard, self._regex))
 
 
-class ReadExistingKeys(beam.PTransform):
-    """Keys of every prediction already written under an output prefix (Parquet and JSONL)."""
+class _ListParts(beam.PTransform):
+    """Paths of the prediction parts every earlier run committed (`transforms.parts`)."""
 
     def __init__(self, output_template: str):
         super().__init__()
-        self._template = output_template
+        self._glob = parts_glob(output_template)
+        self._regex = parts_regex(output_template)
 
     def expand(self, pbegin):
-        parquet = (pbegin
-                   | "ListParquet" >> _ListShards(self._template, "parquet")
+        return (pbegin
+                | "Match" >> fileio.MatchFiles(
+                    self._glob, empty_match_treatment=fileio.EmptyMatchTreatment.ALLOW)
+                | "Paths" >> beam.Map(metadata_path)
+                | "OnlyParts" >> beam.Filter(is_shard, self._regex))
+
+
+class ReadExistingKeys(beam.PTransform):
+    """Keys of every prediction already written under an output prefix: Parquet and JSONL
+    shards, and (`with_parts`) the parts committed by runs that did not finish."""
+
+    def __init__(self, output_template: str, with_parts: bool = True):
+        super().__init__()
+        self._template = output_template
+        self._with_parts = with_parts
+
+    def expand(self, pbegin):
+        parquet_files = pbegin | "ListParquet" >> _ListShards(self._template, "parquet")
+        if self._with_parts:
+            parquet_files = ((parquet_files, pbegin | "ListParts" >> _ListParts(self._template))
+                             | "ParquetAndParts" >> beam.Flatten())
+        parquet = (parquet_files
                    | "ReadParquet" >> ReadAllFromParquet(columns=["key"])
                    | "ParquetKeys" >> beam.Map(row_key))
         jsonl = (pbegin
@@ -178,6 +200,42 @@ class SelectTodo(beam.PTransform):
         return (groups
                 | "JoinByKey" >> beam.CoGroupByKey()
                 | "Select" >> beam.FlatMap(select).with_outputs(SKIPPED, main="refs"))
+
+
+def first_unless_done(joined: Tuple[str, dict]) -> Iterable[dict]:
+    """One adopted row of a key, unless a complete shard already holds the key."""
+    _, groups = joined
+    rows = groups["rows"]
+    if rows and not groups["done"]:
+        metrics.counter("adopted").inc()
+        yield rows[0]
+
+
+def key_row(row: dict) -> Tuple[str, dict]:
+    return row["key"], row
+
+
+class AdoptParts(beam.PTransform):
+    """Rows of killed runs' committed parts, once per key, leaving out keys that complete
+    shards already hold: what a `--skip_existing` run writes into its own shards."""
+
+    def __init__(self, part_paths: Iterable[str], output_template: str):
+        super().__init__()
+        self._paths = tuple(part_paths)
+        self._template = output_template
+
+    def expand(self, pbegin):
+        rows = (pbegin
+                | "Parts" >> beam.Create(self._paths)
+                | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.FlatMap(read_parquet_part)
+                | "KeyRows" >> beam.Map(key_row))
+        in_shards = (pbegin
+                     | "KeysInShards" >> ReadExistingKeys(self._template, with_parts=False)
+                     | "MarkDone" >> beam.Map(key_marker))
+        return ({"rows": rows, "done": in_shards}
+                | "JoinByKey" >> beam.CoGroupByKey()
+                | "OncePerKey" >> beam.FlatMap(first_unless_done))
 
 
 def any_match(pattern: str) -> bool:

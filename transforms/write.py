@@ -23,6 +23,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.parts import PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION
 from transforms.records import bigquery_schema, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
@@ -76,6 +77,12 @@ def shard_regex(template: str, extension: str) -> str:
     `<output>-<run_id>-SSSSS-of-NNNNN.<ext>`: the run id right after the prefix keeps out the
     dead letters (`<output>-errors-<run_id>-...`) and any other prefix that starts alike.
     """
+    return ("^" + template_regex(template) + "-" + RUN_ID_PATTERN
+            + r"-[0-9]{5,}-of-[0-9]{5,}\." + re.escape(extension) + "$")
+
+
+def template_regex(template: str) -> str:
+    """A regex (no anchors) for every rendering of `template`."""
     parts = []
     last = 0
     for match in _PLACEHOLDER.finditer(template):
@@ -83,8 +90,19 @@ def shard_regex(template: str, extension: str) -> str:
         parts.append(_PLACEHOLDER_PATTERNS.get(match.group(1), "[^/]*"))
         last = match.end()
     parts.append(re.escape(template[last:]))
-    return ("^" + "".join(parts) + "-" + RUN_ID_PATTERN
-            + r"-[0-9]{5,}-of-[0-9]{5,}\." + re.escape(extension) + "$")
+    return "".join(parts)
+
+
+def parts_regex(template: str, extension: str = PREDICTION_PART_EXTENSION) -> str:
+    """A regex for every committed part of any run of `template` (see transforms.parts);
+    group 1 is the run's parts folder, group 2 its run id."""
+    return ("^(" + template_regex(template) + "-(" + RUN_ID_PATTERN + ")"
+            + re.escape(PARTS_SUFFIX) + ")/" + PART_NAME_PATTERN + re.escape(extension) + "$")
+
+
+def parts_glob(template: str, extension: str = PREDICTION_PART_EXTENSION) -> str:
+    """The glob that lists candidate parts (filtered by `parts_regex`)."""
+    return f"{template_glob(template)}-*{PARTS_SUFFIX}/part-*.{extension}"
 
 
 def shard_glob(template: str, extension: str) -> str:

@@ -1,0 +1,219 @@
+"""Long jobs lose nothing: committed parts survive kill -9, a --skip_existing re-run sends only
+what no earlier attempt committed, and the shards end up holding every key exactly once.
+
+Real pipeline processes are killed with SIGKILL at several points of a 2,000-image job; what
+the re-runs send is measured with the local server's instance counter.
+"""
+import collections
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipeline.config import new_run_id
+from pipeline.run import run
+from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
+from transforms.parts import CommitParts, list_folder, parts_dir, read_parquet_part
+from transforms.records import prediction_record, prediction_schema, utc_now
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABELS = ["red", "green", "blue", "yellow"]
+JOB_IMAGES = 2000
+WAIT_S = 120
+KILL_POLL_S = 0.01
+
+
+def exactly_once(keys):
+    return {k: n for k, n in collections.Counter(keys).items() if n != 1}
+
+
+def part_rows(out):
+    """Rows of every committed prediction part under an output prefix, from all runs."""
+    rows = []
+    for path in sorted(glob.glob(f"{out}-*.parts/*.parquet.part")):
+        rows.extend(read_parquet_part(path))
+    return rows
+
+
+def shard_keys(out):
+    return [r["key"] for r in read_predictions(str(out))]
+
+
+def all_keys(out):
+    """Every key under `out`, committed in a shard or (a killed run's) part."""
+    return set(shard_keys(out)) | {r["key"] for r in part_rows(out)}
+
+
+def job_command(images, endpoint, out, *extra):
+    return [sys.executable, "-m", "pipeline.run", "--input", str(images), "--endpoint", endpoint,
+            "--output", str(out), "--skip_existing", "--commit_every_s", "0.2",
+            "--max_instances_per_request", "4", "--max_concurrent_requests", "4", *extra]
+
+
+def kill_when(command, ready, what):
+    """Start the job, SIGKILL it (and its process group) once `ready()` holds."""
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and job.poll() is None and not ready():
+            time.sleep(KILL_POLL_S)
+        assert job.poll() is None, f"the job ended before it could be killed ({what})"
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait(WAIT_S)
+    assert job.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    truth = labelled_images(folder, [LABELS[i % 4] for i in range(JOB_IMAGES)],
+                            fmt_cycle=("png",), size=(8, 8))
+    return folder, sorted(truth)
+
+
+def test_a_finished_run_leaves_shards_and_no_parts(tmp_path, server, images):
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    summary = run(["--input", str(folder), "--endpoint", server.endpoint("mlengine"),
+                   "--output", str(out), "--output_format", "both",
+                   "--commit_every_records", "300", "--max_instances_per_request", "16"])
+    assert_accounted(summary)
+    assert summary["predicted"] == JOB_IMAGES
+    assert summary["parts_committed"] >= JOB_IMAGES // 300
+    assert glob.glob(f"{out}-*.parts") == []
+    for fmt in ("parquet", "jsonl"):
+        rows = read_predictions(str(out), fmt)
+        assert exactly_once(r["key"] for r in rows) == {}
+        assert sorted(r["key"] for r in rows) == keys
+    assert os.path.exists(f"{out}.schema.json") and summary["bq_load"]
+
+
+def test_parts_are_committed_while_the_job_runs(tmp_path, make_server, images):
+    """Killed mid-predict: parts hold most of what the server answered, exactly once."""
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=20)
+    kill_when(job_command(folder, slow.endpoint("mlengine"), out),
+              lambda: slow.stats()["instances"] >= JOB_IMAGES // 2, "mid-predict")
+    answered = slow.stats()["instances"]
+    committed = [r["key"] for r in part_rows(out)]
+    assert exactly_once(committed) == {}
+    assert set(committed) <= set(keys)
+    assert len(committed) >= answered - JOB_IMAGES // 10, (len(committed), answered)
+    assert shard_keys(out) == []  # nothing was finished, so no shard
+
+
+@pytest.mark.parametrize("point", ["listing", "mid-predict", "final-write"])
+def test_rerun_after_kill_sends_only_what_was_not_committed(tmp_path, make_server, images,
+                                                            point):
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=20)
+    ready = {
+        "listing": lambda: glob.glob(str(tmp_path / "out" / "*.schema.json")),
+        "mid-predict": lambda: slow.stats()["instances"] >= JOB_IMAGES // 2,
+        "final-write": lambda: slow.stats()["instances"] >= JOB_IMAGES,
+    }[point]
+    kill_when(job_command(folder, slow.endpoint("mlengine"), out), ready, point)
+    answered = slow.stats()["instances"]
+    unfinished = JOB_IMAGES - answered
+    slow.reset_stats()
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out)[3:])
+    assert_accounted(resumed)
+    resent = slow.stats()["instances"]
+    assert resent <= unfinished + JOB_IMAGES // 10, (point, answered, resent)
+    assert resumed["predicted"] == resent
+    # every key is committed; no key is in two shards
+    assert exactly_once(shard_keys(out)) == {}
+    assert all_keys(out) == set(keys)
+    # a later run adopts the killed run's parts: the shards alone hold every key once
+    slow.reset_stats()
+    final = run(job_command(folder, slow.endpoint("mlengine"), out)[3:]
+                + ["--parts_stale_after_s", "0"])
+    assert slow.stats()["instances"] == 0
+    assert final["skipped"] == JOB_IMAGES
+    assert sorted(shard_keys(out)) == keys
+    assert glob.glob(f"{out}-*.parts") == []
+
+
+def test_several_crashes_in_a_row_then_one_finish(tmp_path, make_server, images):
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=20)
+    total_sent = 0
+    for fraction in (4, 2):  # killed at a quarter, then again after another quarter
+        slow.reset_stats()
+        kill_when(job_command(folder, slow.endpoint("mlengine"), out),
+                  lambda: slow.stats()["instances"] >= JOB_IMAGES // 4, f"1/{fraction}")
+        total_sent += slow.stats()["instances"]
+    slow.reset_stats()
+    finished = run(job_command(folder, slow.endpoint("mlengine"), out)[3:]
+                   + ["--parts_stale_after_s", "0"])
+    total_sent += slow.stats()["instances"]
+    assert_accounted(finished)
+    assert total_sent <= JOB_IMAGES + JOB_IMAGES // 10
+    assert finished["adopted"] > 0
+    assert exactly_once(shard_keys(out)) == {}
+    assert sorted(shard_keys(out)) == keys
+    assert glob.glob(f"{out}-*.parts") == []
+
+
+def records(keys):
+    now = utc_now()
+    return [prediction_record(k, [("red", 0.9), ("blue", 0.1)], "m", now) for k in keys]
+
+
+def commit(folder, rows, max_records):
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        _ = (p | beam.Create(rows, reshuffle=False)
+             | CommitParts(folder, prediction_schema(), max_records=max_records))
+
+
+def test_two_committed_attempts_of_one_bundle_are_adopted_once(tmp_path, server, images):
+    """A killed run whose bundle was retried: both attempts committed the same keys, and a
+    shard of a finished run already holds some of them."""
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    dead = parts_dir(f"{out}-{new_run_id()}")
+    commit(dead, records(keys[:600]), max_records=250)  # attempt 1
+    commit(dead, records(keys[:600]), max_records=250)  # attempt 2, other part names
+    assert len(list_folder(dead)) == 6
+    finished = run(["--input", str(folder), "--endpoint", server.endpoint("mlengine"),
+                    "--output", str(out), "--skip_existing", "--parts_stale_after_s", "0"])
+    assert_accounted(finished)
+    assert finished["skipped"] == 600 and finished["predicted"] == JOB_IMAGES - 600
+    assert finished["adopted"] == 600
+    assert sorted(shard_keys(out)) == keys
+    assert not os.path.exists(dead)
+
+
+def test_live_runs_are_left_alone_and_finished_leftovers_are_removed(tmp_path, server, images):
+    folder, keys = images
+    out = tmp_path / "out" / "pred"
+    live = parts_dir(f"{out}-{new_run_id()}")
+    commit(live, records(keys[:10]), max_records=100)
+    finished_id = new_run_id()
+    leftover = parts_dir(f"{out}-{finished_id}")
+    commit(leftover, records(keys[10:20]), max_records=100)
+    with open(f"{out}-{finished_id}-summary.json", "w") as f:
+        json.dump({"run_id": finished_id}, f)
+    temp = tmp_path / "out" / f"beam-temp-pred-{finished_id}-{'0' * 32}"
+    temp.mkdir()
+    (temp / "x.parquet").write_bytes(b"half a shard")
+    summary = run(["--input", str(folder), "--endpoint", server.endpoint("mlengine"),
+                   "--output", str(out), "--skip_existing"])
+    assert sorted(summary["cleaned_up"]) == sorted([leftover, str(temp)])
+    assert not os.path.exists(leftover) and not temp.exists()
+    assert len(list_folder(live)) == 1  # recent, no summary: may still be running
+    assert summary["skipped"] == 10  # the live run's committed keys are not sent again

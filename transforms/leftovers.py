@@ -1,0 +1,150 @@
+"""What earlier runs left under an output prefix, and what a new run may do with it.
+
+Checked on the launcher before the job starts. An earlier run is:
+- finished: its summary file exists (written only after its shards were in place). Its
+  leftover parts folders and `beam-temp-*` folders hold nothing the shards lack: removed.
+- stale: no summary, and nothing in its parts or `beam-temp-*` folders changed for
+  `stale_after_s` (a live job commits a part at least every `--commit_every_s` while it
+  predicts). Its `beam-temp-*` folders are removed; its prediction parts are adopted by a
+  `--skip_existing` run (written into this run's shards, then removed), never just deleted.
+- otherwise possibly live: left alone. Its parts' keys are still skipped by `--skip_existing`.
+"""
+import dataclasses
+import datetime
+import logging
+import re
+import time
+from typing import Dict, List, Optional, Tuple
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.parts import DEAD_LETTER_PART_EXTENSION, delete_folder, parts_dir
+from transforms.write import (RUN_ID_PATTERN, parts_glob, parts_regex, render_path,
+                              template_glob, template_regex)
+
+_LOG = logging.getLogger("batch_predict")
+
+DEFAULT_STALE_AFTER_S = 3600.0
+
+
+@dataclasses.dataclass
+class EarlierRun:
+    run_id: str
+    output_prefix: str  # `<output>-<run_id>` of that run
+    part_files: List[str] = dataclasses.field(default_factory=list)
+    temp_folders: List[str] = dataclasses.field(default_factory=list)
+    newest: float = 0.0  # last change seen in its parts / temp files, epoch seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What this run does with earlier runs' leftovers."""
+    adopt_parts: Tuple[str, ...] = ()  # prediction part files written into this run's shards
+    adopt_folders: Tuple[str, ...] = ()  # parts folders removed once this run's shards are in
+    removed: Tuple[str, ...] = ()  # folders removed before the job started
+    kept_live: Tuple[str, ...] = ()  # run ids that may still be running
+
+
+def run_date(run_id: str) -> str:
+    """The `{date}` a run rendered its paths with (its run id starts with the UTC time)."""
+    return datetime.datetime.strptime(run_id[:8], "%Y%m%d").strftime("%Y-%m-%d")
+
+
+def output_prefix(template: str, run_id: str) -> str:
+    """`<output>-<run_id>` of an earlier run (of `--output` or `--errors`)."""
+    return render_path(template, run_date(run_id), run_id) + "-" + run_id
+
+
+def _match(pattern: str):
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # pylint: disable=broad-except  (a missing folder on some filesystems)
+        return []
+
+
+def _temp_regex(template: str) -> str:
+    folder, _, base = template.rpartition("/")
+    return ("^(" + template_regex(folder) + "/beam-temp-" + template_regex(base)
+            + r"(?:-errors)?-(" + RUN_ID_PATTERN + r")-[0-9a-f]{32})/")
+
+
+def find_earlier_runs(output_template: str) -> Dict[str, EarlierRun]:
+    """Every earlier run with parts or `beam-temp-*` files under `output_template`."""
+    runs: Dict[str, EarlierRun] = {}
+    regex = re.compile(parts_regex(output_template))
+    for meta in _match(parts_glob(output_template)):
+        found = regex.match(meta.path)
+        if not found:
+            continue
+        run_id = found.group(2)
+        run = runs.setdefault(run_id, EarlierRun(run_id, output_prefix(output_template, run_id)))
+        run.part_files.append(meta.path)
+        run.newest = max(run.newest, meta.last_updated_in_seconds)
+    folder, _, base = output_template.rpartition("/")
+    temp_regex = re.compile(_temp_regex(output_template))
+    for meta in _match(f"{template_glob(folder)}/beam-temp-{template_glob(base)}-*/*"):
+        found = temp_regex.match(meta.path)
+        if not found:
+            continue
+        temp_folder, run_id = found.groups()
+        run = runs.setdefault(run_id, EarlierRun(run_id, output_prefix(output_template, run_id)))
+        if temp_folder not in run.temp_folders:
+            run.temp_folders.append(temp_folder)
+        run.newest = max(run.newest, meta.last_updated_in_seconds)
+    return runs
+
+
+def is_finished(run: EarlierRun) -> bool:
+    return FileSystems.exists(f"{run.output_prefix}-summary.json")
+
+
+def plan_leftovers(output_template: str, errors_template: str, current_run_id: str,
+                   adopt: bool, stale_after_s: float = DEFAULT_STALE_AFTER_S,
+                   now: Optional[float] = None) -> Plan:
+    """Remove what is safe to remove now; say which parts this run adopts (see module doc).
+
+    `adopt`: this run skips every key found in earlier outputs (--skip_existing), so it can
+    write stale runs' parts into its own shards without predicting any of them twice.
+    """
+    now = time.time() if now is None else now
+    adopt_parts, adopt_folders, removed, kept = [], [], [], []
+    for run_id, run in sorted(find_earlier_runs(output_template).items()):
+        if run_id == current_run_id:
+            continue
+        errors_folder = parts_dir(output_prefix(errors_template, run_id))
+        if is_finished(run):
+            for folder in run.temp_folders + _parts_folders(run, errors_folder):
+                delete_folder(folder)
+                removed.append(folder)
+            continue
+        if now - run.newest < stale_after_s:
+            kept.append(run_id)
+            continue
+        for folder in run.temp_folders:
+            delete_folder(folder)
+            removed.append(folder)
+        if adopt and run.part_files:
+            adopt_parts.extend(sorted(run.part_files))
+            adopt_folders.extend(_parts_folders(run, errors_folder))
+    plan = Plan(tuple(adopt_parts), tuple(adopt_folders), tuple(removed), tuple(kept))
+    report(plan)
+    return plan
+
+
+def _parts_folders(run: EarlierRun, errors_folder: str) -> List[str]:
+    folders = [parts_dir(run.output_prefix)] if run.part_files else []
+    if _match(f"{errors_folder}/*.{DEAD_LETTER_PART_EXTENSION}"):
+        folders.append(errors_folder)
+    return folders
+
+
+def report(plan: Plan):
+    for folder in plan.removed:
+        _LOG.info("removed what an earlier run left: %s", folder)
+    if plan.adopt_parts:
+        _LOG.info("adopting %d committed parts of killed runs (%s); they are removed once "
+                  "this run's shards are in place", len(plan.adopt_parts),
+                  ", ".join(plan.adopt_folders))
+    for run_id in plan.kept_live:
+        _LOG.info("run %s may still be running (changed within --parts_stale_after_s): "
+                  "its files are left alone, its committed keys are skipped", run_id)

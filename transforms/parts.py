@@ -1,0 +1,206 @@
+"""Incremental commits: finished records are written durably while the job runs.
+
+`CommitParts` sits right after the stage that produces records (fused with it, so it sees
+them as they are made) and writes them, a part at a time, into the run's parts folder:
+
+    <output>-<run_id>.parts/part-<writer>-<seq>.parquet.part   (predictions, Parquet)
+    <errors>-<run_id>.parts/part-<writer>-<seq>.jsonl.part     (dead letters, JSON lines)
+
+A part is written when `max_records` records are waiting or the oldest waiting record is
+`max_seconds` old, and at the end of each bundle. `<writer>` is random per bundle attempt, so
+two attempts of one bundle never write the same name. A part appears whole or not at all: a
+local part is written under a temporary name and renamed, a `gs://` part is one object upload
+(GCS makes an object visible only when its upload completes). The `.part` suffix keeps parts
+out of `<output>*.parquet` / `<output>*.jsonl` globs and `bq load` wildcards.
+
+The parts are a journal, not the outputs: a finished run writes its shards from the
+PCollection as before and then deletes its parts folders (`DeleteParts`, after the shards are
+in place). A killed run leaves its parts; `--skip_existing` reads their keys like shards', and
+the next such run adopts them (`transforms.existing.AdoptParts`). See docs/crash-safety.md.
+"""
+import io
+import json
+import time
+import uuid
+from typing import Callable, Iterable, List, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms import metrics
+
+PARTS_SUFFIX = ".parts"
+PREDICTION_PART_EXTENSION = "parquet.part"
+DEAD_LETTER_PART_EXTENSION = "jsonl.part"
+PART_NAME_PATTERN = r"part-[0-9a-f]+-[0-9]{5,}\."
+
+DEFAULT_COMMIT_RECORDS = 10_000
+DEFAULT_COMMIT_SECONDS = 30.0
+
+
+def parts_dir(run_prefix: str) -> str:
+    """The parts folder of one run's outputs (`<output>-<run_id>.parts`)."""
+    return run_prefix + PARTS_SUFFIX
+
+
+def part_path(folder: str, writer: str, seq: int, extension: str) -> str:
+    return f"{folder}/part-{writer}-{seq:05d}.{extension}"
+
+
+def write_bytes_atomically(path: str, data: bytes):
+    """`data` at `path`, whole or not at all: temp name + rename on a local disk, a single
+    object upload elsewhere (gs://, where an object appears only once fully uploaded)."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    temp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temp) as f:  # creates missing local folders
+        f.write(data)
+    FileSystems.rename([temp], [path])
+
+
+def parquet_bytes(records: List[dict], schema: pa.Schema) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), buffer,
+                   compression="snappy", use_compliant_nested_type=True)
+    return buffer.getvalue()
+
+
+def jsonl_bytes(rows: List[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
+                   for r in rows).encode("utf-8")
+
+
+def read_parquet_part(path: str) -> Iterable[dict]:
+    """The rows of one prediction part."""
+    with FileSystems.open(path) as f:
+        table = pq.read_table(io.BytesIO(f.read()))
+    yield from table.to_pylist()
+
+
+class _CommitPartsFn(beam.DoFn):
+    """Buffers records and writes them as parts; outputs each part's path once it is durable."""
+
+    def __init__(self, folder: str, extension: str, encode: Callable[[List[dict]], bytes],
+                 max_records: int, max_seconds: float, clock=time.monotonic):
+        self._folder = folder
+        self._extension = extension
+        self._encode = encode
+        self._max_records = max_records
+        self._max_seconds = max_seconds
+        self._clock = clock
+
+    def start_bundle(self):
+        self._writer = uuid.uuid4().hex[:16]
+        self._seq = 0
+        self._buffer = []
+        self._oldest = None
+
+    def process(self, record):
+        if not self._buffer:
+            self._oldest = self._clock()
+        self._buffer.append(record)
+        if (len(self._buffer) >= self._max_records
+                or self._clock() - self._oldest >= self._max_seconds):
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._buffer:
+            yield GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> str:
+        path = part_path(self._folder, self._writer, self._seq, self._extension)
+        write_bytes_atomically(path, self._encode(self._buffer))
+        metrics.counter("parts_committed").inc()
+        metrics.counter("records_committed").inc(len(self._buffer))
+        self._seq += 1
+        self._buffer = []
+        return path
+
+
+class CommitParts(beam.PTransform):
+    """Records -> the paths of the parts that now hold them durably (see module doc).
+
+    `schema`: an Arrow schema for Parquet parts (predictions); None for JSON-line parts.
+    """
+
+    def __init__(self, folder: str, schema: Optional[pa.Schema] = None,
+                 max_records: int = DEFAULT_COMMIT_RECORDS,
+                 max_seconds: float = DEFAULT_COMMIT_SECONDS):
+        super().__init__()
+        if max_records < 1 or not max_seconds > 0:
+            raise ValueError("a part needs max_records >= 1 and max_seconds > 0")
+        self._folder = folder
+        self._schema = schema
+        self._max_records = max_records
+        self._max_seconds = max_seconds
+
+    def expand(self, records):
+        if self._schema is not None:
+            extension = PREDICTION_PART_EXTENSION
+            encode = _ParquetEncoder(self._schema)
+        else:
+            extension, encode = DEAD_LETTER_PART_EXTENSION, jsonl_bytes
+        return records | "Commit" >> beam.ParDo(_CommitPartsFn(
+            self._folder, extension, encode, self._max_records, self._max_seconds))
+
+
+class _ParquetEncoder:
+    """Picklable `records -> Parquet bytes` for one schema."""
+
+    def __init__(self, schema: pa.Schema):
+        self._schema = schema
+
+    def __call__(self, records: List[dict]) -> bytes:
+        return parquet_bytes(records, self._schema)
+
+
+# -- removing parts once the shards are in place -------------------------------------------
+
+def list_folder(folder: str) -> List[str]:
+    """Paths of the files directly in `folder` (none when it does not exist)."""
+    matched = FileSystems.match([f"{folder}/*"])[0].metadata_list
+    return sorted(m.path for m in matched)
+
+
+def delete_folder(folder: str) -> int:
+    """Delete a parts folder and everything in it; returns how many files it held."""
+    paths = list_folder(folder)
+    if paths:
+        FileSystems.delete(paths)
+    if FileSystems.get_scheme(folder) in (None, "file") and FileSystems.exists(folder):
+        FileSystems.delete([folder])
+    return len(paths)
+
+
+def delete_folders_after(_, folders, *written_counts) -> Iterable[int]:
+    """Runs once every write it was given a count of is complete: deletes `folders`."""
+    for folder in folders:
+        removed = delete_folder(folder)
+        metrics.counter("parts_removed").inc(removed)
+        yield removed
+
+
+class DeleteParts(beam.PTransform):
+    """Deletes parts folders once the given PCollections are complete.
+
+    Input: the PCollections that must be finished first — the sinks' outputs (a file sink
+    outputs its final shard names only after renaming them into place) and the committed
+    part paths. Outputs how many files each folder held.
+    """
+
+    def __init__(self, folders: Iterable[str]):
+        super().__init__()
+        self._folders = tuple(folders)
+
+    def expand(self, after):
+        counts = [pcoll | f"Wait{i}" >> beam.combiners.Count.Globally()
+                  for i, pcoll in enumerate(after)]
+        return (after[0].pipeline
+                | "Once" >> beam.Create([None])
+                | "Delete" >> beam.FlatMap(delete_folders_after, self._folders,
+                                           *[beam.pvalue.AsSingleton(c) for c in counts]))
