@@ -6,6 +6,7 @@ the re-runs send is measured with the local server's instance counter.
 """
 import collections
 import glob
+import io
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.config import new_run_id
 from pipeline.run import run
 from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
+from tests.test_gcs import emulator, gcs  # noqa: F401  (fixtures)
 from transforms.parts import CommitParts, list_folder, parts_dir, read_parquet_part
 from transforms.records import prediction_record, prediction_schema, utc_now
 
@@ -217,3 +219,44 @@ def test_live_runs_are_left_alone_and_finished_leftovers_are_removed(tmp_path, s
     assert not os.path.exists(leftover) and not temp.exists()
     assert len(list_folder(live)) == 1  # recent, no summary: may still be running
     assert summary["skipped"] == 10  # the live run's committed keys are not sent again
+
+
+# -- gs:// against gcp-storage-emulator ----------------------------------------------------
+
+GCS_IMAGES = 400
+
+
+def gcs_rows(bucket, prefix, suffix):
+    rows = []
+    for blob in bucket.client.list_blobs(bucket.name, prefix=prefix):
+        if blob.name.endswith(suffix):
+            rows.extend(pq.read_table(io.BytesIO(blob.download_as_bytes())).to_pylist())
+    return rows
+
+
+def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server, gcs, images):
+    folder, keys = images
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for path in keys[:GCS_IMAGES]:
+        os.link(path, subset / os.path.basename(path))
+    keys = sorted(str(subset / os.path.basename(p)) for p in keys[:GCS_IMAGES])
+    out = f"gs://{gcs.name}/runs/pred"
+    slow = make_server(latency_ms=40)
+    kill_when(job_command(subset, slow.endpoint("mlengine"), out,
+                          "--max_instances_per_request", "2"),
+              lambda: slow.stats()["instances"] >= GCS_IMAGES // 2, "mid-predict on gs://")
+    answered = slow.stats()["instances"]
+    committed = [r["key"] for r in gcs_rows(gcs, "runs/pred-", ".parquet.part")]
+    assert exactly_once(committed) == {}
+    assert len(committed) >= answered - GCS_IMAGES // 10
+    assert gcs_rows(gcs, "runs/pred-", ".parquet") == []
+    slow.reset_stats()
+    resumed = run(job_command(subset, slow.endpoint("mlengine"), out,
+                              "--parts_stale_after_s", "0")[3:])
+    assert_accounted(resumed)
+    assert slow.stats()["instances"] <= GCS_IMAGES - answered + GCS_IMAGES // 10
+    assert resumed["adopted"] == len(committed)
+    shards = [r["key"] for r in gcs_rows(gcs, "runs/pred-", ".parquet")]
+    assert sorted(shards) == keys
+    assert gcs_rows(gcs, "runs/pred-", ".parquet.part") == []
