@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import yaml
 from apache_beam.options.pipeline_options import (
     DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions,
-    WorkerOptions)
+    TestOptions, WorkerOptions)
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 
 from pipeline.options import PredictOptions
@@ -62,6 +62,9 @@ class JobConfig:
     commit_records: int = 0  # records per committed part; 0 = no incremental commits
     commit_seconds: float = 30.0
     parts_stale_after_s: float = 3600.0
+    limit: Optional[int] = None  # predict only the first N inputs (by key)
+    dry_run: bool = False
+    worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
 
     @property
     def output_run_prefix(self) -> str:
@@ -78,6 +81,32 @@ class JobConfig:
     @property
     def schema_path(self) -> str:
         return f"{self.output}.schema.json"
+
+
+DRY_RUN_FLAG = "--dry_run"
+_TRUE = ("true", "1", "yes")
+_BOOL_WORDS = _TRUE + ("false", "0", "no")
+
+
+def with_bare_dry_run(argv: Sequence[str]) -> List[str]:
+    """argv with a bare `--dry_run` as `--dry_run=true`.
+
+    Beam declares `--dry_run` itself (TestOptions, taking a value; DataflowRunner then
+    submits nothing), so this pipeline reads that option rather than declaring its own,
+    and lets it be given as a plain switch too: `--dry_run`, `--dry_run true`.
+    """
+    out = []
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == DRY_RUN_FLAG and following.lower() not in _BOOL_WORDS:
+            arg = f"{DRY_RUN_FLAG}=true"
+        out.append(arg)
+    return out
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    return str(options.view_as(TestOptions).dry_run).lower() in _TRUE
 
 
 def with_config_file(argv: Sequence[str]) -> List[str]:
@@ -252,6 +281,8 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
     if o.commit_every_records < 0 or not o.commit_every_s > 0 or not o.parts_stale_after_s >= 0:
         raise ConfigError("--commit_every_records and --parts_stale_after_s must be >= 0, "
                           "--commit_every_s > 0")
+    if o.limit is not None and o.limit < 1:
+        raise ConfigError("--limit must be at least 1")
     if o.qps < 0 or o.max_retries < 0 or o.request_timeout_s <= 0:
         raise ConfigError("--qps and --max_retries must be >= 0, --request_timeout_s > 0")
     try:
@@ -311,6 +342,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         commit_records=o.commit_every_records,
         commit_seconds=o.commit_every_s,
         parts_stale_after_s=o.parts_stale_after_s,
+        limit=o.limit,
+        dry_run=is_dry_run(options),
+        worker_processes=processes,
     )
 
 

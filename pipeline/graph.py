@@ -5,6 +5,7 @@ from pipeline.config import JobConfig
 from transforms.client import ClientSettings
 from transforms.encode import EncodeInstances
 from transforms.existing import AdoptParts, SelectTodo
+from transforms.limit import CountForEstimate, FirstN
 from transforms.pack import PackRequests
 from transforms.passthrough import JoinPassthrough
 from transforms.predict import Predict, PredictSettings
@@ -28,7 +29,10 @@ def predict_settings(config: JobConfig) -> PredictSettings:
 
 
 def select_todo(refs, config: JobConfig):
-    """The refs to predict: all, or (backfill) those not yet written / in the dead letters."""
+    """The refs to predict: all, or (backfill) those not yet written / in the dead letters,
+    of the first --limit inputs."""
+    if config.limit:
+        refs = (refs | "Limit" >> FirstN(config.limit)).refs
     if not (config.skip_existing or config.retry_dead_letters):
         return refs
     return (refs | "SelectTodo" >> SelectTodo(
@@ -83,6 +87,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
         config.inputs, config.input_format,
         RowSpec(config.uri_field, config.b64_field, config.key_field))
     todo = select_todo(inputs.refs, config)
+    if config.dry_run:
+        todo | "CountForEstimate" >> CountForEstimate()
+        return p
     encoded = todo | "EncodeInstances" >> EncodeInstances(
         config.protocol, config.max_request_bytes, config.image_size)
     predicted = (encoded.instances

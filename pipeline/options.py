@@ -90,6 +90,9 @@ class PredictOptions(PipelineOptions):
         add("--report", action="store_true", default=False,
             help="At the end, write the run's HTML report to <output>-<run id>-report.html "
                  "(also: batch-predict report <run prefix>).")
+        add("--limit", type=int, default=None,
+            help="Predict only the first N inputs (by key: the same N on every run); the "
+                 "rest are counted as skipped.")
         # Crash safety (docs/crash-safety.md)
         add("--commit_every_records", type=int, default=DEFAULT_COMMIT_RECORDS,
             help="Commit finished predictions and dead letters durably while the job runs, "

@@ -21,7 +21,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import StandardOptions, GoogleCloudOptions, PipelineOptions
 
 from pipeline.config import ConfigError, JobConfig, build_config, check_known_flags, \
-    with_config_file
+    with_bare_dry_run, with_config_file
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
@@ -29,6 +29,7 @@ from transforms import metrics
 from transforms.read import RowSpec, check_input, pattern_for
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
+from transforms.limit import estimate, estimate_line
 from transforms.parts import delete_folder, parts_dir
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
@@ -37,7 +38,7 @@ _LOG = logging.getLogger("batch_predict")
 
 def parse(argv: Sequence[str]):
     """(PipelineOptions, JobConfig) for a command line; ConfigError for a bad one."""
-    argv = with_config_file(argv)
+    argv = with_bare_dry_run(with_config_file(argv))
     check_known_flags(argv)
     options = PipelineOptions(argv)
     return options, build_config(options)
@@ -75,13 +76,33 @@ def clean_up_leftovers(config: JobConfig):
         raise ConfigError(f"cannot list earlier runs under --output {config.output}: {e}")
 
 
-def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
-    """The run summary from the job's metrics (committed where the runner has them)."""
+def counter_values(result) -> collections.Counter:
+    """The job's counters by name (committed where the runner has them)."""
     counts = collections.Counter()
     query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         counts[counter.key.metric.name] += value or 0
+    return counts
+
+
+def dry_run_summary(result, config: JobConfig) -> dict:
+    """What a real run of this command would send, from a dry run's counters."""
+    counts = counter_values(result)
+    summary = {"dry_run": True, "inputs": counts["inputs"], "skipped": counts["skipped"],
+               "failed": sum(v for k, v in counts.items() if k.startswith("failed_"))}
+    summary.update(estimate(
+        counts["dry_run_images"], counts["dry_run_bytes"], counts["dry_run_unsized"],
+        config.max_instances_per_request, config.max_request_bytes, config.qps,
+        config.max_concurrent_requests, config.worker_processes))
+    summary["accounted"] = (summary["inputs"]
+                            == summary["images"] + summary["failed"] + summary["skipped"])
+    return summary
+
+
+def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
+    """The run summary from the job's metrics (committed where the runner has them)."""
+    counts = counter_values(result)
     failed_by_stage = {k[len("failed_"):]: v for k, v in counts.items()
                        if k.startswith("failed_") and v}
     skipped_by_reason = {k[len("skipped_"):]: v for k, v in counts.items()
@@ -132,6 +153,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
     options, config = parse(sys.argv[1:] if argv is None else argv)
     preflight(config)
+    if config.dry_run:
+        return dry_run(options, config, test_pipeline)
     try:
         write_bigquery_schema(config.schema_path, config.passthrough_fields)
     except Exception as e:  # Beam's filesystems raise several types
@@ -172,6 +195,16 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     return summary
 
 
+def dry_run(options: PipelineOptions, config: JobConfig, test_pipeline=None) -> dict:
+    """List and count the inputs here, whatever --runner says; nothing is sent or written."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    p = test_pipeline or beam.Pipeline(runner=FnApiRunner(), options=options)
+    build_pipeline(p, config)
+    result = p.run()
+    result.wait_until_finish()
+    return dry_run_summary(result, config)
+
+
 def print_help():
     """This pipeline's own flags with their defaults (Beam's own flags are listed by Beam)."""
     parser = argparse.ArgumentParser(
@@ -179,7 +212,8 @@ def print_help():
         description="Batch image prediction on Apache Beam. Every Beam pipeline option "
                     "(--runner, --project, --region, --temp_location, --direct_num_workers, "
                     "...) is accepted too. `batch-predict report <run prefix>` writes a run's "
-                    "HTML report from its files.")
+                    "HTML report from its files. --dry_run lists and counts the inputs and "
+                    "estimates requests and time, sending nothing.")
     PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     parser.print_help()
 
@@ -218,6 +252,9 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
               "(rerun with --skip_existing to resume)", file=sys.stderr)
         return 130
     print(json.dumps(summary, indent=2))
+    if summary.get("dry_run"):
+        print(estimate_line(summary), file=sys.stderr)
+        return 0
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
     if summary.get("bq_load"):
