@@ -76,18 +76,20 @@ def with_adopted(results, p, config: JobConfig, adopt_parts):
     return (results, adopted) | "WithAdopted" >> beam.Flatten()
 
 
-def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_folders=()):
+def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_folders=(),
+                   count_only: bool = False):
     """Read -> encode -> pack -> predict -> write, with every failure to the dead letters.
 
     Predictions and dead letters are also committed in parts as they are made; the parts
     (this run's, and `adopt_folders` of killed runs whose `adopt_parts` it writes into its
     own shards) are deleted once the shards are in place. See docs/crash-safety.md.
+    `count_only` (--dry_run): read and select the inputs, count them, nothing more.
     """
     inputs = p | "ReadInputs" >> ReadInputs(
         config.inputs, config.input_format,
         RowSpec(config.uri_field, config.b64_field, config.key_field))
     todo = select_todo(inputs.refs, config)
-    if config.dry_run:
+    if count_only:
         todo | "CountForEstimate" >> CountForEstimate()
         return p
     encoded = todo | "EncodeInstances" >> EncodeInstances(

@@ -153,7 +153,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
     options, config = parse(sys.argv[1:] if argv is None else argv)
     preflight(config)
-    if config.dry_run:
+    if config.dry_run and not options.view_as(GoogleCloudOptions).template_location:
+        # (with --template_location, Beam's own meaning: build the job, submit nothing)
         return dry_run(options, config, test_pipeline)
     try:
         write_bigquery_schema(config.schema_path, config.passthrough_fields)
@@ -199,7 +200,7 @@ def dry_run(options: PipelineOptions, config: JobConfig, test_pipeline=None) -> 
     """List and count the inputs here, whatever --runner says; nothing is sent or written."""
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     p = test_pipeline or beam.Pipeline(runner=FnApiRunner(), options=options)
-    build_pipeline(p, config)
+    build_pipeline(p, config, count_only=True)
     result = p.run()
     result.wait_until_finish()
     return dry_run_summary(result, config)
