@@ -1,15 +1,27 @@
-"""Airflow DAG: the batch prediction Flex Template once a day (docs/dataflow.md, "Scheduling a daily run").
+"""Airflow DAG: the batch prediction Flex Template once a day (docs/dataflow.md, "Scheduling a
+daily run"; docs/crash-safety.md, "Scheduled runs").
 
 Every run reads the whole image prefix and predicts only the images no earlier run predicted
-(`skip_existing`); it writes them under the day's folder (`{date}`, filled in by the pipeline
-at launch, UTC), so each day's new predictions sit in their own folder and a retried or
-backfilled run adds only what is missing. `max_active_runs=1` keeps two runs from predicting
-the same new images at once.
+or committed (`skip_existing`), under the run's day folder.
+
+One day, one job:
+- The job name and the output folder carry the same day, `data_interval_end` (UTC): on
+  Airflow 2 (cron data intervals) that is the day the run starts, not the logical date (the
+  day before); on Airflow 3 (cron trigger timetable) data_interval_end is the run's own time.
+  A retry, even one that starts the next day, keeps both.
+- `append_job_name=False`: the operator would otherwise add a random suffix to the job name.
+  With the fixed name `batch-predict-YYYYMMDD`, Dataflow refuses to start a second job of that
+  name while the first is still active, so a retry of an Airflow task that died while its job
+  kept running fails to launch instead of predicting the same images twice; once that job has
+  ended, the retry's `skip_existing` skips everything it committed.
+- `max_active_runs=1` keeps two days' runs from overlapping.
 
 Set these Airflow Variables: batch_predict_project, batch_predict_region,
 batch_predict_bucket, batch_predict_endpoint, batch_predict_template (the gs:// path of the
 template spec built with `gcloud dataflow flex-template build`) and
-batch_predict_service_account. Needs apache-airflow-providers-google.
+batch_predict_service_account. Install on the Airflow side:
+`apache-airflow-providers-google` and `apache-airflow-providers-apache-beam` (the Google
+provider's Dataflow operators import the Beam provider's hooks).
 """
 import datetime
 
@@ -22,8 +34,11 @@ from airflow.providers.google.cloud.operators.dataflow import (
 MAX_WORKERS = 10
 MACHINE_TYPE = "n2-standard-4"
 
-# Template parameters (metadata.json): strings, rendered by Airflow's Jinja; `{date}` is
-# single-braced, so Jinja leaves it for the pipeline.
+# The run's day, the same on Airflow 2 and 3 and across retries (see the module doc).
+DAY = "{{ data_interval_end | ds }}"
+DAY_NODASH = "{{ data_interval_end | ds_nodash }}"
+
+# Template parameters (metadata.json): strings, rendered by Airflow's Jinja.
 PARAMETERS = {
     "input": "gs://{{ var.value.batch_predict_bucket }}/images/**",
     "endpoint": "{{ var.value.batch_predict_endpoint }}",
@@ -34,7 +49,7 @@ PARAMETERS = {
     "qps_worker_processes": "40",
     "max_retries": "5",
     "auth": "adc",
-    "output": "gs://{{ var.value.batch_predict_bucket }}/predictions/{date}/predictions",
+    "output": "gs://{{ var.value.batch_predict_bucket }}/predictions/" + DAY + "/predictions",
     "output_format": "both",
     "skip_existing": "true",
 }
@@ -63,11 +78,12 @@ with DAG(
         location="{{ var.value.batch_predict_region }}",
         body={
             "launchParameter": {
-                "jobName": "batch-predict-{{ ds_nodash }}",
+                "jobName": "batch-predict-" + DAY_NODASH,
                 "containerSpecGcsPath": "{{ var.value.batch_predict_template }}",
                 "parameters": PARAMETERS,
                 "environment": ENVIRONMENT,
             }
         },
         wait_until_finished=True,
+        append_job_name=False,
     )

@@ -398,6 +398,8 @@ def literal(node, names):
     """A literal expression, with module-level constants resolved by name."""
     if isinstance(node, ast.Name):
         return names[node.id]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return literal(node.left, names) + literal(node.right, names)
     if isinstance(node, ast.Dict):
         return {literal(k, names): literal(v, names) for k, v in zip(node.keys, node.values)}
     if isinstance(node, (ast.List, ast.Tuple)):
@@ -435,13 +437,14 @@ JINJA_SAMPLES = {
     "var.value.batch_predict_region": "us-central1",
     "var.value.batch_predict_template": "gs://my-bucket/templates/batch-predict.json",
     "var.value.batch_predict_service_account": "sa@my-project.iam.gserviceaccount.com",
-    "ds_nodash": "20240101",
+    "data_interval_end | ds": "2024-01-02",
+    "data_interval_end | ds_nodash": "20240102",
 }
 
 
 def render(value):
     if isinstance(value, str):
-        return re.sub(r"\{\{\s*([\w.]+)\s*\}\}", lambda m: JINJA_SAMPLES[m.group(1)], value)
+        return re.sub(r"\{\{\s*([^{}]+?)\s*\}\}", lambda m: JINJA_SAMPLES[m.group(1)], value)
     if isinstance(value, dict):
         return {k: render(v) for k, v in value.items()}
     return value
@@ -469,7 +472,7 @@ def check_launch(launch: dict):
     argv = load_flex_main().flex_argv(launch_argv(launch))
     options, config = pipeline_run.parse(argv)
     assert config.skip_existing
-    assert "{date}" in config.output_template and "{date}" not in config.output
+    assert "{date}" not in config.output
     env = launch["environment"]
     processes = env["maxWorkers"] * machine_vcpus(env["machineType"])
     assert int(params["qps_worker_processes"]) == processes
@@ -492,16 +495,22 @@ def test_airflow_dag_runs_the_template_daily_with_valid_parameters():
                              "impersonation_chain", "deferrable", "append_job_name",
                              "poll_sleep", "expected_terminal_state"}
     assert literal(operator["wait_until_finished"], constants) is True
+    # a fixed job name per day: Dataflow refuses a second active job of that name
+    assert literal(operator["append_job_name"], constants) is False
     body = literal(operator["body"], constants)
-    assert "{{ ds_nodash }}" in body["launchParameter"]["jobName"]
     launch = render(body["launchParameter"])
-    check_launch(launch)
+    _, config = check_launch(launch)
+    # one day for the job name and the outputs, the same on Airflow 2 and 3 and on retries
+    assert launch["jobName"] == "batch-predict-20240102"
+    assert "/predictions/2024-01-02/" in config.output
+    assert "{{ data_interval_end | ds }}" in body["launchParameter"]["parameters"]["output"]
 
 
 def test_cloud_scheduler_body_launches_a_valid_job():
     launch = load_scheduler_body()["launchParameter"]
     assert launch["containerSpecGcsPath"].startswith("gs://")
-    check_launch(launch)
+    _, config = check_launch(launch)
+    assert "{date}" in config.output_template
 
 
 # -- how --qps is shared on Dataflow -------------------------------------------------------------
