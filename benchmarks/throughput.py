@@ -1,6 +1,6 @@
 """Throughput of the predict engine against the project's local server (prints figures).
 
-    python benchmarks/throughput.py [--case all|latency|cpu|overhead|qps] [--images 3000]
+    python benchmarks/throughput.py [--case all|latency|cpu|overhead|qps|commits] [--images 3000]
                                     [--runinference_images 240] [--cpu_images 12000]
                                     [--overhead_images 12000] [--repeats 5]
                                     [--qps_requests 200]
@@ -21,6 +21,9 @@ One run, one image set, one local server per case (`--case` runs one of them):
    time (user + sys of this process) per image. Target: >= 1/3 of the bare loop's img/s.
 4. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
    measured and its quota 429s.
+5. Incremental commits (docs/crash-safety.md): the CPU-bound run with the default commits and
+   with `--commit_every_records 0` (shards only at the end), alternating, median of each.
+   Target: overhead under 5 %.
 
 Rates are end to end (wall clock of the whole job, pipeline start-up included) and, for the
 latency case, also steady state (the server's full seconds). RunInference runs on the first
@@ -277,7 +280,28 @@ def qps_case(sets, out, args):
               f"{stats['quota_429']} quota 429s, {stats['requests']} requests")
 
 
-CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case, "qps": qps_case}
+def commits_case(sets, out, args):
+    print(f"commits: cpu-bound, default commits vs --commit_every_records 0; "
+          f"{args.repeats} runs each, alternating (median)")
+    with_commits, without = [], []
+    with LocalServer(latency_ms=0, capacity=64) as server:
+        for _ in range(args.repeats):
+            server.reset_stats()
+            without.append(ours(sets["commits"], server, os.path.join(out, "nocommit"),
+                                "--commit_every_records", "0"))
+            server.reset_stats()
+            with_commits.append(ours(sets["commits"], server, os.path.join(out, "commit")))
+    on, off = median_run(with_commits), median_run(without)
+    show("ours, incremental commits", on)
+    show("ours, shards only at the end", off)
+    rates = {name: " ".join(f"{r['rate']:.0f}" for r in runs)
+             for name, runs in (("with", with_commits), ("without", without))}
+    print(f"  overhead {1 - on['rate'] / off['rate']:+.1%} (target: < 5 %); all runs: "
+          f"with {rates['with']}, without {rates['without']} img/s", flush=True)
+
+
+CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case, "qps": qps_case,
+         "commits": commits_case}
 
 
 def image_sets(workdir: str, counts: dict) -> dict:
@@ -307,13 +331,14 @@ def main(argv=None):
     parser.add_argument("--overhead_images", type=int, default=12000)
     parser.add_argument("--qps_requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5,
-                        help="runs of the cpu-bound and overhead cases")
+                        help="runs of the cpu-bound, overhead and commits cases")
     parser.add_argument("--workdir", default=None, help="keeps the images between runs")
     args = parser.parse_args(argv)
 
     cases = list(CASES) if args.case == "all" else [args.case]
     counts = {"latency": (args.images, (64, 48)), "cpu": (args.cpu_images, (64, 48)),
-              "overhead": (args.overhead_images, (8, 8)), "qps": (args.qps_requests, (64, 48))}
+              "overhead": (args.overhead_images, (8, 8)), "qps": (args.qps_requests, (64, 48)),
+              "commits": (args.cpu_images, (64, 48))}
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")
     sets = image_sets(workdir, {name: counts[name] for name in cases})
     out = os.path.join(workdir, "out")
