@@ -249,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("batch-predict: interrupted; finished shards of this run were not written "
+        print("batch-predict: interrupted; the predictions committed so far are kept "
               "(rerun with --skip_existing to resume)", file=sys.stderr)
         return 130
     print(json.dumps(summary, indent=2))

@@ -56,10 +56,7 @@ def output_prefix(template: str, run_id: str) -> str:
 
 
 def _match(pattern: str):
-    try:
-        return FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # pylint: disable=broad-except  (a missing folder on some filesystems)
-        return []
+    return FileSystems.match([pattern])[0].metadata_list
 
 
 def _temp_regex(template: str) -> str:
