@@ -21,7 +21,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.config import new_run_id
 from pipeline.run import run
-from tests.conftest import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
+from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
 from tests.test_gcs import emulator, gcs  # noqa: F401  (fixtures)
 from transforms.parts import CommitParts, list_folder, parts_dir, read_parquet_part
 from transforms.records import prediction_record, prediction_schema, utc_now

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.run import run
-from tests.conftest import assert_accounted, labelled_images, read_predictions
+from tests.helpers import assert_accounted, labelled_images, read_predictions
 from transforms.limit import estimate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
