@@ -86,14 +86,14 @@ def counter_values(result) -> collections.Counter:
     return counts
 
 
-def dry_run_summary(result, config: JobConfig) -> dict:
+def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     """What a real run of this command would send, from a dry run's counters."""
     counts = counter_values(result)
     summary = {"dry_run": True, "inputs": counts["inputs"], "skipped": counts["skipped"],
                "failed": sum(v for k, v in counts.items() if k.startswith("failed_"))}
     summary.update(estimate(
         counts["dry_run_images"], counts["dry_run_bytes"], counts["dry_run_unsized"],
-        config.max_instances_per_request, config.max_request_bytes, config.qps,
+        config.max_instances_per_request, config.max_request_bytes, qps,
         config.max_concurrent_requests, config.worker_processes))
     summary["accounted"] = (summary["inputs"]
                             == summary["images"] + summary["failed"] + summary["skipped"])
@@ -203,7 +203,7 @@ def dry_run(options: PipelineOptions, config: JobConfig, test_pipeline=None) -> 
     build_pipeline(p, config, count_only=True)
     result = p.run()
     result.wait_until_finish()
-    return dry_run_summary(result, config)
+    return dry_run_summary(result, config, options.view_as(PredictOptions).qps)
 
 
 def print_help():
