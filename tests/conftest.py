@@ -1,13 +1,24 @@
-"""Shared fixtures: the project's own prediction server over loopback (helpers: helpers.py).
+"""Shared fixtures: the project's own prediction server over loopback, and gcp-storage-emulator
+for gs:// (helpers: helpers.py).
 
 Every test that talks to an endpoint uses a real `python -m localserver` subprocess on
 127.0.0.1. Tests that change its switches get their own server (`make_server`), or reset
 it (`server` resets stats and switches for each test).
 """
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 
 from localserver import LocalServer
-from tests.helpers import DEFAULT_SWITCHES
+from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
+                           EMULATOR_PROJECT as PROJECT, STUB_CREDENTIALS)
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +48,64 @@ def make_server():
     for s in started:
         s.stop()
 
+
+# -- gs:// against gcp-storage-emulator (see docs/testing.md, "Testing gs:// offline") --------
+
+EMULATOR_STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_listening(port: int, process: subprocess.Popen):
+    deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gcp-storage-emulator exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"gcp-storage-emulator did not listen within {EMULATOR_STARTUP_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
+    port = free_port()
+    command = [os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
+               "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_until_listening(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def gcs(emulator, tmp_path, monkeypatch):
+    """The environment of a job against the emulator; yields a client of a fresh bucket."""
+    stub = tmp_path / "stub-adc.json"
+    stub.write_text(json.dumps(STUB_CREDENTIALS))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(stub))
+    client = storage.Client(credentials=AnonymousCredentials(), project=PROJECT)
+    bucket = client.bucket(BUCKET)
+    if bucket.exists():
+        for blob in client.list_blobs(BUCKET):
+            blob.delete()
+    else:
+        client.create_bucket(BUCKET)
+    return client.bucket(BUCKET)

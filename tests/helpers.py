@@ -160,3 +160,18 @@ class DuplicatingProtocol(MLEngine):
 
     def body(self, instances):
         return super().body([instances[0]] + list(instances))
+
+
+# gcp-storage-emulator: a stub authorized_user ADC file lets google-auth load credentials
+# offline (docs/testing.md, "Testing gs:// offline").
+EMULATOR_PROJECT = "emulated-project"
+EMULATOR_BUCKET = "photos-bucket"
+
+STUB_CREDENTIALS = {
+    "type": "authorized_user",
+    "client_id": "emulator",
+    "client_secret": "emulator",
+    "refresh_token": "emulator",
+    "token": "emulator-stub-token",
+    "expiry": "2999-01-01T00:00:00Z",
+}

@@ -22,7 +22,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.config import new_run_id
 from pipeline.run import run
 from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
-from tests.test_gcs import emulator, gcs  # noqa: F401  (fixtures)
 from transforms.parts import CommitParts, list_folder, parts_dir, read_parquet_part
 from transforms.records import prediction_record, prediction_schema, utc_now
 
@@ -241,7 +240,6 @@ def test_live_runs_are_left_alone_and_finished_leftovers_are_removed(tmp_path, s
 # -- gs:// against gcp-storage-emulator ----------------------------------------------------
 
 
-
 def gcs_rows(bucket, prefix, suffix):
     rows = []
     for blob in bucket.client.list_blobs(bucket.name, prefix=prefix):
@@ -250,12 +248,12 @@ def gcs_rows(bucket, prefix, suffix):
     return rows
 
 
-def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server, gcs, subset):
-    subset, keys = subset
+def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server, gcs, images):
+    """The 2,000-image job of the local test, killed half way, with its outputs on gs://."""
+    folder, keys = images
     out = f"gs://{gcs.name}/runs/pred"
-    slow = make_server(latency_ms=40)
-    kill_when(job_command(subset, slow.endpoint("mlengine"), out,
-                          "--max_instances_per_request", "2"),
+    slow = make_server(latency_ms=20)
+    kill_when(job_command(folder, slow.endpoint("mlengine"), out),
               lambda: slow.stats()["instances"] >= len(keys) // 2, "mid-predict on gs://")
     answered = slow.stats()["instances"]
     committed = [r["key"] for r in gcs_rows(gcs, "runs/pred-", ".parquet.part")]
@@ -263,7 +261,7 @@ def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server
     assert len(committed) >= answered - len(keys) // 10
     assert gcs_rows(gcs, "runs/pred-", ".parquet") == []
     slow.reset_stats()
-    resumed = run(job_command(subset, slow.endpoint("mlengine"), out,
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out,
                               "--parts_stale_after_s", "0")[3:])
     assert_accounted(resumed)
     assert slow.stats()["instances"] <= len(keys) - answered + len(keys) // 10

@@ -10,89 +10,13 @@ ignores it) and never refreshes it. See docs/testing.md, "Testing gs:// offline"
 """
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from pipeline.run import parse, run
-from tests.helpers import assert_accounted, labelled_images, read_dead_letters, read_predictions
+from tests.helpers import (EMULATOR_BUCKET as BUCKET, assert_accounted, labelled_images,
+                           read_dead_letters, read_predictions)
 from transforms.labels import load_label_names
-
-PROJECT = "emulated-project"
-BUCKET = "photos-bucket"
-STARTUP_TIMEOUT_S = 20.0
-
-STUB_CREDENTIALS = {
-    "type": "authorized_user",
-    "client_id": "emulator",
-    "client_secret": "emulator",
-    "refresh_token": "emulator",
-    "token": "emulator-stub-token",
-    "expiry": "2999-01-01T00:00:00Z",
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_listening(port: int, process: subprocess.Popen):
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"gcp-storage-emulator did not listen within {STARTUP_TIMEOUT_S} s")
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
-    port = free_port()
-    command = [os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
-               "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    try:
-        wait_until_listening(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-@pytest.fixture
-def gcs(emulator, tmp_path, monkeypatch):
-    """The environment of a job against the emulator; yields a client of a fresh bucket."""
-    stub = tmp_path / "stub-adc.json"
-    stub.write_text(json.dumps(STUB_CREDENTIALS))
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(stub))
-    client = storage.Client(credentials=AnonymousCredentials(), project=PROJECT)
-    bucket = client.bucket(BUCKET)
-    if bucket.exists():
-        for blob in client.list_blobs(BUCKET):
-            blob.delete()
-    else:
-        client.create_bucket(BUCKET)
-    return client.bucket(BUCKET)
-
 
 def upload_folder(bucket, folder, prefix):
     for root, _, files in os.walk(folder):
