@@ -26,7 +26,7 @@ from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
 from transforms import metrics
-from transforms.read import RowSpec, check_input, pattern_for
+from transforms.read import RowSpec, check_input, first_match, open_path, pattern_for
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
@@ -49,13 +49,16 @@ def preflight(config: JobConfig):
     for given in config.inputs:
         pattern = pattern_for(given)
         try:
-            matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+            matched = first_match(pattern)
         except Exception as e:  # Beam raises BeamIOError with the cause inside
             raise ConfigError(f"--input {given}: cannot list {pattern}: {e}")
-        if not matched:
+        if matched is None:
             raise ConfigError(f"--input {given}: no file matched {pattern}")
+        key, listed = matched
+        if listed.reason is not None:  # a link, a FIFO: never opened, counted by the job
+            continue
         try:  # a CSV whose header lacks the image (or key) column: say so now
-            check_input(given, config.input_format, matched[0].path,
+            check_input(given, config.input_format, open_path(key, listed),
                         RowSpec(config.uri_field, config.b64_field, config.key_field))
         except (OSError, ValueError) as e:
             raise ConfigError(f"--input {given}: {e}")

@@ -9,6 +9,9 @@ request budget).
 import base64
 import binascii
 import io
+import os
+import stat
+import warnings
 from typing import Iterator, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -17,6 +20,7 @@ from PIL import Image, ImageOps
 
 from transforms import jpeg, metrics
 from transforms.protocols import Protocol
+from transforms.read import escaped_key
 from transforms.records import ImageRef, Instance, dead_letter
 
 FAILED = "failed"
@@ -84,8 +88,7 @@ def open_image(data: bytes) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ImageError("decode", f"decompression bomb refused: {e}")
     except Image.UnidentifiedImageError:
-        raise ImageError("decode", f"not a recognised image format ({len(data)} bytes, "
-                                   f"starting {data[:8]!r})")
+        raise ImageError("decode", f"not a recognised image format ({len(data)} bytes)")
     except Exception as e:  # Pillow raises many types for bad headers
         raise ImageError("decode", f"not a readable image: {type(e).__name__}: {e}")
     width, height = img.size
@@ -236,25 +239,35 @@ def read_bytes(ref: ImageRef) -> bytes:
     if ref.size is not None and ref.size > MAX_FILE_BYTES:
         raise ImageError("read", _too_large(ref, ref.size, where))
     try:
-        with _open(ref.uri) as f:
-            data = f.read() if ref.size is not None else _read_capped(f)
+        if "://" in ref.uri:
+            with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
+                data = f.read() if ref.size is not None else _read_capped(f)
+        else:
+            data = read_local(ref.uri)
+    except ImageError as e:
+        raise ImageError("read", f"{e}: {_shown(ref)}{where}")
     except FileNotFoundError:
-        raise ImageError("read", f"file not found: {ref.uri}{where}")
+        raise ImageError("read", f"file not found: {_shown(ref)}{where}")
     except Exception as e:
         if _is_not_found(e):
-            raise ImageError("read", f"file not found: {ref.uri}{where}")
-        raise ImageError("read", f"cannot read {ref.uri}{where}: {type(e).__name__}: {e}")
+            raise ImageError("read", f"file not found: {_shown(ref)}{where}")
+        raise ImageError("read", f"cannot read {_shown(ref)}{where}: {type(e).__name__}: {e}")
     if len(data) > MAX_FILE_BYTES:
         raise ImageError("read", _too_large(ref, len(data), where))
     return data
 
 
-def _open(uri: str):
-    """A local path opened directly (what Beam's LocalFileSystem does, without looking the
-    filesystem up for every image); any other URI through Beam's FileSystems."""
-    if "://" not in uri:
-        return open(uri, "rb")
-    return FileSystems.open(uri, compression_type="uncompressed")
+def read_local(path: str) -> bytes:
+    """A local file's bytes (at most MAX_FILE_BYTES + 1), opened directly rather than through
+    Beam's FileSystems. Opened without blocking and checked to be a regular file before any
+    read: a FIFO, socket or device is never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError("read", "not a regular file (a FIFO, socket or device): "
+                                     "never read")
+        return f.read() if info.st_size <= MAX_FILE_BYTES else _read_capped(f)
 
 
 def _read_capped(f, chunk_bytes: int = 64 * 1024) -> bytes:
@@ -271,7 +284,12 @@ def _read_capped(f, chunk_bytes: int = 64 * 1024) -> bytes:
 
 def _too_large(ref: ImageRef, size: int, where: str) -> str:
     return (f"file of {size} bytes is over {MAX_FILE_BYTES} bytes, larger than any image an "
-            f"endpoint takes: {ref.uri}{where}")
+            f"endpoint takes: {_shown(ref)}{where}")
+
+
+def _shown(ref: ImageRef) -> str:
+    """The file's name as text for a message (a name that is not UTF-8 escaped)."""
+    return escaped_key(ref.uri)
 
 
 def _is_not_found(error: Exception) -> bool:
@@ -281,12 +299,21 @@ def _is_not_found(error: Exception) -> bool:
             or isinstance(error.__cause__, FileNotFoundError))
 
 
+def quiet_pillow_warnings():
+    """Pillow's own warnings (corrupt EXIF, ...) are not printed: what matters about an image
+    is its outcome, a prediction or a dead letter."""
+    warnings.filterwarnings("ignore", module=r"PIL(\..*)?$")
+
+
 class _EncodeFn(beam.DoFn):
     def __init__(self, protocol: Protocol, max_request_bytes: int,
                  image_size: Optional[Tuple[int, int]]):
         self._protocol = protocol
         self._max_request_bytes = max_request_bytes
         self._image_size = image_size
+
+    def setup(self):
+        quiet_pillow_warnings()
 
     def start_bundle(self):
         self._counts = metrics.BundleCounts()

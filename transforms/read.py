@@ -4,8 +4,12 @@ Two kinds of input:
 - images (`ReadImages`): folders, globs and `gs://` prefixes, matched through Beam's
   FileSystems, so the same code lists a laptop folder and a bucket;
 - rows (`ReadRows`): CSV and JSONL files whose rows name an image (`--uri_field`) or carry it
-  inline as base64 (`--b64_field`), and file lists (one URI per line), read with Beam's
-  `fileio.MatchAll` + `ReadMatches`, one streamed pass per file.
+  inline as base64 (`--b64_field`), and file lists (one URI per line), one streamed pass per
+  file.
+
+Local paths are listed here (`list_local`), not by Beam's local filesystem, which cannot tell
+a link or a FIFO from a file, nor take a folder whose name holds glob characters literally;
+`docs/inputs-odd-files.md` gives the rules (links, non-regular files, names not in UTF-8).
 
 Only references (URI, size, a row's other columns) travel on from here; the bytes are read
 next to the request (EncodeInstances), so memory does not grow with the job. Every record
@@ -15,10 +19,12 @@ import csv
 import json
 import os
 import posixpath
+import re
+import stat
 from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
@@ -50,6 +56,31 @@ def has_glob(path: str) -> bool:
     return any(c in GLOB_CHARS for c in path)
 
 
+def quote_glob(path: str) -> str:
+    """`path` as a pattern that matches only itself: each glob character in a one-character
+    class (`set[1]` -> `set[[]1]`), the only quoting Beam's patterns know."""
+    return "".join(f"[{c}]" if c in GLOB_CHARS else c for c in path)
+
+
+def unquote_glob(part: str) -> str:
+    return re.sub(r"\[([*?\[])\]", r"\1", part)
+
+
+def is_glob_part(part: str) -> bool:
+    """A path component holding a glob (not only glob characters quoted by quote_glob)."""
+    return has_glob(re.sub(r"\[[*?\[]\]", "", part))
+
+
+def escaped_key(path: str) -> str:
+    """`path` as valid text: a local file name that is not UTF-8 (undecodable bytes kept as
+    surrogates by Python) gets its bytes escaped as `\\xNN`; stable from run to run."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def input_format(given: str, requested: str = "auto") -> str:
     """The format of one --input: `requested`, or (auto) by extension; folders are images."""
     if requested not in INPUT_FORMATS:
@@ -78,31 +109,132 @@ def split_inputs(inputs: Sequence[str], requested: str = "auto"):
 
 
 def pattern_for(path: str) -> str:
-    """A folder becomes a recursive glob of everything under it; other paths stay as they are."""
+    """The pattern of one --input. A local path that exists is taken literally (glob
+    characters in its name quoted); a folder becomes every file under it (`/**`)."""
+    if "://" not in path and os.path.lexists(path):
+        literal = quote_glob(os.path.abspath(path))
+        return posixpath.join(literal, "**") if os.path.isdir(path) else literal
     if has_glob(path):
         return path if "://" in path else os.path.abspath(path)
     if path.startswith("gs://"):
         bucket_only = path.rstrip("/").count("/") == 2
         no_extension = "." not in path.rstrip("/").rsplit("/", 1)[-1]
         if path.endswith("/") or bucket_only or no_extension:  # a prefix ("folder")
-            return path.rstrip("/") + "/**"
+            return quote_glob(path.rstrip("/")) + "/**"
         return path
-    if os.path.isdir(path):
-        return os.path.join(os.path.abspath(path), "**")
     return os.path.abspath(path)
 
 
 # ----------------------------------------------------------------------------------------------
-# Image files
+# Listing
+
+
+class Listed(NamedTuple):
+    """One entry a pattern matched. `reason` (a `skipped_*` counter, or UNREADABLE_FOLDER)
+    says why it is not read; `raw` holds a local path's bytes when its key had to be
+    escaped, so the file can still be opened."""
+    size: Optional[int]
+    reason: Optional[str] = None
+    raw: Optional[bytes] = None
+    error: Optional[str] = None
+
+
+SKIPPED_SYMLINK = "skipped_symlink"
+SKIPPED_NOT_REGULAR = "skipped_not_regular_file"
+UNREADABLE_FOLDER = "unreadable_folder"
 
 
 def glob_root(pattern: str) -> str:
-    """The fixed part of a pattern: the folder the glob starts from."""
+    """The fixed part of a pattern (quoted glob characters unquoted): the folder the glob
+    starts from, or the path itself when the pattern holds no glob."""
     parts = pattern.split("/")
     for i, part in enumerate(parts):
-        if has_glob(part):
-            return "/".join(parts[:i])
-    return posixpath.dirname(pattern)
+        if is_glob_part(part):
+            return "/".join(unquote_glob(p) for p in parts[:i])
+    return "/".join(unquote_glob(p) for p in parts)
+
+
+def entry_kind(mode: int) -> Optional[str]:
+    """None for a regular file; else why it is never opened."""
+    if stat.S_ISLNK(mode):
+        return SKIPPED_SYMLINK
+    return None if stat.S_ISREG(mode) else SKIPPED_NOT_REGULAR
+
+
+def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
+    """Every entry under a local folder, in name order. Links found here are not followed
+    (to files and to folders alike); FIFOs, sockets and devices are never opened."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield folder, Listed(None, UNREADABLE_FOLDER,
+                                 error=f"cannot list folder: {type(e).__name__}")
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:  # gone since the folder was read
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                subfolders.append(entry.path)
+            else:
+                kind = entry_kind(info.st_mode)
+                yield entry.path, Listed(info.st_size if kind is None else None, kind)
+        folders.extend(reversed(subfolders))
+
+
+def list_local(pattern: str) -> Iterator[Tuple[str, Listed]]:
+    """Local entries a pattern matches (Beam's pattern syntax). A path named without a glob
+    is followed when it is a link: the user named it."""
+    root = glob_root(pattern)
+    if not is_glob_part(pattern):
+        try:
+            info = os.stat(root)
+        except OSError:
+            return
+        kind = entry_kind(info.st_mode)
+        yield root, Listed(info.st_size if kind is None else None, kind)
+        return
+    if not os.path.isdir(root):
+        return
+    rest = pattern[len(quote_glob(root)):] if pattern.startswith(quote_glob(root)) else None
+    regex = None if rest == "/**" else re.compile(FileSystem.translate_pattern(pattern))
+    for path, listed in walk_folder(root):
+        if regex is None or regex.match(path):
+            yield path, listed
+
+
+def list_remote(pattern: str) -> Iterator[Tuple[str, Listed]]:
+    for result in FileSystems.match([pattern]):
+        for metadata in result.metadata_list:
+            yield metadata.path, Listed(metadata.size_in_bytes)
+
+
+def list_pattern(pattern: str) -> Iterator[Tuple[str, Listed]]:
+    """(key, Listed) for every entry a pattern matches, locally or on any Beam filesystem."""
+    entries = list_local(pattern) if "://" not in pattern else list_remote(pattern)
+    for path, listed in entries:
+        key = escaped_key(path)
+        yield key, listed._replace(raw=os.fsencode(path) if key != path else None)
+
+
+def first_match(pattern: str) -> Optional[Tuple[str, Listed]]:
+    """The first entry a pattern matches (a launcher-side preflight check), or None."""
+    return next(iter(list_pattern(pattern)), None)
+
+
+def open_path(key: str, listed: Listed) -> str:
+    """The path to open for a listed entry (its raw bytes when its key is escaped)."""
+    return os.fsdecode(listed.raw) if listed.raw else key
+
+
+# ----------------------------------------------------------------------------------------------
+# Image files
 
 
 def is_image_path(path: str) -> bool:
@@ -124,13 +256,14 @@ def skip_reason(path: str, root: str) -> Optional[str]:
     return None
 
 
-def match_pattern(pattern: str) -> Iterable[Tuple[str, Tuple[int, Optional[str]]]]:
-    """(path, (size, skip reason)) for every file the pattern matches: small values, as
-    these cross the dedupe shuffle."""
+def match_pattern(pattern: str) -> Iterable[Tuple[str, Listed]]:
+    """(key, Listed) for every entry the pattern matches, with why it is skipped: small
+    values, as these cross the dedupe shuffle."""
     root = glob_root(pattern)
-    for result in FileSystems.match([pattern]):
-        for metadata in result.metadata_list:
-            yield metadata.path, (metadata.size_in_bytes, skip_reason(metadata.path, root))
+    for key, listed in list_pattern(pattern):
+        if listed.reason is None:
+            listed = listed._replace(reason=skip_reason(key, root))
+        yield key, listed
 
 
 def first(values: Iterable):
@@ -138,17 +271,30 @@ def first(values: Iterable):
     return next(iter(values), None)
 
 
+def _failed(key: str, message: str):
+    metrics.counter("failed_read").inc()
+    return beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", message))
+
+
+def _skipped(reason: str):
+    metrics.counter(reason).inc()
+    metrics.counter("skipped").inc()
+
+
 class _RefFn(beam.DoFn):
     def start_bundle(self):
         self._counts = metrics.BundleCounts()
 
     def process(self, match):
-        path, (size, reason) = match
+        key, listed = match
         self._counts.inc("inputs")
-        if reason is None:
-            yield ImageRef(key=path, uri=path, size=size)
+        if listed.reason is None:
+            yield ImageRef(key=key, uri=open_path(key, listed), size=listed.size)
+        elif listed.reason == UNREADABLE_FOLDER:
+            self._counts.inc("failed_read")
+            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", listed.error))
         else:
-            self._counts.inc(reason)
+            self._counts.inc(listed.reason)
             self._counts.inc("skipped")
 
     def finish_bundle(self):
@@ -156,7 +302,8 @@ class _RefFn(beam.DoFn):
 
 
 class ReadImages(beam.PTransform):
-    """Patterns -> ImageRef per image file (deduplicated); other files are counted skips."""
+    """Patterns -> ImageRef per image file (deduplicated), with a `failed` output (folders
+    that cannot be listed); other files are counted skips."""
 
     def __init__(self, patterns: List[str]):
         super().__init__()
@@ -167,7 +314,7 @@ class ReadImages(beam.PTransform):
                 | "Patterns" >> beam.Create(self._patterns)
                 | "Match" >> beam.FlatMap(match_pattern)
                 | "Dedupe" >> beam.CombinePerKey(first)
-                | "ToRefs" >> beam.ParDo(_RefFn()))
+                | "ToRefs" >> beam.ParDo(_RefFn()).with_outputs(FAILED, main="refs"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -402,38 +549,40 @@ def check_input(given: str, requested: str, first_path: str, spec: RowSpec):
 
 
 class _ParseRowsFn(beam.DoFn):
-    """A row file (fileio.ReadableFile) -> ImageRef per row, streamed; bad rows are failed."""
+    """A listed row file -> ImageRef per row, streamed; bad rows are failed. A row file that
+    is not a regular file is never opened."""
 
     def __init__(self, fmt: str, spec: RowSpec):
         self._fmt = fmt
         self._spec = spec
 
-    def process(self, readable):
-        source = readable.metadata.path
+    def process(self, match):
+        source, listed = match
+        if listed.reason is not None:
+            metrics.counter("inputs").inc()  # the file is one record: it is not read
+            if listed.reason == SKIPPED_NOT_REGULAR:
+                yield _failed(source, f"{source}: not a regular file (a FIFO, socket or "
+                                      f"device): never opened")
+            elif listed.reason == UNREADABLE_FOLDER:
+                yield _failed(source, listed.error)
+            else:
+                _skipped(listed.reason)
+            return
         line = 0
         try:
-            with readable.open() as f:
+            with FileSystems.open(open_path(source, listed)) as f:
                 for line, ref in parse_rows(self._fmt, text_lines(iter(f.readline, b"")),
                                             source, self._spec):
                     metrics.counter("inputs").inc()
                     if isinstance(ref, ImageRef):
                         yield ref
                     else:
-                        yield self._failed(f"{source}:{line}", str(ref))
+                        yield _failed(f"{source}:{line}", str(ref))
         except Exception as e:
             if line:  # rows were already emitted: fail the bundle so the runner retries it
                 raise
             metrics.counter("inputs").inc()  # the file could not be opened: one record for it
-            yield self._failed(source, f"{source}: cannot read rows: {type(e).__name__}: {e}")
-
-    @staticmethod
-    def _failed(key: str, message: str):
-        metrics.counter("failed_read").inc()
-        return beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", message))
-
-
-def keyed_by_path(metadata):
-    return metadata.path, metadata
+            yield _failed(source, f"{source}: cannot read rows: {type(e).__name__}: {e}")
 
 
 class ReadRows(beam.PTransform):
@@ -453,11 +602,8 @@ class ReadRows(beam.PTransform):
             name = {"csv": "Csv", "jsonl": "Jsonl", "filelist": "FileList"}[fmt]
             parsed = (pbegin
                       | f"{name}Patterns" >> beam.Create(patterns)
-                      | f"{name}Match" >> fileio.MatchAll()
-                      | f"{name}ByPath" >> beam.Map(keyed_by_path)
+                      | f"{name}Match" >> beam.FlatMap(list_pattern)
                       | f"{name}Dedupe" >> beam.CombinePerKey(first)
-                      | f"{name}Files" >> beam.Values()
-                      | f"{name}Open" >> fileio.ReadMatches()
                       | f"{name}Parse" >> beam.ParDo(_ParseRowsFn(fmt, self._spec))
                       .with_outputs(FAILED, main="refs"))
             refs.append(parsed.refs)
@@ -539,7 +685,9 @@ class ReadInputs(beam.PTransform):
         p = pbegin.pipeline
         refs, failed = [], []
         if self._images:
-            refs.append(pbegin | "ReadImages" >> ReadImages(self._images))
+            images = pbegin | "ReadImages" >> ReadImages(self._images)
+            refs.append(images.refs)
+            failed.append(images.failed)
         if self._rows:
             rows = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
             failed.append(rows.failed)

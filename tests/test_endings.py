@@ -1,0 +1,142 @@
+"""Clear endings: Ctrl-C, bad outputs, missing credentials and bad numbers end in one line;
+a normal run prints no stray warnings; the progress line knows the total."""
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from pipeline.run import run
+from tests.conftest import labelled_images
+from transforms import predict, progress
+
+TIMEOUT_S = 180
+
+
+def cli(*args, env=None, timeout=TIMEOUT_S):
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def one_error_line(result):
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("batch-predict: error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def images(tmp_path):
+    labelled_images(tmp_path / "images", ["red", "blue"])
+    return str(tmp_path / "images")
+
+
+def test_sigint_is_one_line_and_exit_130(make_server, tmp_path):
+    slow = make_server(latency_ms=3000)
+    labelled_images(tmp_path / "images", ["red", "blue", "green", "white"] * 4)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", "--input", str(tmp_path / "images"),
+         "--endpoint", slow.endpoint("mlengine"), "--output", str(tmp_path / "o"),
+         "--max_instances_per_request", "1", "--max_concurrent_requests", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while slow.stats()["requests"] == 0 and process.poll() is None:
+            assert time.monotonic() < deadline, "no request reached the server"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("batch-predict: interrupted")
+
+
+def test_unwritable_errors_is_refused_before_the_job_starts(images, tmp_path, server):
+    (tmp_path / "a_file").write_text("not a folder")
+    line = one_error_line(cli("--input", images, "--endpoint", server.endpoint("mlengine"),
+                              "--output", str(tmp_path / "o"),
+                              "--errors", str(tmp_path / "a_file" / "errors")))
+    assert "--errors" in line
+    assert server.stats()["requests"] == 0
+
+
+def test_auth_adc_without_credentials_is_refused_before_the_job_starts(images, tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), NO_GCE_CHECK="True",
+               CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"))
+    line = one_error_line(cli("--input", images, "--endpoint",
+                              "https://127.0.0.1:9/v1/projects/p/models/m:predict",
+                              "--auth", "adc", "--output", str(tmp_path / "o"), env=env))
+    assert "--auth adc" in line and "credentials" in line.lower()
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--qps", "nan"), ("--qps", "inf"), ("--qps", "-1"),
+    ("--score_threshold", "7"), ("--score_threshold", "-0.5"), ("--score_threshold", "nan"),
+    ("--request_timeout_s", "nan"), ("--request_timeout_s", "inf"), ("--request_timeout_s", "0"),
+    ("--max_retries", "-1"),
+])
+def test_bad_numbers_are_refused_with_one_line(images, tmp_path, flag, value):
+    line = one_error_line(cli("--input", images, "--endpoint", "http://127.0.0.1:9/m:predict",
+                              "--output", str(tmp_path / "o"), f"{flag}={value}"))
+    assert flag in line and value in line
+
+
+def corrupt_exif_jpeg(path):
+    """A JPEG whose EXIF block is cut short: Pillow warns about it when the header is read."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 32), (255, 0, 0)).save(
+        buf, "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03")
+    path.write_bytes(buf.getvalue())
+
+
+def test_a_normal_run_prints_no_stray_warnings(images, tmp_path, server):
+    corrupt_exif_jpeg(tmp_path / "images" / "odd_exif.jpg")
+    result = cli("--input", images, "--endpoint", server.endpoint("mlengine"),
+                 "--output", str(tmp_path / "o"), "--output_format", "both")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["predicted"], summary["failed"]) == (3, 0)  # no dead letters at all
+    assert "No shards found" not in result.stderr
+    assert "Warning" not in result.stderr and "PIL" not in result.stderr, result.stderr
+    assert all(line.startswith(("predictions:", "dead letters:", "load the JSONL"))
+               for line in result.stderr.splitlines()), result.stderr
+
+
+def test_progress_line_format():
+    line = progress.progress_line(done=30, failed=2, total=120, elapsed_s=10.0,
+                                  requests=8, retries=1)
+    assert line.startswith("progress: 30/120 done (25.0%), 2 failed, 3.0 img/s, ETA 30s")
+    assert "8 requests, 1 retries" in line
+    unknown = progress.progress_line(done=30, failed=0, total=None, elapsed_s=10.0,
+                                     requests=8, retries=0)
+    assert unknown.startswith("progress: 30 done, 0 failed, 3.0 img/s")
+    assert progress.eta_text(3725) == "1h02m"
+
+
+def test_progress_line_shows_the_listed_total(make_server, tmp_path, monkeypatch, caplog):
+    slow = make_server(latency_ms=200)
+    labelled_images(tmp_path / "images", ["red", "blue", "green", "white"] * 5)
+    (tmp_path / "images" / "notes.txt").write_text("skipped: not counted in the total")
+    monkeypatch.setattr(progress, "PROGRESS_EVERY_S", 0.2)
+    caplog.set_level(logging.INFO, logger="batch_predict")
+    summary = run(["--input", str(tmp_path / "images"), "--endpoint", slow.endpoint("mlengine"),
+                   "--output", str(tmp_path / "o"), "--max_instances_per_request", "1",
+                   "--max_concurrent_requests", "2", "--runner", "FnApiRunner"])
+    assert summary["predicted"] == 20
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
+    assert lines, "no progress line"
+    assert all("/20 done (" in line and "%)" in line and "ETA" in line for line in lines), lines
