@@ -131,6 +131,8 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
         "output": config.output_run_prefix,
         "errors": config.errors_run_prefix,
     }
+    if config.skip_existing:
+        summary["unreadable_shards"] = counts["unreadable_shards"]
     summary["accounted"] = (summary["inputs"]
                             == summary["predicted"] + summary["failed"] + summary["skipped"])
     return summary
@@ -261,6 +263,10 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         return 0
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
+    if summary.get("unreadable_shards"):
+        print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) under "
+              f"--output could not be read (truncated or corrupt); the keys only they held "
+              f"were predicted again", file=sys.stderr)
     if summary.get("bq_load"):
         print(f"load the JSONL into BigQuery: {summary['bq_load']}", file=sys.stderr)
     if summary.get("report"):

@@ -13,14 +13,15 @@ only temp files, which these patterns never match. Dead letters (`<output>-error
 summaries are not prediction shards and are never read as such.
 """
 import json
+import logging
 import re
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.io.textio import ReadAllFromText
 
 from transforms import metrics
@@ -31,6 +32,9 @@ from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 SKIPPED = "skipped"
 SKIPPED_EXISTING = "skipped_existing"
 SKIPPED_NOT_DEAD_LETTER = "skipped_not_dead_letter"
+UNREADABLE_SHARDS = "unreadable_shards"
+
+_LOG = logging.getLogger("batch_predict")
 
 
 
@@ -68,10 +72,6 @@ def key_of_dead_letter(line: str) -> Iterable[str]:
         return
     if isinstance(row, dict) and isinstance(row.get("key"), str) and "stage" in row:
         yield row["key"]
-
-
-def row_key(row: dict) -> str:
-    return row["key"]
 
 
 def key_ref(ref: ImageRef) -> Tuple[str, ImageRef]:
@@ -114,28 +114,57 @@ class _ListParts(beam.PTransform):
                 | "OnlyParts" >> beam.Filter(is_shard, self._regex))
 
 
+def parquet_keys(path: str) -> Iterator[str]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        table = pq.read_table(f, columns=["key"])
+    for key in table.column("key").to_pylist():
+        if isinstance(key, str):
+            yield key
+
+
+def jsonl_keys(path: str) -> Iterator[str]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for raw in f:
+            yield from key_of_json_line(raw.decode("utf-8", "replace"))
+
+
+def shard_keys(path: str, count: bool = True) -> Iterator[str]:
+    """The keys of one earlier prediction shard or committed part (Parquet). One that cannot
+    be read (truncated, corrupt) is skipped: the keys only it holds are predicted again, and
+    the job goes on. `count`: it is counted as `unreadable_shards` and logged (once per job:
+    the one reading that feeds `SelectTodo` counts)."""
+    read = jsonl_keys if path.endswith(".jsonl") else parquet_keys
+    try:
+        keys = list(read(path))
+    except Exception as e:  # pyarrow and Beam's filesystems raise many types
+        if count:
+            metrics.counter(UNREADABLE_SHARDS).inc()
+            _LOG.warning("unreadable shard %s skipped (keys only it holds are predicted "
+                         "again): %s", path, f"{type(e).__name__}: {e}"[:300])
+        return
+    yield from keys
+
+
 class ReadExistingKeys(beam.PTransform):
     """Keys of every prediction already written under an output prefix: Parquet and JSONL
-    shards, and (`with_parts`) the parts committed by runs that did not finish."""
+    shards, and (`with_parts`) the parts committed by runs that did not finish. `count`:
+    unreadable shards and parts are counted and logged (see `shard_keys`)."""
 
-    def __init__(self, output_template: str, with_parts: bool = True):
+    def __init__(self, output_template: str, with_parts: bool = True, count: bool = True):
         super().__init__()
         self._template = output_template
         self._with_parts = with_parts
+        self._count = count
 
     def expand(self, pbegin):
-        parquet_files = pbegin | "ListParquet" >> _ListShards(self._template, "parquet")
+        files = [pbegin | "ListParquet" >> _ListShards(self._template, "parquet"),
+                 pbegin | "ListJsonl" >> _ListShards(self._template, "jsonl")]
         if self._with_parts:
-            parquet_files = ((parquet_files, pbegin | "ListParts" >> _ListParts(self._template))
-                             | "ParquetAndParts" >> beam.Flatten())
-        parquet = (parquet_files
-                   | "ReadParquet" >> ReadAllFromParquet(columns=["key"])
-                   | "ParquetKeys" >> beam.Map(row_key))
-        jsonl = (pbegin
-                 | "ListJsonl" >> _ListShards(self._template, "jsonl")
-                 | "ReadJsonl" >> ReadAllFromText(compression_type=CompressionTypes.UNCOMPRESSED)
-                 | "JsonlKeys" >> beam.FlatMap(key_of_json_line))
-        return (parquet, jsonl) | "Merge" >> beam.Flatten()
+            files.append(pbegin | "ListParts" >> _ListParts(self._template))
+        return (tuple(files)
+                | "Shards" >> beam.Flatten()
+                | "Spread" >> beam.Reshuffle()
+                | "Keys" >> beam.FlatMap(shard_keys, self._count))
 
 
 class ReadDeadLetterKeys(beam.PTransform):
@@ -211,6 +240,16 @@ def first_unless_done(joined: Tuple[str, dict]) -> Iterable[dict]:
         yield rows[0]
 
 
+def readable_part_rows(path: str) -> Iterable[dict]:
+    """The rows of one committed part; none when it cannot be read (truncated, corrupt): its
+    keys are then not skipped either, so they are predicted again (`shard_keys` counts it)."""
+    try:
+        rows = list(read_parquet_part(path))
+    except Exception:  # pyarrow and Beam's filesystems raise many types
+        return
+    yield from rows
+
+
 def key_row(row: dict) -> Tuple[str, dict]:
     return row["key"], row
 
@@ -228,10 +267,11 @@ class AdoptParts(beam.PTransform):
         rows = (pbegin
                 | "Parts" >> beam.Create(self._paths)
                 | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.FlatMap(read_parquet_part)
+                | "Read" >> beam.FlatMap(readable_part_rows)
                 | "KeyRows" >> beam.Map(key_row))
         in_shards = (pbegin
-                     | "KeysInShards" >> ReadExistingKeys(self._template, with_parts=False)
+                     | "KeysInShards" >> ReadExistingKeys(self._template, with_parts=False,
+                                                          count=False)
                      | "MarkDone" >> beam.Map(key_marker))
         return ({"rows": rows, "done": in_shards}
                 | "JoinByKey" >> beam.CoGroupByKey()
