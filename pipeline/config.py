@@ -6,6 +6,7 @@ and Beam options such as `runner`); flags given on the command line win.
 import argparse
 import dataclasses
 import datetime
+import math
 import os
 import re
 import secrets
@@ -65,6 +66,7 @@ class JobConfig:
     limit: Optional[int] = None  # predict only the first N inputs (by key)
     dry_run: bool = False
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
+    single_process: bool = True  # the whole job runs in this one process (local runs)
 
     @property
     def output_run_prefix(self) -> str:
@@ -239,6 +241,42 @@ def worker_processes(options: PipelineOptions) -> int:
     return max(1, workers.max_num_workers or workers.num_workers or 1)
 
 
+# Numeric flags: (name, smallest allowed, largest allowed or None, whether the smallest is
+# allowed itself). Every value must be a finite number.
+NUMBER_RULES = (
+    ("max_instances_per_request", 1, None, True),
+    ("max_request_bytes", 1, None, True),
+    ("max_concurrent_requests", 1, None, True),
+    ("qps", 0, None, True),
+    ("qps_worker_processes", 1, None, True),
+    ("max_retries", 0, None, True),
+    ("request_timeout_s", 0, None, False),
+    ("score_threshold", 0, 1, True),
+    ("commit_every_records", 0, None, True),
+    ("commit_every_s", 0, None, False),
+    ("parts_stale_after_s", 0, None, True),
+)
+
+
+def check_numbers(options: PredictOptions):
+    """ConfigError naming the first numeric flag out of its range (or NaN, or infinite)."""
+    for name, low, high, low_allowed in NUMBER_RULES:
+        value = getattr(options, name)
+        if value is None:
+            continue
+        too_low = value < low if low_allowed else value <= low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            bound = f">= {low}" if low_allowed else f"> {low}"
+            wanted = f"between {low} and {high}" if high is not None else bound
+            raise ConfigError(f"--{name} must be a number {wanted}, not {value}")
+
+
+def runs_in_one_process(options: PipelineOptions, processes: int) -> bool:
+    """Whether one process runs the whole job: a local runner with one worker process."""
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    return ("direct" in runner or "fnapi" in runner) and processes == 1
+
+
 def new_run_id(now: Optional[datetime.datetime] = None) -> str:
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -275,16 +313,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         raise ConfigError(f"--endpoint must be an http(s) URL, not {o.endpoint!r}")
     if not o.output:
         raise ConfigError("--output is required (an output prefix, local or gs://)")
-    for name in ("max_instances_per_request", "max_request_bytes", "max_concurrent_requests"):
-        if getattr(o, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1")
-    if o.commit_every_records < 0 or not o.commit_every_s > 0 or not o.parts_stale_after_s >= 0:
-        raise ConfigError("--commit_every_records and --parts_stale_after_s must be >= 0, "
-                          "--commit_every_s > 0")
+    check_numbers(o)
     if o.limit is not None and o.limit < 1:
         raise ConfigError("--limit must be at least 1")
-    if o.qps < 0 or o.max_retries < 0 or o.request_timeout_s <= 0:
-        raise ConfigError("--qps and --max_retries must be >= 0, --request_timeout_s > 0")
     try:
         image_size = parse_size(o.image_size)
         if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
@@ -345,6 +376,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         limit=o.limit,
         dry_run=is_dry_run(options),
         worker_processes=processes,
+        single_process=runs_in_one_process(options, processes),
     )
 
 

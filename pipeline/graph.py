@@ -9,6 +9,7 @@ from transforms.limit import CountForEstimate, FirstN
 from transforms.pack import PackRequests
 from transforms.passthrough import JoinPassthrough
 from transforms.predict import Predict, PredictSettings
+from transforms.progress import NoteTotal
 from transforms.read import ReadInputs, RowSpec
 from transforms.retry import RetryPolicy
 from transforms.parts import CommitParts, DeleteParts, parts_dir
@@ -92,6 +93,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
     if count_only:
         todo | "CountForEstimate" >> CountForEstimate()
         return p
+    todo = todo | "NoteTotal" >> NoteTotal(config.run_id, config.single_process)
     encoded = todo | "EncodeInstances" >> EncodeInstances(
         config.protocol, config.max_request_bytes, config.image_size)
     predicted = (encoded.instances

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
 from transforms import jpeg, metrics
+from transforms.progress import PROGRESS
 from transforms.protocols import Protocol
 from transforms.read import escaped_key
 from transforms.records import ImageRef, Instance, dead_letter
@@ -326,9 +327,11 @@ class _EncodeFn(beam.DoFn):
             self._counts.inc("encoded")
         except ImageError as e:
             self._counts.inc(f"failed_{e.stage}")
+            PROGRESS.settled(1)
             yield beam.pvalue.TaggedOutput(FAILED, dead_letter(ref.key, e.stage, str(e)))
         except Exception as e:  # anything else about one image must not fail the bundle
             self._counts.inc("failed_encode")
+            PROGRESS.settled(1)
             yield beam.pvalue.TaggedOutput(FAILED, dead_letter(
                 ref.key, "encode", f"cannot encode: {type(e).__name__}: {e}"))
 

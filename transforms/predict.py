@@ -12,16 +12,14 @@ Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `
 (sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
 `connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`,
 `predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. They are updated on
-the bundle's thread, since Beam metrics are thread-local. A progress line (done, img/s,
-requests, retries) is logged at most every PROGRESS_EVERY_S.
+the bundle's thread, since Beam metrics are thread-local. The progress line is
+`transforms.progress`.
 """
 import asyncio
 import dataclasses
 import functools
-import logging
 import queue
 import threading
-import time
 from typing import Dict, Optional
 
 import apache_beam as beam
@@ -29,53 +27,22 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, PredictClient, Stats
+from transforms.progress import PROGRESS
 from transforms.ratelimit import RateLimiter
 from transforms.records import PredictRequest
 
 FAILED = "failed"
-PROGRESS_EVERY_S = 5.0
 # Requests handed to the loop but not finished, per concurrency slot and in bytes: enough
 # that the bundle thread keeps encoding while the loop waits on the endpoint, bounded so
 # that memory does not grow with the job.
 QUEUED_PER_SLOT = 4
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
-_LOG = logging.getLogger("batch_predict")
-
 
 @dataclasses.dataclass(frozen=True)
 class PredictSettings:
     client: ClientSettings
     qps_share: float = 0.0  # this worker process's requests per second; 0 = no limit
-
-
-class Progress:
-    """Process-wide totals and a progress line every few seconds."""
-
-    def __init__(self, every_s: float = PROGRESS_EVERY_S):
-        self._every_s = every_s
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self._last = self._started
-        self.predicted = self.failed = self.requests = self.retries = 0
-
-    def add(self, outcomes, stats: Stats):
-        """Count one finished request; log a progress line when one is due."""
-        with self._lock:
-            for outcome in outcomes:
-                if outcome.ok:
-                    self.predicted += 1
-                else:
-                    self.failed += 1
-            self.requests += stats.requests
-            self.retries += sum(stats.retries.values())
-            now = time.monotonic()
-            if now - self._last >= self._every_s:
-                self._last = now
-                done = self.predicted + self.failed
-                _LOG.info("progress: %d done (%d predicted, %d failed), %.1f img/s, "
-                          "%d requests, %d retries", done, self.predicted, self.failed,
-                          done / (now - self._started), self.requests, self.retries)
 
 
 class _Budget:
@@ -120,7 +87,7 @@ class Engine:
         self._inbox = []  # (request, size, done) handed over, not yet started on the loop
         self._active = 0  # tasks started on the loop and not finished
         self._wake_pending = False
-        self.progress = Progress()
+        self.progress = PROGRESS
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
