@@ -9,8 +9,11 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
 """
 import argparse
 import collections
+import functools
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from typing import Optional, Sequence
@@ -26,6 +29,8 @@ from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
 from transforms import metrics
+from transforms.auth import SCOPES
+from transforms.encode import quiet_pillow_warnings
 from transforms.read import RowSpec, check_input, first_match, open_path, pattern_for
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
@@ -66,6 +71,41 @@ def preflight(config: JobConfig):
         pattern = dead_letter_glob(config.retry_dead_letters)
         if not any_match(pattern):
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
+    check_writable(config.errors_run_prefix, "--errors")
+    if config.auth == "adc":
+        check_credentials()
+
+
+def check_writable(prefix: str, flag: str):
+    """ConfigError when no file can be written under `prefix` (a probe, removed at once)."""
+    probe = f"{prefix}-preflight.tmp"
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except Exception as e:  # Beam's filesystems raise several types
+        raise ConfigError(f"cannot write under {flag} {prefix}: {_first_line(e)}")
+
+
+CREDENTIALS_TIMEOUT_S = 20
+
+
+def check_credentials():
+    """ConfigError when Application Default Credentials are missing or give no token."""
+    import google.auth
+    from google.auth.transport.requests import Request
+    try:
+        credentials, _ = google.auth.default(scopes=list(SCOPES))
+        request = Request()
+        credentials.refresh(functools.partial(request, timeout=CREDENTIALS_TIMEOUT_S))
+    except Exception as e:  # google.auth.exceptions.DefaultCredentialsError, RefreshError, ...
+        raise ConfigError(f"--auth adc: no usable Application Default Credentials "
+                          f"({type(e).__name__}: {_first_line(e)}); run `gcloud auth "
+                          f"application-default login`, or use --auth none")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 def clean_up_leftovers(config: JobConfig):
@@ -238,6 +278,39 @@ def report_main(argv: Sequence[str]) -> int:
     return 0
 
 
+INTERRUPTED = ("batch-predict: interrupted; the predictions committed so far are kept "
+               "(rerun with --skip_existing to resume)")
+
+
+def exit_interrupted(signum=None, frame=None):
+    """Ctrl-C: one line and exit status 130, at once. Beam's runners turn a KeyboardInterrupt
+    raised inside a bundle into a long chained error, so the process ends here instead."""
+    sys.stderr.write(INTERRUPTED + "\n")
+    sys.stderr.flush()
+    os._exit(130)  # pylint: disable=protected-access
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record):
+        return not str(record.msg).startswith(self._prefixes)
+
+
+def quiet_logs():
+    """Our INFO lines (progress) and Beam's warnings, less the ones that mean nothing here:
+    an empty dead-letter output is the normal case, not a warning."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _LOG.setLevel(logging.INFO)
+    logging.getLogger("apache_beam.io.filebasedsink").addFilter(
+        _DropMessages("No shards found to finalize"))
+    quiet_pillow_warnings()
+
+
 def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
     """The command: runs the job, prints the summary; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -246,17 +319,13 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _LOG.setLevel(logging.INFO)
+    quiet_logs()
+    signal.signal(signal.SIGINT, exit_interrupted)
     try:
         summary = run(argv, test_pipeline)
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("batch-predict: interrupted; the predictions committed so far are kept "
-              "(rerun with --skip_existing to resume)", file=sys.stderr)
-        return 130
     print(json.dumps(summary, indent=2))
     if summary.get("dry_run"):
         print(estimate_line(summary), file=sys.stderr)
