@@ -24,6 +24,7 @@ from transforms.auth import resolve_auth
 from transforms.ratelimit import worker_share
 from transforms.encode import parse_size
 from transforms.labels import LabelSpec, check_field_path, check_label_names, load_label_names
+from transforms.read import escaped_key
 from transforms.protocols import Protocol, make_protocol
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
@@ -67,6 +68,7 @@ class JobConfig:
     dry_run: bool = False
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
     single_process: bool = True  # the whole job runs in this one process (local runs)
+    local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
 
     @property
     def output_run_prefix(self) -> str:
@@ -271,10 +273,18 @@ def check_numbers(options: PredictOptions):
             raise ConfigError(f"--{name} must be a number {wanted}, not {value}")
 
 
+LOCAL_RUNNERS = ("direct", "fnapi", "prism")
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    """Whether the job runs on this machine (its credentials are the workers')."""
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    return any(name in runner for name in LOCAL_RUNNERS)
+
+
 def runs_in_one_process(options: PipelineOptions, processes: int) -> bool:
     """Whether one process runs the whole job: a local runner with one worker process."""
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    return ("direct" in runner or "fnapi" in runner) and processes == 1
+    return runs_locally(options) and processes == 1
 
 
 def new_run_id(now: Optional[datetime.datetime] = None) -> str:
@@ -304,6 +314,10 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         raise ConfigError("--input is required (a folder, glob, gs:// prefix or row file)")
     if not o.endpoint:
         raise ConfigError("--endpoint is required (the full :predict URL)")
+    for given in o.input:
+        if escaped_key(given) != given:
+            raise ConfigError(f"--input {escaped_key(given)} is not valid UTF-8: give the "
+                              f"folder that holds it, or a glob")
     try:
         endpoint = urllib.parse.urlsplit(o.endpoint)
         endpoint.port  # pylint: disable=pointless-statement  (raises on a bad port)
@@ -377,6 +391,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         dry_run=is_dry_run(options),
         worker_processes=processes,
         single_process=runs_in_one_process(options, processes),
+        local=runs_locally(options),
     )
 
 

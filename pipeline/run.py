@@ -72,7 +72,7 @@ def preflight(config: JobConfig):
         if not any_match(pattern):
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
     check_writable(config.errors_run_prefix, "--errors")
-    if config.auth == "adc":
+    if config.auth == "adc" and config.local:  # on Dataflow, workers use their own account
         check_credentials()
 
 

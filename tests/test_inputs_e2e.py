@@ -151,8 +151,7 @@ def test_bad_input_corpus_never_stops_the_job(server, tmp_path, capsys):
     noise_jpeg(corpus / "huge.jpg")
     (corpus / ".hidden.jpg").write_bytes(b"hidden")
     (corpus / "README.md").write_text("not an image")
-    # A dangling symlink (a file that vanished before listing): Beam's local listing drops
-    # entries whose size it cannot read, so it is not an input at all.
+    # A dangling symlink: links found while listing are not followed, and counted as skipped.
     os.symlink(corpus / "deleted.jpg", corpus / "dangling.jpg")
 
     rows = tmp_path / "rows.csv"
@@ -201,9 +200,11 @@ def test_bad_input_corpus_never_stops_the_job(server, tmp_path, capsys):
 
     files = [p for p in glob.glob(f"{corpus}/**", recursive=True) if os.path.isfile(p)]
     files += glob.glob(f"{corpus}/.*")
-    assert summary["skipped_by_reason"] == {"hidden": 1, "not_image": 1, "duplicate_key": 1}
-    # every file in the corpus is predicted, failed or skipped; plus 2 csv and 4 jsonl rows
-    assert summary["inputs"] == len(set(files)) + 2 + 4
+    assert summary["skipped_by_reason"] == {"hidden": 1, "not_image": 1, "duplicate_key": 1,
+                                            "symlink": 1}
+    # every file in the corpus is predicted, failed or skipped (the dangling link too);
+    # plus 2 csv and 4 jsonl rows
+    assert summary["inputs"] == len(set(files)) + 1 + 2 + 4
     assert summary["predicted"] == len(expected_predictions)
     assert summary["failed"] == len(expected_failures)
 

@@ -17,7 +17,8 @@ from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, asse
                            batch, labelled_images, read_dead_letters, read_predictions)
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
-from transforms.predict import FAILED, Predict, PredictSettings, Progress, _PredictFn
+from transforms.predict import FAILED, Predict, PredictSettings, _PredictFn
+from transforms.progress import Progress
 from transforms.protocols import make_protocol
 from transforms.records import PredictRequest
 
@@ -115,7 +116,7 @@ def test_progress_line(caplog):
     with caplog.at_level(logging.INFO, logger="batch_predict"):
         progress.add(outcomes, stats)
     line = caplog.records[-1].getMessage()
-    assert "3 done (2 predicted, 1 failed)" in line and "img/s" in line
+    assert line.startswith("progress: 3 done, 1 failed,") and "img/s" in line
     assert "3 requests, 2 retries" in line
 
 

@@ -15,9 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import LOCAL_RUNNER
 from transforms import metrics
-from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header,
-                             input_format, parse_rows, pattern_for, ref_rank, resolve_uri,
-                             row_ref, skip_reason, split_inputs, text_lines)
+from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
+                             glob_root, input_format, list_pattern, parse_rows, pattern_for,
+                             quote_glob, ref_rank, resolve_uri, row_ref, skip_reason,
+                             split_inputs, text_lines)
 from transforms.records import ImageRef
 
 
@@ -55,7 +56,7 @@ def test_input_format_folder_and_override(tmp_path):
 
 
 def test_split_inputs(tmp_path):
-    images, rows = split_inputs([str(tmp_path), "a.csv", "gs://b/l.txt"])
+    images, rows = split_inputs([str(tmp_path), "a.csv", "gs://b/l.txt"])  # a.csv: no file
     assert images == [os.path.join(str(tmp_path), "**")]
     assert rows == [(os.path.abspath("a.csv"), "csv"), ("gs://b/l.txt", "filelist")]
 
@@ -67,6 +68,48 @@ def test_pattern_for():
     assert pattern_for("gs://bucket/pre/a.png") == "gs://bucket/pre/a.png"
     assert pattern_for("gs://bucket/a/*.jpg") == "gs://bucket/a/*.jpg"
     assert pattern_for("rel/*.png") == os.path.abspath("rel/*.png")
+
+
+def test_existing_paths_are_taken_literally(tmp_path):
+    folder = tmp_path / "set[1] a*b?"
+    folder.mkdir()
+    (folder / "x.csv").write_text("uri\n")
+    quoted = quote_glob(str(folder))
+    assert quoted == str(tmp_path) + "/set[[]1] a[*]b[?]"
+    assert pattern_for(str(folder)) == quoted + "/**"
+    assert pattern_for(str(folder / "x.csv")) == quoted + "/x.csv"
+    assert glob_root(quoted + "/**") == str(folder)
+    assert glob_root(quoted + "/*.jpg") == str(folder)
+    assert glob_root("gs://b/set[12]/*.jpg") == "gs://b"
+
+
+def test_escaped_key_only_changes_names_that_are_not_utf8():
+    assert escaped_key("/d/été ñ.jpg") == "/d/été ñ.jpg"
+    assert escaped_key(os.fsdecode(b"/d/caf\xe9.jpg")) == "/d/caf\\xe9.jpg"
+
+
+def test_listing_never_follows_links_and_flags_non_regular_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "b.jpg").write_bytes(b"bb")
+    os.symlink(tmp_path / "b.jpg", tmp_path / "c.jpg")
+    os.symlink(tmp_path / "sub", tmp_path / "linked")
+    os.symlink(tmp_path, tmp_path / "sub" / "loop")
+    os.mkfifo(tmp_path / "d.jpg")
+    listed = {key: (entry.size, entry.reason)
+              for key, entry in list_pattern(pattern_for(str(tmp_path)))}
+    assert listed == {
+        str(tmp_path / "b.jpg"): (2, None),
+        str(tmp_path / "c.jpg"): (None, "skipped_symlink"),
+        str(tmp_path / "d.jpg"): (None, "skipped_not_regular_file"),
+        str(tmp_path / "linked"): (None, "skipped_symlink"),
+        str(tmp_path / "sub" / "a.jpg"): (1, None),
+        str(tmp_path / "sub" / "loop"): (None, "skipped_symlink"),
+    }
+    named = dict(list_pattern(pattern_for(str(tmp_path / "c.jpg"))))  # named: followed
+    assert {k: v.reason for k, v in named.items()} == {str(tmp_path / "c.jpg"): None}
+    globbed = dict(list_pattern(str(tmp_path / "*.jpg")))
+    assert sorted(globbed) == [str(tmp_path / n) for n in ("b.jpg", "c.jpg", "d.jpg")]
 
 
 def test_skip_reason_case_insensitive_hidden_and_not_images():

@@ -49,9 +49,10 @@ def progress_line(done: int, failed: int, total: Optional[int], elapsed_s: float
 
 
 class Progress:
-    """Process-wide totals and a progress line every PROGRESS_EVERY_S."""
+    """Process-wide totals and a progress line every `every_s` (PROGRESS_EVERY_S)."""
 
-    def __init__(self):
+    def __init__(self, every_s: Optional[float] = None):
+        self._every_s = every_s
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._last = self._started
@@ -89,7 +90,8 @@ class Progress:
 
     def _maybe_log(self):
         now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
+        every_s = PROGRESS_EVERY_S if self._every_s is None else self._every_s
+        if now - self._last < every_s:
             return
         self._last = now
         _LOG.info(progress_line(self.predicted + self.failed, self.failed, self.total,
