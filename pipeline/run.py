@@ -320,12 +320,14 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print_help()
         return 0
     quiet_logs()
-    signal.signal(signal.SIGINT, exit_interrupted)
+    previous = signal.signal(signal.SIGINT, exit_interrupted)
     try:
         summary = run(argv, test_pipeline)
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(json.dumps(summary, indent=2))
     if summary.get("dry_run"):
         print(estimate_line(summary), file=sys.stderr)
