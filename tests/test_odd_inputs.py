@@ -144,12 +144,17 @@ def test_dead_letters_never_quote_file_contents(server, tmp_path):
     secret = b"aws_secret_access_key=HUNTER2HUNTER2\n"
     (folder / "notes.jpg").write_bytes(secret)
     (folder / "binary.png").write_bytes(b"\x89PNX\x00\x01SECRETBYTES")
+    # PPM headers whose decoder errors quote the file (Pillow: "Token too long ... b'9999'")
+    (folder / "token.png").write_bytes(b"P6 " + b"7" * 30 + b" SECRET")
+    (folder / "mode.png").write_bytes(b"P1\n3 3\nQSECRET")
+    (folder / "width.png").write_bytes(b"P6 HUNTER2 SECRET")
     status, summary, stderr = cli_job(server, tmp_path / "out" / "p", folder)
     assert status == 0, stderr
     dead = read_dead_letters(summary["errors"])
-    assert sorted(d["stage"] for d in dead) == ["decode", "decode"]
+    assert sorted(d["stage"] for d in dead) == ["decode"] * 5
     for d in dead:
-        for quoted in ("HUNTER2", "aws_secret", "SECRETBYTES", "PNX", "\\x89"):
+        for quoted in ("HUNTER2", "aws_secret", "SECRET", "PNX", "\\x89", "7777", "b'Q",
+                       "'Q'"):
             assert quoted not in d["error"], d
 
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import stat
 import warnings
 from typing import Iterator, NamedTuple, Optional, Tuple
@@ -79,6 +80,15 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
     return width, height
 
 
+QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'" "|" r'b?"(?:[^"\\]|\\.)*"')
+
+
+def without_quoted(message: str) -> str:
+    """A decoder's message with what it quotes of the file (`b'...'`, `'...'`) left out:
+    a dead letter never carries a file's contents."""
+    return QUOTED.sub("<data>", message)
+
+
 def open_image(data: bytes) -> Image.Image:
     """Parse the image header (no pixels decoded); ImageError(stage='decode') when it is not
     a readable image or declares more pixels than Pillow's MAX_IMAGE_PIXELS."""
@@ -91,7 +101,8 @@ def open_image(data: bytes) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise ImageError("decode", f"not a recognised image format ({len(data)} bytes)")
     except Exception as e:  # Pillow raises many types for bad headers
-        raise ImageError("decode", f"not a readable image: {type(e).__name__}: {e}")
+        raise ImageError("decode", f"not a readable image: {type(e).__name__}: "
+                                   f"{without_quoted(str(e))}")
     width, height = img.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit:
@@ -147,7 +158,7 @@ def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]], exact: b
     except ImageError:
         raise
     except Exception as e:
-        raise ImageError("decode", f"cannot decode image: {e}")
+        raise ImageError("decode", f"cannot decode image: {without_quoted(str(e))}")
 
 
 def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
