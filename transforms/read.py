@@ -256,14 +256,20 @@ def skip_reason(path: str, root: str) -> Optional[str]:
     return None
 
 
-def match_pattern(pattern: str) -> Iterable[Tuple[str, Listed]]:
-    """(key, Listed) for every entry the pattern matches, with why it is skipped: small
-    values, as these cross the dedupe shuffle."""
+def match_pattern(pattern: str) -> Iterable[Tuple[str, tuple]]:
+    """(key, Listed as a plain tuple) for every entry the pattern matches, with why it is
+    skipped: small values, as these cross the dedupe shuffle (a named tuple is pickled)."""
     root = glob_root(pattern)
     for key, listed in list_pattern(pattern):
         if listed.reason is None:
             listed = listed._replace(reason=skip_reason(key, root))
-        yield key, listed
+        yield key, tuple(listed)
+
+
+def match_row_files(pattern: str) -> Iterable[Tuple[str, tuple]]:
+    """(key, Listed as a plain tuple) for every row file the pattern matches."""
+    for key, listed in list_pattern(pattern):
+        yield key, tuple(listed)
 
 
 def first(values: Iterable):
@@ -286,7 +292,7 @@ class _RefFn(beam.DoFn):
         self._counts = metrics.BundleCounts()
 
     def process(self, match):
-        key, listed = match
+        key, listed = match[0], Listed(*match[1])
         self._counts.inc("inputs")
         if listed.reason is None:
             yield ImageRef(key=key, uri=open_path(key, listed), size=listed.size)
@@ -557,7 +563,7 @@ class _ParseRowsFn(beam.DoFn):
         self._spec = spec
 
     def process(self, match):
-        source, listed = match
+        source, listed = match[0], Listed(*match[1])
         if listed.reason is not None:
             metrics.counter("inputs").inc()  # the file is one record: it is not read
             if listed.reason == SKIPPED_NOT_REGULAR:
@@ -602,7 +608,7 @@ class ReadRows(beam.PTransform):
             name = {"csv": "Csv", "jsonl": "Jsonl", "filelist": "FileList"}[fmt]
             parsed = (pbegin
                       | f"{name}Patterns" >> beam.Create(patterns)
-                      | f"{name}Match" >> beam.FlatMap(list_pattern)
+                      | f"{name}Match" >> beam.FlatMap(match_row_files)
                       | f"{name}Dedupe" >> beam.CombinePerKey(first)
                       | f"{name}Parse" >> beam.ParDo(_ParseRowsFn(fmt, self._spec))
                       .with_outputs(FAILED, main="refs"))
