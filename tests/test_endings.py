@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.run import run
-from tests.conftest import labelled_images
+from tests.helpers import labelled_images
 from transforms import predict, progress
 
 TIMEOUT_S = 180

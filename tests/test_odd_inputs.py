@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from localserver.demo import write_image
-from tests.conftest import assert_accounted, read_dead_letters, read_predictions
+from tests.helpers import assert_accounted, read_dead_letters, read_predictions
 from transforms.read import escaped_key
 
 JOB_TIMEOUT_S = 180
