@@ -335,9 +335,9 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
     print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
     if summary.get("unreadable_shards"):
-        print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) under "
-              f"--output could not be read (truncated or corrupt); the keys only they held "
-              f"were predicted again", file=sys.stderr)
+        print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) or "
+              f"committed part(s) under --output could not be read (truncated or corrupt); "
+              f"the keys only they held were predicted again", file=sys.stderr)
     if summary.get("bq_load"):
         print(f"load the JSONL into BigQuery: {summary['bq_load']}", file=sys.stderr)
     if summary.get("report"):

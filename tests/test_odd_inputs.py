@@ -1,6 +1,6 @@
 """Odd inputs never stop or hang the job: file names that are not UTF-8, FIFOs named like
 images, symbolic links, folders whose names hold glob characters, non-images that must not be
-quoted, and corrupt shards under --output with --skip_existing.
+quoted, and corrupt shards or committed parts under --output with --skip_existing.
 
 Jobs that could hang on a FIFO run as real CLI subprocesses with a timeout.
 """
@@ -13,8 +13,11 @@ import sys
 import pytest
 
 from localserver.demo import write_image
+from pipeline.config import new_run_id
 from tests.helpers import assert_accounted, read_dead_letters, read_predictions
+from transforms.parts import PREDICTION_PART_EXTENSION, parquet_bytes, parts_dir
 from transforms.read import escaped_key
+from transforms.records import prediction_record, prediction_schema, utc_now
 
 JOB_TIMEOUT_S = 180
 
@@ -215,3 +218,36 @@ def test_skip_existing_with_a_truncated_shard_warns_counts_and_predicts_again(se
     assert status == 0, stderr
     assert summary["unreadable_shards"] == 1
     assert summary["predicted"] == 3  # its keys are predicted again
+
+
+def test_skip_existing_with_a_corrupt_committed_part_warns_counts_and_predicts_again(
+        server, tmp_path):
+    """A killed run's parts: a readable one is adopted, a truncated one is handled like a
+    corrupt shard (one warning, counted, its keys predicted again); every key once."""
+    folder = tmp_path / "photos"
+    keys = sorted(image(folder / f"{label}{i}.jpg", label)
+                  for i, label in enumerate(["red", "blue", "green", "red", "blue", "green"]))
+    output = tmp_path / "out" / "p"
+    dead = parts_dir(f"{output}-{new_run_id()}")
+    now = utc_now()
+    for name, part_keys in (("part-a", keys[:2]), ("part-b", keys[2:4])):
+        os.makedirs(dead, exist_ok=True)
+        rows = [prediction_record(k, [("red", 0.9)], "m", now) for k in part_keys]
+        with open(os.path.join(dead, f"{name}-00000.{PREDICTION_PART_EXTENSION}"), "wb") as f:
+            f.write(parquet_bytes(rows, prediction_schema()))
+    corrupt = os.path.join(dead, f"part-b-00000.{PREDICTION_PART_EXTENSION}")
+    with open(corrupt, "r+b") as f:
+        f.truncate(100)
+
+    status, summary, stderr = cli_job(server, output, folder,
+                                      extra=["--skip_existing", "--parts_stale_after_s", "0"])
+    assert status == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.count("could not be read") == 1, stderr
+    assert summary["unreadable_shards"] == 1
+    assert_accounted(summary)
+    assert summary["adopted"] == 2 and summary["skipped"] == 2
+    assert summary["predicted"] == 4  # the corrupt part's keys and the two never sent
+    written = [r["key"] for r in read_predictions(str(output))]
+    assert sorted(written) == keys  # every key once
+    assert not os.path.exists(dead)
