@@ -71,7 +71,8 @@ def preflight(config: JobConfig):
         pattern = dead_letter_glob(config.retry_dead_letters)
         if not any_match(pattern):
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
-    check_writable(config.errors_run_prefix, "--errors")
+    if not config.dry_run:  # a dry run writes nothing, not even a probe
+        check_writable(config.errors_run_prefix, "--errors")
     if config.auth == "adc" and config.local:  # on Dataflow, workers use their own account
         check_credentials()
 
