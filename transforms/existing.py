@@ -129,10 +129,10 @@ def jsonl_keys(path: str) -> Iterator[str]:
 
 
 def shard_keys(path: str, count: bool = True) -> Iterator[str]:
-    """The keys of one earlier prediction shard or committed part (Parquet). One that cannot
-    be read (truncated, corrupt) is skipped: the keys only it holds are predicted again, and
-    the job goes on. `count`: it is counted as `unreadable_shards` and logged (once per job:
-    the one reading that feeds `SelectTodo` counts)."""
+    """The keys of one earlier prediction shard (Parquet or JSONL) or committed part (Parquet).
+    One that cannot be read (truncated, corrupt) is skipped: the keys only it holds are
+    predicted again, and the job goes on. `count`: it is counted as `unreadable_shards` and
+    logged (once per job: the one reading that feeds `SelectTodo` counts)."""
     read = jsonl_keys if path.endswith(".jsonl") else parquet_keys
     try:
         keys = list(read(path))
