@@ -65,6 +65,9 @@ class JobConfig:
     limit: Optional[int] = None  # predict only the first N inputs (by key)
     dry_run: bool = False
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
+    max_response_bytes: int = 64 * 1024 * 1024
+    failure_threshold: float = 0.5
+    failure_threshold_min_records: int = 100
 
     @property
     def output_run_prefix(self) -> str:
@@ -275,7 +278,8 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         raise ConfigError(f"--endpoint must be an http(s) URL, not {o.endpoint!r}")
     if not o.output:
         raise ConfigError("--output is required (an output prefix, local or gs://)")
-    for name in ("max_instances_per_request", "max_request_bytes", "max_concurrent_requests"):
+    for name in ("max_instances_per_request", "max_request_bytes", "max_concurrent_requests",
+                 "max_response_bytes", "failure_threshold_min_records"):
         if getattr(o, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
     if o.commit_every_records < 0 or not o.commit_every_s > 0 or not o.parts_stale_after_s >= 0:
@@ -285,6 +289,8 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         raise ConfigError("--limit must be at least 1")
     if o.qps < 0 or o.max_retries < 0 or o.request_timeout_s <= 0:
         raise ConfigError("--qps and --max_retries must be >= 0, --request_timeout_s > 0")
+    if not 0 <= o.failure_threshold <= 1:
+        raise ConfigError("--failure_threshold must be a fraction from 0 to 1 (1: never stop)")
     try:
         image_size = parse_size(o.image_size)
         if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
@@ -345,6 +351,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         limit=o.limit,
         dry_run=is_dry_run(options),
         worker_processes=processes,
+        max_response_bytes=o.max_response_bytes,
+        failure_threshold=o.failure_threshold,
+        failure_threshold_min_records=o.failure_threshold_min_records,
     )
 
 

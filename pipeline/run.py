@@ -11,6 +11,7 @@ import argparse
 import collections
 import json
 import logging
+import re
 import sys
 import time
 from typing import Optional, Sequence
@@ -31,9 +32,41 @@ from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
 from transforms.parts import delete_folder, parts_dir
+from transforms.predict import STOPPED_PREFIX
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
 _LOG = logging.getLogger("batch_predict")
+EXIT_STOPPED = 3
+
+
+class JobStoppedEarly(Exception):
+    """The job crossed its failure threshold (`transforms.predict.JobStopped`) and was stopped."""
+
+
+def stopped_reason(error: BaseException) -> Optional[str]:
+    """The worker's stop message inside a failed job's error, however the runner wrapped it."""
+    match = re.search(re.escape(STOPPED_PREFIX) + r"[^\n]*", str(error))
+    return re.sub(r" \[while running '[^\n]*'\]$", "", match.group(0)) if match else None
+
+
+class _HideStopTraceback(logging.Filter):
+    """Drops the runner's error log of a worker's JobStopped: the launcher says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return STOPPED_PREFIX not in record.getMessage()
+
+
+def run_and_wait(p: beam.Pipeline):
+    """Run the pipeline to its end; JobStoppedEarly when a worker stopped it."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # the runner wraps the worker's exception in its own types
+        reason = stopped_reason(e)
+        if reason is None:
+            raise
+        raise JobStoppedEarly(reason) from None
+    return result
 
 
 def parse(argv: Sequence[str]):
@@ -167,15 +200,15 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         raise ConfigError(str(e).splitlines()[0])
     plan = clean_up_leftovers(config)
     build_pipeline(p, config, plan.adopt_parts, plan.adopt_folders)
-    result = p.run()
     if options.view_as(GoogleCloudOptions).template_location:
+        p.run()
         # Only a job description was written (a Flex Template launch or a classic template):
         # the job runs later on Dataflow, so there is nothing to wait for or count here.
         return {"run_id": config.run_id, "template_location":
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    result.wait_until_finish()
+    result = run_and_wait(p)
     summary = summarize(result, config, time.monotonic() - started)
     summary["cleaned_up"] = list(plan.removed)
     if config.bigquery is not None and config.commit_records:
@@ -242,12 +275,18 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print_help()
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_HideStopTraceback())
     _LOG.setLevel(logging.INFO)
     try:
         summary = run(argv, test_pipeline)
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
+    except JobStoppedEarly as e:
+        print(f"batch-predict: error: {e} (outputs of this run were not written; see "
+              f"--failure_threshold)", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("batch-predict: interrupted; the predictions committed so far are kept "
               "(rerun with --skip_existing to resume)", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The qps schedule, the adaptive throttler and the retry policy, on injected clocks."""
+import asyncio
 import random
-import threading
 
 import pytest
 
@@ -16,44 +16,58 @@ class Clock:
         return self.now
 
 
-def test_limiter_spaces_requests_evenly():
-    clock = Clock()
-    limiter = RateLimiter(4.0, clock)
-    assert [limiter.reserve() for _ in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+class OversleepingClock(Clock):
+    """A clock and an asyncio sleep on it; the sleeps listed in `late` overrun by that much."""
+
+    def __init__(self, late=()):
+        super().__init__()
+        self.late = list(late)
+
+    async def sleep(self, seconds):
+        self.now += seconds + (self.late.pop(0) if self.late else 0.0)
+        await asyncio.sleep(0)
+
+
+def send_times(limiter, clock, count):
+    """The clock at each of `count` concurrent requests' turns, in turn order."""
+    async def one(times):
+        await limiter.turn()
+        times.append(clock.now)
+
+    async def all_of():
+        times = []
+        await asyncio.gather(*(one(times) for _ in range(count)))
+        return times
+    return asyncio.run(all_of())
+
+
+def test_limiter_spaces_turns_evenly():
+    clock = OversleepingClock()
+    times = send_times(RateLimiter(4.0, clock, clock.sleep), clock, 5)
+    assert [t - times[0] for t in times] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_limiter_spaces_from_the_actual_previous_send_after_a_late_wake_up():
+    clock = OversleepingClock(late=[0.0, 0.04, 0.0, 0.0])  # the second wait overruns
+    times = send_times(RateLimiter(10.0, clock, clock.sleep), clock, 5)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps == pytest.approx([0.1, 0.14, 0.1, 0.1])
+    assert min(gaps) >= 0.1 - 1e-9  # never two sends closer than 1/qps
 
 
 def test_limiter_banks_no_burst_after_idling():
-    clock = Clock()
-    limiter = RateLimiter(10.0, clock)
-    limiter.reserve()
+    clock = OversleepingClock()
+    limiter = RateLimiter(10.0, clock, clock.sleep)
+    send_times(limiter, clock, 1)
     clock.now += 60  # a minute idle
-    waits = [limiter.reserve() for _ in range(3)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2])
+    times = send_times(limiter, clock, 3)
+    assert [t - times[0] for t in times] == pytest.approx([0.0, 0.1, 0.2])
 
 
 def test_limiter_zero_qps_is_no_limit():
-    limiter = RateLimiter(0)
-    assert {limiter.reserve() for _ in range(100)} == {0.0}
-
-
-def test_limiter_books_distinct_slots_across_threads():
-    clock = Clock()
-    limiter = RateLimiter(100.0, clock)
-    waits = []
-    lock = threading.Lock()
-
-    def book():
-        for _ in range(50):
-            wait = limiter.reserve()
-            with lock:
-                waits.append(wait)
-
-    threads = [threading.Thread(target=book) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert sorted(waits) == pytest.approx([i / 100 for i in range(200)])
+    clock = OversleepingClock()
+    times = send_times(RateLimiter(0, clock, clock.sleep), clock, 100)
+    assert set(times) == {clock.now}
 
 
 def test_worker_share():

@@ -1,15 +1,16 @@
-"""Client-side rate limiting: a steady request schedule for this worker's share of `--qps`,
-plus SRE-style adaptive throttling when the endpoint answers 429 anyway.
+"""Client-side rate limiting: this worker's share of `--qps` as a minimum spacing between
+sends, plus SRE-style adaptive throttling when the endpoint answers 429 anyway.
 
-How the share is derived is `pipeline.config.worker_processes` (and docs/dataflow.md, "How `--qps`
-is shared across workers"): every worker process holds `qps / processes` and spaces its own
-requests that far apart, so the whole job never sends more than `--qps` however the runner
-schedules bundles.
+How the share is derived is `pipeline.config.worker_processes` (and docs/dataflow.md, "How
+`--qps` is shared across workers"; docs/faults.md for the pacing): every worker process holds
+`qps / processes` and paces its own sends, so the whole job never sends more than `--qps` in
+any second however the runner schedules bundles.
 """
+import asyncio
 import random
 import threading
 import time
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
 from apache_beam.io.components.util import MovingSum
 
@@ -34,27 +35,37 @@ def worker_share(qps: float, workers: int) -> float:
 
 
 class RateLimiter:
-    """Spaces requests `1/qps` apart (no bursts), shared by every thread of a process.
+    """Spaces sends at least `1/qps` apart, measured from the previous send's actual time.
 
-    `reserve()` books the next free slot and returns how long to wait for it, so callers on
-    any thread or event loop can sleep their own way. A slot left unused is not banked: an
-    idle limiter never lets a burst through. qps <= 0 means no limit.
+    `turn()` is the one pacing point, awaited immediately before a request is written: turns
+    are handed out one at a time, in arrival order, and each starts no earlier than one interval
+    after the previous turn actually began. A late wake-up therefore delays the requests after
+    it instead of bunching them, so no quota window of one second ever sees more than `qps`
+    requests from this process. A slot left unused is not banked: an idle limiter never lets a
+    burst through. qps <= 0 means no limit. Lives on one event loop.
     """
 
-    def __init__(self, qps: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, qps: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable] = asyncio.sleep):
         self._interval = 1.0 / qps if qps > 0 else 0.0
         self._clock = clock
-        self._next = 0.0
-        self._lock = threading.Lock()
+        self._sleep = sleep
+        self._last: Optional[float] = None
+        self._lock: Optional[asyncio.Lock] = None
 
-    def reserve(self) -> float:
+    async def turn(self):
+        """Wait until this request may be sent; the caller sends at once."""
         if not self._interval:
-            return 0.0
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-            return slot - now
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while self._last is not None:
+                wait = self._last + self._interval - self._clock()
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            self._last = self._clock()
 
 
 class Throttler:
