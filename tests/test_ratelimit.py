@@ -28,40 +28,55 @@ class OversleepingClock(Clock):
         await asyncio.sleep(0)
 
 
-def send_times(limiter, clock, count):
+async def turns(limiter, clock, count):
     """The clock at each of `count` concurrent requests' turns, in turn order."""
-    async def one(times):
+    times = []
+
+    async def one():
         await limiter.turn()
         times.append(clock.now)
+    await asyncio.gather(*(one() for _ in range(count)))
+    return times
 
-    async def all_of():
-        times = []
-        await asyncio.gather(*(one(times) for _ in range(count)))
-        return times
-    return asyncio.run(all_of())
+
+def send_times(limiter, clock, count):
+    return asyncio.run(turns(limiter, clock, count))
+
+
+def window_holds(times, count, seconds):
+    """No window of `seconds` holds more than `count` of `times`."""
+    return all(b - a >= seconds for a, b in zip(times, times[count:]))
 
 
 def test_limiter_spaces_turns_evenly():
     clock = OversleepingClock()
-    times = send_times(RateLimiter(4.0, clock, clock.sleep), clock, 5)
-    assert [t - times[0] for t in times] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
-
-
-def test_limiter_spaces_from_the_actual_previous_send_after_a_late_wake_up():
-    clock = OversleepingClock(late=[0.0, 0.04, 0.0, 0.0])  # the second wait overruns
-    times = send_times(RateLimiter(10.0, clock, clock.sleep), clock, 5)
+    times = send_times(RateLimiter(4.0, clock, clock.sleep), clock, 9)
+    assert times[0] == clock.now - 2 * 1.01  # two windows of 4 turns, each 1 s plus headroom
+    assert window_holds(times, 4, 1.0)
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert gaps == pytest.approx([0.1, 0.14, 0.1, 0.1])
-    assert min(gaps) >= 0.1 - 1e-9  # never two sends closer than 1/qps
+    assert min(gaps) >= 0.125 - 1e-9  # never faster than twice the rate
 
 
-def test_limiter_banks_no_burst_after_idling():
+def test_a_late_wake_up_never_puts_more_than_qps_sends_in_a_second():
+    late = [0.0, 0.004, 0.0, 0.03, 0.0, 0.002, 0.007] * 10  # wake-ups up to 30 ms late
+    clock = OversleepingClock(late=late)
+    times = send_times(RateLimiter(10.0, clock, clock.sleep), clock, 61)
+    assert window_holds(times, 10, 1.0)
+    mean = (len(times) - 1) / (times[-1] - times[0])
+    assert mean == pytest.approx(10 / 1.01, rel=0.03)  # the late turns were caught up
+
+
+def test_limiter_banks_at_most_one_window_after_idling():
     clock = OversleepingClock()
     limiter = RateLimiter(10.0, clock, clock.sleep)
-    send_times(limiter, clock, 1)
-    clock.now += 60  # a minute idle
-    times = send_times(limiter, clock, 3)
-    assert [t - times[0] for t in times] == pytest.approx([0.0, 0.1, 0.2])
+
+    async def busy_idle_busy():
+        await turns(limiter, clock, 30)
+        clock.now += 60  # a minute idle
+        return await turns(limiter, clock, 30)
+    times = asyncio.run(busy_idle_busy())
+    assert window_holds(times, 10, 1.0)
+    assert [round(b - a, 6) for a, b in zip(times, times[1:5])] == [0.05] * 4
 
 
 def test_limiter_zero_qps_is_no_limit():
