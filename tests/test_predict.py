@@ -20,9 +20,8 @@ from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
 from transforms.predict import (FAILED, FailureThreshold, JobStopped, Predict,
                                 PredictSettings, Progress, Tally, _PredictFn)
-from transforms.records import dead_letter
 from transforms.protocols import make_protocol
-from transforms.records import PredictRequest
+from transforms.records import PredictRequest, dead_letter
 
 LABELS = list(LABEL_COLOURS)
 
