@@ -31,6 +31,7 @@ import dataclasses
 import json
 import random
 import time
+import zlib
 from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
 
 import aiohttp
@@ -45,6 +46,7 @@ from transforms.retry import RetryPolicy, parse_retry_after
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
 SPLIT_RETRIES = 1  # retries of each half of a request split after a persistent 5xx
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+ACCEPT_ENCODING = "gzip, deflate"
 READ_CHUNK = 256 * 1024
 SIZE_LIMIT_TEXT = "payload size exceeds the limit"
 ERROR_SNIPPET = 300
@@ -141,14 +143,39 @@ def persistent_server_error(reply: Reply) -> bool:
     return reply.exhausted and reply.status is not None and 500 <= reply.status <= 599
 
 
-async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """The whole body (decompressed as it streams in), or ResponseTooLarge past `limit`."""
+def body_decoder(content_encoding: Optional[str]):
+    """A zlib decompressor for the reply's Content-Encoding (None: identity)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib framing, told by header
+    raise ResponseTooLarge(f"unsupported Content-Encoding {encoding!r} (asked for "
+                           f"{ACCEPT_ENCODING})")
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed here at most `limit + 1` bytes at a time (aiohttp's own
+    decompression inflates each network read whole), or ResponseTooLarge past `limit`."""
+    decoder = body_decoder(response.headers.get("Content-Encoding"))
     chunks, size = [], 0
-    async for chunk in content.iter_chunked(READ_CHUNK):
-        size += len(chunk)
+
+    def take(data: bytes):
+        nonlocal size
+        size += len(data)
         if size > limit:
             raise ResponseTooLarge(f"response body larger than --max_response_bytes={limit}")
-        chunks.append(chunk)
+        chunks.append(data)
+
+    async for chunk in response.content.iter_chunked(READ_CHUNK):
+        if decoder is None:
+            take(chunk)
+            continue
+        while chunk:
+            take(decoder.decompress(chunk, limit - size + 1))
+            chunk = decoder.unconsumed_tail
+    if decoder is not None:
+        take(decoder.flush())
     return b"".join(chunks)
 
 
@@ -194,7 +221,8 @@ class PredictClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_s),
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
+            auto_decompress=False)  # read_capped decompresses, within --max_response_bytes
 
     async def close(self):
         if self._session is not None:
@@ -304,8 +332,7 @@ class PredictClient:
                                               headers=headers) as response:
                     status = response.status
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    raw = await read_capped(response.content,
-                                            self._settings.max_response_bytes)
+                    raw = await read_capped(response, self._settings.max_response_bytes)
                     if status >= 500:  # servers may drop the connection after an error
                         response.close()  # unannounced (uvicorn does): never reuse it
             except asyncio.TimeoutError:
@@ -315,9 +342,9 @@ class PredictClient:
                               "timeout"), token
             except aiohttp.InvalidURL as e:  # no retry can mend the URL
                 return Answer(None, None, f"invalid endpoint URL: {e}", None), token
-            except ResponseTooLarge as e:  # a 200 that is no good answer: split, never retried
+            except (ResponseTooLarge, zlib.error) as e:  # no good answer: split, not retried
                 self._throttler.answered(True)
-                return Answer(status, None, f"HTTP {status}: {e}", None), token
+                return Answer(status, None, f"HTTP {status}: unreadable body: {e}", None), token
             except (aiohttp.ClientError, OSError) as e:
                 self._throttler.answered(False)
                 return Answer(None, None, f"connection failed: {type(e).__name__}: {e}",
