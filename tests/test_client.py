@@ -6,6 +6,7 @@ import base64
 import http.server
 import json
 import random
+import socketserver
 import threading
 import time
 import urllib.parse
@@ -176,6 +177,70 @@ def test_a_persistent_5xx_is_split_with_short_retries_until_each_image_is_alone(
     assert all("gave up after 2 attempts" in d["error"] for d in failed.values())
     assert stats.splits == 3 and stats.requests == 4 + 2 * 2 + 4 * 2
     assert stats.retries == {"http_503": 3 + 2 + 4}
+
+
+class DropsAfterAnError(socketserver.StreamRequestHandler):
+    """Answers like uvicorn under KServe after a model exception: a 500 that does not say
+    `Connection: close`, then (once its traceback is logged) the connection is closed with
+    whatever the client sent meanwhile unread, which the client meets as a reset."""
+    LINGER_S = 1.0
+    answered = 0  # requests answered, across connections (one thread at a time here)
+
+    def handle(self):
+        for _ in range(100):
+            head = self.rfile.readline()
+            if not head:
+                return
+            length = 0
+            for line in iter(self.rfile.readline, b"\r\n"):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            count = len(json.loads(self.rfile.read(length))["instances"])
+            DropsAfterAnError.answered += 1
+            if DropsAfterAnError.answered == 1:
+                self._reply(500, {"error": "OSError : image file is truncated"})
+                time.sleep(self.LINGER_S)
+                return
+            prediction = {"labels": ["red", "green"], "scores": [0.9, 0.1]}
+            self._reply(200, {"predictions": [prediction] * count})
+
+    def _reply(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode())
+        if self.server.body_later:  # the client has the status before the body ends
+            self.wfile.flush()
+            time.sleep(0.2)
+        self.wfile.write(body)
+        self.wfile.flush()
+
+
+@pytest.fixture(params=[False, True], ids=["body-with-status", "body-later"])
+def drops_after_an_error(request):
+    DropsAfterAnError.answered = 0
+    with socketserver.TCPServer(("127.0.0.1", 0), DropsAfterAnError) as httpd:
+        httpd.body_later = request.param
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1/projects/p/models/m:predict"
+        httpd.shutdown()
+        thread.join(10)
+
+
+def test_the_connection_a_5xx_came_on_is_never_reused(drops_after_an_error):
+    client_settings = ClientSettings(endpoint=drops_after_an_error, protocol=MLEngine(),
+                                     retry=RetryPolicy(max_retries=0))
+
+    async def work(client):
+        first = await client.predict(["bad"], [MLEngine().instance("bad", b"x", "image/png")])
+        second = await client.predict(["good"], [MLEngine().instance("good", b"y", "image/png")])
+        return first, second
+
+    (bad, _), (good, stats) = asyncio.run(_with_client(client_settings, work))
+    assert not bad[0].ok and bad[0].record["http_status"] == 500
+    assert good[0].ok, good[0].record  # sent on a new connection, not the dropped one
+    assert stats.requests == 1
 
 
 def test_timeouts_are_retried_then_fail(make_server):

@@ -230,4 +230,6 @@ def test_a_persistent_500_from_kserve_is_split_until_the_bad_image_is_alone(
     assert {d["key"] for d in letters} == bad
     assert {(d["stage"], d["http_status"]) for d in letters} == {("predict", 500)}
     assert summary["retries_by_cause"].get("http_500", 0) > 0
+    # KServe drops the connection of each 500: none is reused, so no request meets a reset
+    assert set(summary["retries_by_cause"]) == {"http_500"}, summary["retries_by_cause"]
     assert summary["splits"] >= 2

@@ -179,6 +179,23 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def discard_connection(response: aiohttp.ClientResponse):
+    """Never let the connection `response` came on carry another request.
+
+    Call before anything awaits. aiohttp pools a connection as soon as its body has ended:
+    for a short reply that is already done when the response is returned (then the pooled
+    connection is closed here, before any other task can take it); otherwise it is marked
+    so that the pool closes it at the end of the body.
+    """
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.force_close()
+        return
+    protocol = getattr(response, "_protocol", None)  # aiohttp keeps no public handle on it
+    if protocol is not None:
+        protocol.close()
+
+
 def culprit(message: str, status: Optional[int], count: int) -> Optional[int]:
     """The index of the instance an error message blames, when it names one in range."""
     if status == 413 or SIZE_LIMIT_TEXT in (message or "").lower():
@@ -331,10 +348,10 @@ class PredictClient:
                 async with self._session.post(self._settings.endpoint, data=body,
                                               headers=headers) as response:
                     status = response.status
+                    if status >= 500:  # servers may drop the connection after an error
+                        discard_connection(response)  # unannounced (uvicorn does)
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     raw = await read_capped(response, self._settings.max_response_bytes)
-                    if status >= 500:  # servers may drop the connection after an error
-                        response.close()  # unannounced (uvicorn does): never reuse it
             except asyncio.TimeoutError:
                 self._throttler.answered(False)
                 return Answer(None, None, f"no answer within --request_timeout_s="
