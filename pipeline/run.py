@@ -284,8 +284,8 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
     except JobStoppedEarly as e:
-        print(f"batch-predict: error: {e} (outputs of this run were not written; see "
-              f"--failure_threshold)", file=sys.stderr)
+        print(f"batch-predict: error: {e} (the predictions committed so far are kept: rerun "
+              f"with --skip_existing; see --failure_threshold)", file=sys.stderr)
         return EXIT_STOPPED
     except KeyboardInterrupt:
         print("batch-predict: interrupted; the predictions committed so far are kept "
