@@ -118,7 +118,8 @@ class Config:
 CONFIG_HELP = {
     "latency_ms": "added latency per predict request, spent holding a capacity slot",
     "capacity": "concurrent processing slots; further requests wait for a slot",
-    "quota_qps": "token-bucket quota in requests/second (0 = off); over it -> 429",
+    "quota_qps": "quota in requests per calendar second, counted strictly (0 = off); "
+                 "over it -> 429",
     "fail_429_rate": "probability of an injected 429 (Retry-After: 0)",
     "fail_503_rate": "probability of an injected 503",
     "reset_rate": "probability of abruptly resetting the TCP connection",
@@ -223,25 +224,26 @@ class Stats:
         return data
 
 
-class TokenBucket:
-    """Token bucket of ``rate`` tokens/s holding at most ``max(1, rate)`` tokens."""
+class SecondQuota:
+    """At most ``limit`` requests per calendar second (``int(time.time())``), counted
+    strictly: the ``limit + 1``-th arrival within one second is refused, however the
+    earlier ones were spread."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic):
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
+    def __init__(self, limit: float, clock: Callable[[], float] = time.time):
+        self.limit = limit
         self.clock = clock
-        self.updated = clock()
+        self.second: Optional[int] = None
+        self.admitted = 0
 
     def try_acquire(self) -> bool:
-        """Take one token if available."""
-        now = self.clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+        """Count one arrival if this second has room for it."""
+        second = int(self.clock())
+        if second != self.second:
+            self.second, self.admitted = second, 0
+        if self.admitted + 1 > self.limit:
+            return False
+        self.admitted += 1
+        return True
 
 
 def draw_fault(rng: random.Random, config: Config) -> Optional[str]:
@@ -272,13 +274,13 @@ class ServerState:
         self.classifier = classifier or classifiers.ColourClassifier()
         self.stats = Stats()
         self.slots = asyncio.Semaphore(config.capacity)
-        self.bucket = make_bucket(config.quota_qps)
+        self.quota = make_quota(config.quota_qps)
         self.rng = random.Random(config.seed)
 
     def configure(self, changes: Mapping[str, Any]) -> Config:
         """Apply runtime switch changes.
 
-        Passing ``quota_qps`` refills the bucket, passing ``seed`` re-seeds the
+        Passing ``quota_qps`` starts a fresh quota count, passing ``seed`` re-seeds the
         fault generator, and a new ``capacity`` applies to requests that arrive
         after the change.
         """
@@ -287,18 +289,18 @@ class ServerState:
         if self.config.capacity != old.capacity:
             self.slots = asyncio.Semaphore(self.config.capacity)
         if "quota_qps" in changes:
-            self.bucket = make_bucket(self.config.quota_qps)
+            self.quota = make_quota(self.config.quota_qps)
         if "seed" in changes:
             self.rng = random.Random(self.config.seed)
         return self.config
 
     def admit(self) -> bool:
         """Quota check; True if the request may proceed."""
-        return self.bucket is None or self.bucket.try_acquire()
+        return self.quota is None or self.quota.try_acquire()
 
 
-def make_bucket(quota_qps: float) -> Optional[TokenBucket]:
-    return TokenBucket(quota_qps) if quota_qps > 0 else None
+def make_quota(quota_qps: float) -> Optional[SecondQuota]:
+    return SecondQuota(quota_qps) if quota_qps > 0 else None
 
 
 STATE = web.AppKey("state", ServerState)

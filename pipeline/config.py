@@ -69,6 +69,9 @@ class JobConfig:
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
     single_process: bool = True  # the whole job runs in this one process (local runs)
     local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
+    max_response_bytes: int = 64 * 1024 * 1024
+    failure_threshold: float = 0.5
+    failure_threshold_min_records: int = 100
 
     @property
     def output_run_prefix(self) -> str:
@@ -257,6 +260,9 @@ NUMBER_RULES = (
     ("commit_every_records", 0, None, True),
     ("commit_every_s", 0, None, False),
     ("parts_stale_after_s", 0, None, True),
+    ("max_response_bytes", 1, None, True),
+    ("failure_threshold", 0, 1, True),
+    ("failure_threshold_min_records", 1, None, True),
 )
 
 
@@ -392,6 +398,9 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         worker_processes=processes,
         single_process=runs_in_one_process(options, processes),
         local=runs_locally(options),
+        max_response_bytes=o.max_response_bytes,
+        failure_threshold=o.failure_threshold,
+        failure_threshold_min_records=o.failure_threshold_min_records,
     )
 
 

@@ -8,7 +8,7 @@ from transforms.existing import AdoptParts, SelectTodo
 from transforms.limit import CountForEstimate, FirstN
 from transforms.pack import PackRequests
 from transforms.passthrough import JoinPassthrough
-from transforms.predict import Predict, PredictSettings
+from transforms.predict import FailureThreshold, Predict, PredictSettings
 from transforms.progress import NoteTotal
 from transforms.read import ReadInputs, RowSpec
 from transforms.retry import RetryPolicy
@@ -25,8 +25,12 @@ def predict_settings(config: JobConfig) -> PredictSettings:
         request_timeout_s=config.request_timeout_s,
         retry=RetryPolicy(max_retries=config.max_retries),
         auth=config.auth,
+        max_response_bytes=config.max_response_bytes,
     )
-    return PredictSettings(client=client, qps_share=config.qps_share)
+    threshold = FailureThreshold(max_failed_fraction=config.failure_threshold,
+                                 min_records=config.failure_threshold_min_records)
+    return PredictSettings(client=client, qps_share=config.qps_share,
+                           failure_threshold=threshold)
 
 
 def select_todo(refs, config: JobConfig):

@@ -63,8 +63,21 @@ class PredictOptions(PipelineOptions):
                  "options, see README).")
         add("--max_retries", type=int, default=5, help="Retries per request.")
         add("--request_timeout_s", type=float, default=60.0, help="Per-attempt timeout.")
+        add("--max_response_bytes", type=int, default=64 * 1024 * 1024,
+            help="Largest reply body read (after decompression); a larger one fails its "
+                 "request like a bad answer.")
+        add("--failure_threshold", type=float, default=0.5,
+            help="Stop the job (exit 3) once more than this fraction of the records sent to "
+                 "the endpoint failed, counted per worker process after "
+                 "--failure_threshold_min_records; also when each of a process's first 10 "
+                 "requests failed. 1 = never stop (see docs/faults.md).")
+        add("--failure_threshold_min_records", type=int, default=100,
+            help="Records a worker process must have tried before --failure_threshold "
+                 "applies.")
         add("--auth", default="auto", choices=("auto", "adc", "none"),
-            help="auto: Application Default Credentials for https, none for http.")
+            help="auto: Application Default Credentials for Google API hosts "
+                 "(*.googleapis.com, *.prediction.vertexai.goog), none elsewhere; "
+                 "adc: always (https only).")
         # Outputs
         add("--output", default=None, help="Output prefix (local path or gs://); may hold "
                                            "{date} (UTC YYYY-MM-DD) and {run_id}.")

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -36,9 +37,41 @@ from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
 from transforms.parts import delete_folder, parts_dir
+from transforms.predict import STOPPED_PREFIX
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
 _LOG = logging.getLogger("batch_predict")
+EXIT_STOPPED = 3
+
+
+class JobStoppedEarly(Exception):
+    """The job crossed its failure threshold (`transforms.predict.JobStopped`) and was stopped."""
+
+
+def stopped_reason(error: BaseException) -> Optional[str]:
+    """The worker's stop message inside a failed job's error, however the runner wrapped it."""
+    match = re.search(re.escape(STOPPED_PREFIX) + r"[^\n]*", str(error))
+    return re.sub(r" \[while running '[^\n]*'\]$", "", match.group(0)) if match else None
+
+
+class _HideStopTraceback(logging.Filter):
+    """Drops the runner's error log of a worker's JobStopped: the launcher says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return STOPPED_PREFIX not in record.getMessage()
+
+
+def run_and_wait(p: beam.Pipeline):
+    """Run the pipeline to its end; JobStoppedEarly when a worker stopped it."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # the runner wraps the worker's exception in its own types
+        reason = stopped_reason(e)
+        if reason is None:
+            raise
+        raise JobStoppedEarly(reason) from None
+    return result
 
 
 def parse(argv: Sequence[str]):
@@ -213,15 +246,15 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         raise ConfigError(str(e).splitlines()[0])
     plan = clean_up_leftovers(config)
     build_pipeline(p, config, plan.adopt_parts, plan.adopt_folders)
-    result = p.run()
     if options.view_as(GoogleCloudOptions).template_location:
+        p.run()
         # Only a job description was written (a Flex Template launch or a classic template):
         # the job runs later on Dataflow, so there is nothing to wait for or count here.
         return {"run_id": config.run_id, "template_location":
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    result.wait_until_finish()
+    result = run_and_wait(p)
     summary = summarize(result, config, time.monotonic() - started)
     summary["cleaned_up"] = list(plan.removed)
     if config.bigquery is not None and config.commit_records:
@@ -322,11 +355,17 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         return 0
     quiet_logs()
     previous = signal.signal(signal.SIGINT, exit_interrupted)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_HideStopTraceback())
     try:
         summary = run(argv, test_pipeline)
     except ConfigError as e:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
+    except JobStoppedEarly as e:
+        print(f"batch-predict: error: {e} (the predictions committed so far are kept: rerun "
+              f"with --skip_existing; see --failure_threshold)", file=sys.stderr)
+        return EXIT_STOPPED
     finally:
         signal.signal(signal.SIGINT, previous)
     print(json.dumps(summary, indent=2))

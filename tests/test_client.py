@@ -6,6 +6,7 @@ import base64
 import http.server
 import json
 import random
+import socketserver
 import threading
 import time
 import urllib.parse
@@ -81,8 +82,11 @@ def test_what_is_split_and_who_is_blamed():
     assert splittable(Reply(413, None, "x", 1, False))
     assert splittable(Reply(200, None, "x", 1, False))
     assert not splittable(Reply(200, None, "x", 4, True))  # non-JSON until retries ran out
-    for status in (None, 401, 403, 404, 503):
-        assert not splittable(Reply(status, None, "x", 1, status == 503))
+    for status in (None, 401, 403, 404, 429):
+        assert not splittable(Reply(status, None, "x", 1, status in (None, 429)))
+    for status in (500, 502, 503, 504):  # a server error that persisted through its retries
+        assert splittable(Reply(status, None, "x", 4, True))
+        assert not splittable(Reply(status, None, "x", 1, False))
     assert culprit("HTTP 400: Invalid image content at instances[2]: x", 400, 4) == 2
     assert culprit("HTTP 400: Prediction failed: instance 9: x", 400, 4) is None  # out of range
     assert culprit("HTTP 400: Request payload size exceeds the limit: 9 bytes.", 400, 4) is None
@@ -91,6 +95,17 @@ def test_what_is_split_and_who_is_blamed():
 
 def test_auth_modes():
     assert resolve_auth("auto", "https://ml.googleapis.com/v1/x:predict") == "adc"
+    assert resolve_auth("auto", "https://us-central1-aiplatform.googleapis.com/v1/x:predict") \
+        == "adc"
+    assert resolve_auth("auto", "https://1234.us-central1-567.prediction.vertexai.goog/v1/"
+                                "projects/p/locations/l/endpoints/1234:predict") == "adc"
+    # any other https host gets no token unless asked for with --auth adc
+    for other in ("https://models.example.com/v1/models/m:predict",
+                  "https://googleapis.com.example.com/x:predict",
+                  "https://evilgoogleapis.com/x:predict",
+                  "https://prediction.vertexai.goog.example.org/x:predict"):
+        assert resolve_auth("auto", other) == "none", other
+    assert resolve_auth("adc", "https://models.example.com/v1/models/m:predict") == "adc"
     assert resolve_auth("auto", "http://127.0.0.1:8080/v1/x:predict") == "none"
     assert resolve_auth("auto", "http://example.com/v1/x:predict") == "none"
     assert resolve_auth("adc", "http://localhost:1/x:predict") == "adc"
@@ -138,18 +153,94 @@ def test_transient_failures_are_retried_until_success(server, switch, cause):
     assert set().union(*(stats.retries for _, stats in results)) == {cause}
 
 
-@pytest.mark.parametrize("switch,status,cause", [
-    ("fail_503_rate", 503, "http_503"), ("reset_rate", None, "connection")])
-def test_retries_are_bounded_then_every_key_fails(server, switch, status, cause):
-    server.configure(**{switch: 1.0})
+def test_connection_failures_are_retried_then_every_key_fails(server):
+    server.configure(reset_rate=1.0)
     keys, instances, _ = batch(MLEngine(), 4)
     outcomes, stats = predict(settings(server), keys, instances)
     ok, failed = split_outcomes(outcomes)
     assert not ok and list(failed) == keys
     assert {(d["stage"], d["http_status"], d["attempts"]) for d in failed.values()} == \
-        {("predict", status, 4)}
+        {("predict", None, 4)}
     assert all("gave up after 4 attempts" in d["error"] for d in failed.values())
-    assert stats.retries == {cause: 3} and stats.requests == 4 and stats.splits == 0
+    assert stats.retries == {"connection": 3} and stats.requests == 4 and stats.splits == 0
+
+
+def test_a_persistent_5xx_is_split_with_short_retries_until_each_image_is_alone(server):
+    server.configure(fail_503_rate=1.0)
+    keys, instances, _ = batch(MLEngine(), 4)
+    outcomes, stats = predict(settings(server), keys, instances)
+    ok, failed = split_outcomes(outcomes)
+    assert not ok and list(failed) == keys
+    # 4 attempts of the whole request, then 1 + SPLIT_RETRIES for each half and each quarter
+    assert {(d["stage"], d["http_status"], d["attempts"]) for d in failed.values()} == \
+        {("predict", 503, 4 + 2 + 2)}
+    assert all("gave up after 2 attempts" in d["error"] for d in failed.values())
+    assert stats.splits == 3 and stats.requests == 4 + 2 * 2 + 4 * 2
+    assert stats.retries == {"http_503": 3 + 2 + 4}
+
+
+class DropsAfterAnError(socketserver.StreamRequestHandler):
+    """Answers like uvicorn under KServe after a model exception: a 500 that does not say
+    `Connection: close`, then (once its traceback is logged) the connection is closed with
+    whatever the client sent meanwhile unread, which the client meets as a reset."""
+    LINGER_S = 1.0
+    answered = 0  # requests answered, across connections (one thread at a time here)
+
+    def handle(self):
+        for _ in range(100):
+            head = self.rfile.readline()
+            if not head:
+                return
+            length = 0
+            for line in iter(self.rfile.readline, b"\r\n"):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            count = len(json.loads(self.rfile.read(length))["instances"])
+            DropsAfterAnError.answered += 1
+            if DropsAfterAnError.answered == 1:
+                self._reply(500, {"error": "OSError : image file is truncated"})
+                time.sleep(self.LINGER_S)
+                return
+            prediction = {"labels": ["red", "green"], "scores": [0.9, 0.1]}
+            self._reply(200, {"predictions": [prediction] * count})
+
+    def _reply(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode())
+        if self.server.body_later:  # the client has the status before the body ends
+            self.wfile.flush()
+            time.sleep(0.2)
+        self.wfile.write(body)
+        self.wfile.flush()
+
+
+@pytest.fixture(params=[False, True], ids=["body-with-status", "body-later"])
+def drops_after_an_error(request):
+    DropsAfterAnError.answered = 0
+    with socketserver.TCPServer(("127.0.0.1", 0), DropsAfterAnError) as httpd:
+        httpd.body_later = request.param
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1/projects/p/models/m:predict"
+        httpd.shutdown()
+        thread.join(10)
+
+
+def test_the_connection_a_5xx_came_on_is_never_reused(drops_after_an_error):
+    client_settings = ClientSettings(endpoint=drops_after_an_error, protocol=MLEngine(),
+                                     retry=RetryPolicy(max_retries=0))
+
+    async def work(client):
+        first = await client.predict(["bad"], [MLEngine().instance("bad", b"x", "image/png")])
+        second = await client.predict(["good"], [MLEngine().instance("good", b"y", "image/png")])
+        return first, second
+
+    (bad, _), (good, stats) = asyncio.run(_with_client(client_settings, work))
+    assert not bad[0].ok and bad[0].record["http_status"] == 500
+    assert good[0].ok, good[0].record  # sent on a new connection, not the dropped one
+    assert stats.requests == 1
 
 
 def test_timeouts_are_retried_then_fail(make_server):

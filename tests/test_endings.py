@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.run import run
 from tests.helpers import labelled_images
-from transforms import predict, progress
+from transforms import progress
 
 TIMEOUT_S = 180
 

@@ -1,6 +1,5 @@
 """--limit N (the first N inputs by key, the same on every run) and --dry_run (count and
 estimate, send nothing, write nothing), end to end against the local server."""
-import glob
 import os
 import subprocess
 import sys

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from localserver import LocalServer
-from localserver.classifiers import (BadImage, EFFICIENTNET_LITE0, MODELS_DIR, OnnxClassifier,
+from localserver.classifiers import (BadImage, EFFICIENTNET_LITE0, MODELS_DIR,
                                      Preprocessing, load_classifier, read_labels,
                                      to_tensor)
 from localserver.demo import PHOTO_CLASSES, PHOTOS_DIR, copy_photos

@@ -2,6 +2,7 @@
 composite with TestPipeline, and whole jobs against the local server's fault switches
 (the job-wide qps limit, and a run with 429s, 503s, resets and poison images)."""
 import collections
+import dataclasses
 import logging
 import pickle
 
@@ -17,10 +18,11 @@ from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, asse
                            batch, labelled_images, read_dead_letters, read_predictions)
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
-from transforms.predict import FAILED, Predict, PredictSettings, _PredictFn
+from transforms.predict import (FAILED, FailureThreshold, JobStopped, Predict,
+                                PredictSettings, Tally, _PredictFn)
 from transforms.progress import Progress
 from transforms.protocols import make_protocol
-from transforms.records import PredictRequest
+from transforms.records import PredictRequest, dead_letter
 
 LABELS = list(LABEL_COLOURS)
 
@@ -80,6 +82,65 @@ def test_bundles_reuse_the_engine_and_emit_every_key_once(server):
     assert keys == collections.Counter(list(truth))
     predicted = {o["key"]: o["top_label"] for o in unwrapped if "top_label" in o}
     assert predicted == {k: v for k, v in truth.items() if v is not None}
+
+
+def tally_of(requests):
+    """A Tally of finished requests, each given as [(ok, http_status), ...] per record."""
+    tally = Tally()
+    for records in requests:
+        tally.add([Outcome(True, {"key": "k"}) if ok
+                   else Outcome(False, dead_letter("k", "predict", f"HTTP {status}: no",
+                                                   status, 1))
+                   for ok, status in records])
+    return tally
+
+
+def test_failure_threshold_stops_when_the_first_requests_all_failed():
+    policy = FailureThreshold(max_failed_fraction=0.5, min_records=100, first_requests=10)
+    down = [[(False, None)]] * 9
+    assert policy.reason(tally_of(down)) is None
+    reason = policy.reason(tally_of(down + [[(False, 503)]]))
+    assert reason.startswith("stopped early: every one of the first 10 requests failed")
+    assert reason.endswith("last error: HTTP 503: no")
+    assert policy.reason(tally_of([[(True, None)]] + down)) is None  # one answer: not down
+    assert policy.reason(tally_of(down + [[(False, 400)]])) is None  # a bad image, refused
+
+
+def test_failure_threshold_stops_past_the_failed_fraction_once_enough_were_tried():
+    policy = FailureThreshold(max_failed_fraction=0.5, min_records=100)
+    half = [[(True, None)] * 5 + [(False, 400)] * 5] * 9  # 90 records, half failed
+    assert policy.reason(tally_of(half + [[(False, 400)] * 5])) is None  # 95 tried
+    reason = policy.reason(tally_of(half + [[(False, 400)] * 10]))  # 100 tried, 55 failed
+    assert reason.startswith("stopped early: 55 of 100 records failed at predict, more than "
+                             "--failure_threshold=0.5")
+    assert policy.reason(tally_of(half + [[(True, None)] * 10])) is None  # 45 of 100
+
+
+def test_failure_threshold_of_1_never_stops():
+    policy = FailureThreshold(max_failed_fraction=1.0, min_records=1)
+    assert policy.reason(tally_of([[(False, None)] * 50] * 10)) is None
+
+
+def test_a_stopped_engine_fails_every_later_bundle_of_the_process():
+    settings = PredictSettings(ClientSettings(
+        endpoint="http://127.0.0.1:9/v1/projects/p/models/m:predict",
+        protocol=make_protocol("mlengine"), max_concurrent_requests=4,
+        retry=dataclasses.replace(FAST_RETRIES, max_retries=0)),
+        failure_threshold=FailureThreshold(first_requests=3))
+    requests, _ = requests_of(12, 1)
+    fn = pickle.loads(pickle.dumps(_PredictFn(settings)))
+    fn.setup()
+    try:
+        fn.start_bundle()
+        with pytest.raises(JobStopped, match="every one of the first 3 requests failed"):
+            for request in requests[:6]:
+                list(fn.process(request))
+            list(fn.finish_bundle())
+        fn.start_bundle()  # the next bundle on the same worker process
+        with pytest.raises(JobStopped, match="every one of the first 3 requests failed"):
+            list(fn.process(requests[6]))
+    finally:
+        fn.teardown()
 
 
 def test_predict_composite_splits_outputs(server):

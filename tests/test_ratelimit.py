@@ -1,6 +1,6 @@
 """The qps schedule, the adaptive throttler and the retry policy, on injected clocks."""
+import asyncio
 import random
-import threading
 
 import pytest
 
@@ -16,44 +16,73 @@ class Clock:
         return self.now
 
 
-def test_limiter_spaces_requests_evenly():
-    clock = Clock()
-    limiter = RateLimiter(4.0, clock)
-    assert [limiter.reserve() for _ in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+class OversleepingClock(Clock):
+    """A clock and an asyncio sleep on it; the sleeps listed in `late` overrun by that much."""
+
+    def __init__(self, late=()):
+        super().__init__()
+        self.late = list(late)
+
+    async def sleep(self, seconds):
+        self.now += seconds + (self.late.pop(0) if self.late else 0.0)
+        await asyncio.sleep(0)
 
 
-def test_limiter_banks_no_burst_after_idling():
-    clock = Clock()
-    limiter = RateLimiter(10.0, clock)
-    limiter.reserve()
-    clock.now += 60  # a minute idle
-    waits = [limiter.reserve() for _ in range(3)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2])
+async def turns(limiter, clock, count):
+    """The clock at each of `count` concurrent requests' turns, in turn order."""
+    times = []
+
+    async def one():
+        await limiter.turn()
+        times.append(clock.now)
+    await asyncio.gather(*(one() for _ in range(count)))
+    return times
+
+
+def send_times(limiter, clock, count):
+    return asyncio.run(turns(limiter, clock, count))
+
+
+def window_holds(times, count, seconds):
+    """No window of `seconds` holds more than `count` of `times`."""
+    return all(b - a >= seconds for a, b in zip(times, times[count:]))
+
+
+def test_limiter_spaces_turns_evenly():
+    clock = OversleepingClock()
+    times = send_times(RateLimiter(4.0, clock, clock.sleep), clock, 9)
+    assert times[0] == clock.now - 2 * 1.01  # two windows of 4 turns, each 1 s plus headroom
+    assert window_holds(times, 4, 1.0)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 0.125 - 1e-9  # never faster than twice the rate
+
+
+def test_a_late_wake_up_never_puts_more_than_qps_sends_in_a_second():
+    late = [0.0, 0.004, 0.0, 0.03, 0.0, 0.002, 0.007] * 10  # wake-ups up to 30 ms late
+    clock = OversleepingClock(late=late)
+    times = send_times(RateLimiter(10.0, clock, clock.sleep), clock, 61)
+    assert window_holds(times, 10, 1.0)
+    mean = (len(times) - 1) / (times[-1] - times[0])
+    assert mean == pytest.approx(10 / 1.01, rel=0.03)  # the late turns were caught up
+
+
+def test_limiter_banks_at_most_one_window_after_idling():
+    clock = OversleepingClock()
+    limiter = RateLimiter(10.0, clock, clock.sleep)
+
+    async def busy_idle_busy():
+        await turns(limiter, clock, 30)
+        clock.now += 60  # a minute idle
+        return await turns(limiter, clock, 30)
+    times = asyncio.run(busy_idle_busy())
+    assert window_holds(times, 10, 1.0)
+    assert [round(b - a, 6) for a, b in zip(times, times[1:5])] == [0.05] * 4
 
 
 def test_limiter_zero_qps_is_no_limit():
-    limiter = RateLimiter(0)
-    assert {limiter.reserve() for _ in range(100)} == {0.0}
-
-
-def test_limiter_books_distinct_slots_across_threads():
-    clock = Clock()
-    limiter = RateLimiter(100.0, clock)
-    waits = []
-    lock = threading.Lock()
-
-    def book():
-        for _ in range(50):
-            wait = limiter.reserve()
-            with lock:
-                waits.append(wait)
-
-    threads = [threading.Thread(target=book) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    assert sorted(waits) == pytest.approx([i / 100 for i in range(200)])
+    clock = OversleepingClock()
+    times = send_times(RateLimiter(0, clock, clock.sleep), clock, 100)
+    assert set(times) == {clock.now}
 
 
 def test_worker_share():

@@ -1,4 +1,7 @@
-"""Bearer tokens for the endpoint: Application Default Credentials, or none for loopback.
+"""Bearer tokens for the endpoint: Application Default Credentials, or none.
+
+`--auth auto` sends a token only to Google API hosts (GOOGLE_API_HOST_SUFFIXES); any other
+host gets one only with `--auth adc`, and never over plain http unless it is loopback.
 
 Tokens go only into request headers: never into messages, logs or dead letters.
 """
@@ -9,6 +12,9 @@ import urllib.parse
 from typing import Optional
 
 AUTH_MODES = ("auto", "adc", "none")
+# Hosts `--auth auto` sends ADC to: Google APIs, and Vertex AI dedicated endpoints
+# (ENDPOINT_ID.REGION-PROJECT_NUMBER.prediction.vertexai.goog).
+GOOGLE_API_HOST_SUFFIXES = (".googleapis.com", ".prediction.vertexai.goog")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 # Refresh this long before the token expires (google-auth's own threshold is 3 min 45 s).
 REFRESH_MARGIN = datetime.timedelta(minutes=5)
@@ -33,13 +39,20 @@ def is_loopback(url: str) -> bool:
         return False
 
 
+def is_google_api(url: str) -> bool:
+    """An https URL on a Google API host."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    return parts.scheme == "https" and host.endswith(GOOGLE_API_HOST_SUFFIXES)
+
+
 def resolve_auth(mode: str, endpoint: str) -> str:
     """`adc` or `none` for this endpoint; ValueError where a token would be exposed."""
     if mode not in AUTH_MODES:
         raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
     scheme = urllib.parse.urlsplit(endpoint).scheme
     if mode == "auto":
-        return "adc" if scheme == "https" else "none"
+        return "adc" if is_google_api(endpoint) else "none"
     if mode == "adc" and scheme != "https" and not is_loopback(endpoint):
         raise ValueError("--auth adc needs an https endpoint: a bearer token is never sent "
                          "over plain http to a non-loopback host")

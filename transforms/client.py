@@ -4,8 +4,9 @@ limiting and retries, and isolates bad instances by splitting the requests they 
 It knows nothing of Beam; `transforms.predict` runs it on a worker's event loop. Every
 request resolves to one `Outcome` per key: a prediction record or a dead-letter row.
 
-One attempt: take a concurrency slot, pass the adaptive throttler and this process's qps
-schedule, get a token, POST with the per-attempt timeout. Then:
+One attempt: take a concurrency slot, pass the adaptive throttler, get a token, take this
+process's qps turn (the last thing before the send), POST with the per-attempt timeout, and
+read the reply body up to `max_response_bytes` (after decompression). Then:
 - 429/500/502/503/504, connection failures, timeouts, 200 with a non-JSON body: retried
   with capped exponential backoff and full jitter (at least `Retry-After`), up to
   `max_retries`; every retry counted by cause.
@@ -16,7 +17,11 @@ schedule, get a token, POST with the per-attempt timeout. Then:
   retried, until the failing instances are alone; when the message names the instance
   (`instance 3`, `instances[3]`) that one is taken out directly. Size-limit refusals are
   always bisected.
-- Anything else (403, 404, other 4xx, retries exhausted): every key fails as it is.
+- A 5xx that persists through its retries (a model server's answer to an exception on one
+  bad image) is split the same way; the halves of such a split get SPLIT_RETRIES retries
+  each, since the failure already proved persistent.
+- Anything else (403, 404, other 4xx, exhausted 429s, timeouts and connection failures): every
+  key fails as it is.
 A good answer whose prediction for one instance cannot be read (see `transforms.labels`)
 is a `parse` dead letter for that instance alone; its neighbours are written.
 """
@@ -26,6 +31,7 @@ import dataclasses
 import json
 import random
 import time
+import zlib
 from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
 
 import aiohttp
@@ -38,6 +44,10 @@ from transforms.records import dead_letter, prediction_record, utc_now
 from transforms.retry import RetryPolicy, parse_retry_after
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
+SPLIT_RETRIES = 1  # retries of each half of a request split after a persistent 5xx
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+ACCEPT_ENCODING = "gzip, deflate"
+READ_CHUNK = 256 * 1024
 SIZE_LIMIT_TEXT = "payload size exceeds the limit"
 ERROR_SNIPPET = 300
 
@@ -85,6 +95,11 @@ class ClientSettings:
     retry: RetryPolicy = RetryPolicy()
     auth: str = "none"
     throttle_window_s: float = THROTTLE_WINDOW_S
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+
+
+class ResponseTooLarge(Exception):
+    """A reply body grew past `max_response_bytes` while it was read."""
 
 
 def classify(status: int, raw: bytes, retry_after: Optional[float],
@@ -117,8 +132,68 @@ def _snippet(raw: bytes) -> str:
 
 
 def splittable(reply: Reply) -> bool:
-    """Could one bad instance be to blame? A 400/413, or a 200 that is no good answer."""
-    return not reply.exhausted and (reply.status in SPLIT_STATUSES or reply.status == 200)
+    """Could one bad instance be to blame? A 400/413, a 200 that is no good answer, or a 5xx
+    that persisted through its retries."""
+    if reply.exhausted:
+        return persistent_server_error(reply)
+    return reply.status in SPLIT_STATUSES or reply.status == 200
+
+
+def persistent_server_error(reply: Reply) -> bool:
+    return reply.exhausted and reply.status is not None and 500 <= reply.status <= 599
+
+
+def body_decoder(content_encoding: Optional[str]):
+    """A zlib decompressor for the reply's Content-Encoding (None: identity)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib framing, told by header
+    raise ResponseTooLarge(f"unsupported Content-Encoding {encoding!r} (asked for "
+                           f"{ACCEPT_ENCODING})")
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed here at most `limit + 1` bytes at a time (aiohttp's own
+    decompression inflates each network read whole), or ResponseTooLarge past `limit`."""
+    decoder = body_decoder(response.headers.get("Content-Encoding"))
+    chunks, size = [], 0
+
+    def take(data: bytes):
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise ResponseTooLarge(f"response body larger than --max_response_bytes={limit}")
+        chunks.append(data)
+
+    async for chunk in response.content.iter_chunked(READ_CHUNK):
+        if decoder is None:
+            take(chunk)
+            continue
+        while chunk:
+            take(decoder.decompress(chunk, limit - size + 1))
+            chunk = decoder.unconsumed_tail
+    if decoder is not None:
+        take(decoder.flush())
+    return b"".join(chunks)
+
+
+def discard_connection(response: aiohttp.ClientResponse):
+    """Never let the connection `response` came on carry another request.
+
+    Call before anything awaits. aiohttp pools a connection as soon as its body has ended:
+    for a short reply that is already done when the response is returned (then the pooled
+    connection is closed here, before any other task can take it); otherwise it is marked
+    so that the pool closes it at the end of the body.
+    """
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.force_close()
+        return
+    protocol = getattr(response, "_protocol", None)  # aiohttp keeps no public handle on it
+    if protocol is not None:
+        protocol.close()
 
 
 def culprit(message: str, status: Optional[int], count: int) -> Optional[int]:
@@ -163,7 +238,8 @@ class PredictClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_s),
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
+            auto_decompress=False)  # read_capped decompresses, within --max_response_bytes
 
     async def close(self):
         if self._session is not None:
@@ -174,12 +250,13 @@ class PredictClient:
                       instances: Sequence[bytes]) -> Tuple[List[Outcome], Stats]:
         """One Outcome per key, in order, splitting the request where one instance spoils it."""
         stats = Stats()
-        outcomes = await self._predict(tuple(keys), tuple(instances), 0, stats)
+        outcomes = await self._predict(tuple(keys), tuple(instances), 0, stats,
+                                       self._policy.max_retries)
         return outcomes, stats
 
-    async def _predict(self, keys, instances, prior_attempts: int,
-                       stats: Stats) -> List[Outcome]:
-        reply = await self._send(self._protocol.body(instances), len(keys), stats)
+    async def _predict(self, keys, instances, prior_attempts: int, stats: Stats,
+                       retries: int) -> List[Outcome]:
+        reply = await self._send(self._protocol.body(instances), len(keys), stats, retries)
         attempts = prior_attempts + reply.attempts
         if reply.error is None:
             try:
@@ -197,29 +274,32 @@ class PredictClient:
         else:
             failure, stage = reply.error, "predict"
         if len(keys) > 1 and splittable(reply):
+            if persistent_server_error(reply):
+                retries = min(retries, SPLIT_RETRIES)
             return await self._isolate(keys, instances, failure, reply.status, attempts,
-                                       stats)
+                                       stats, retries)
         return [Outcome(False, dead_letter(k, stage, failure, reply.status, attempts))
                 for k in keys]
 
-    async def _isolate(self, keys, instances, failure, status, attempts, stats):
+    async def _isolate(self, keys, instances, failure, status, attempts, stats, retries):
         """Fail only the instance the endpoint named, or bisect until the bad ones are alone."""
         stats.splits += 1
         index = culprit(failure, status, len(keys))
         if index is not None:
             rest = [i for i in range(len(keys)) if i != index]
             outcomes = await self._predict(tuple(keys[i] for i in rest),
-                                           tuple(instances[i] for i in rest), attempts, stats)
+                                           tuple(instances[i] for i in rest), attempts, stats,
+                                           retries)
             bad = dead_letter(keys[index], "predict", failure, status, attempts)
             outcomes.insert(index, Outcome(False, bad))
             return outcomes
         middle = len(keys) // 2
         halves = await asyncio.gather(
-            self._predict(keys[:middle], instances[:middle], attempts, stats),
-            self._predict(keys[middle:], instances[middle:], attempts, stats))
+            self._predict(keys[:middle], instances[:middle], attempts, stats, retries),
+            self._predict(keys[middle:], instances[middle:], attempts, stats, retries))
         return halves[0] + halves[1]
 
-    async def _send(self, body: bytes, count: int, stats: Stats) -> Reply:
+    async def _send(self, body: bytes, count: int, stats: Stats, retries: int) -> Reply:
         """POST one body, retrying what is worth retrying; the final Reply either way."""
         refused_token = None
         refreshed = False
@@ -234,7 +314,7 @@ class PredictClient:
                 continue
             if answer.cause is None:
                 return Reply(answer.status, answer.body, answer.error, attempt, False)
-            if attempt > self._policy.max_retries:
+            if attempt > retries:
                 return Reply(answer.status, answer.body,
                              f"{answer.error} (gave up after {attempt} attempts)", attempt, True)
             stats.retries[answer.cause] += 1
@@ -252,7 +332,7 @@ class PredictClient:
 
     async def _slotted_attempt(self, body, count, refused_token, stats):
         async with self._slots:
-            await self._wait_for_turn(stats)
+            await self._hold_back_if_throttled(stats)
             token = None
             if self.tokens.enabled:
                 try:
@@ -260,6 +340,7 @@ class PredictClient:
                 except AuthError as e:
                     return Answer(None, None, str(e), "auth" if e.retryable else None), None
             headers = {"Authorization": f"Bearer {token}"} if token else None
+            await self._limiter.turn()
             stats.requests += 1
             stats.instances += count
             started = time.monotonic()
@@ -267,8 +348,10 @@ class PredictClient:
                 async with self._session.post(self._settings.endpoint, data=body,
                                               headers=headers) as response:
                     status = response.status
-                    raw = await response.read()
+                    if status >= 500:  # servers may drop the connection after an error
+                        discard_connection(response)  # unannounced (uvicorn does)
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raw = await read_capped(response, self._settings.max_response_bytes)
             except asyncio.TimeoutError:
                 self._throttler.answered(False)
                 return Answer(None, None, f"no answer within --request_timeout_s="
@@ -276,6 +359,9 @@ class PredictClient:
                               "timeout"), token
             except aiohttp.InvalidURL as e:  # no retry can mend the URL
                 return Answer(None, None, f"invalid endpoint URL: {e}", None), token
+            except (ResponseTooLarge, zlib.error) as e:  # no good answer: split, not retried
+                self._throttler.answered(True)
+                return Answer(status, None, f"HTTP {status}: unreadable body: {e}", None), token
             except (aiohttp.ClientError, OSError) as e:
                 self._throttler.answered(False)
                 return Answer(None, None, f"connection failed: {type(e).__name__}: {e}",
@@ -284,8 +370,8 @@ class PredictClient:
         self._throttler.answered(status != 429)
         return classify(status, raw, retry_after, self._policy), token
 
-    async def _wait_for_turn(self, stats: Stats):
-        """Adaptive throttling first (after sustained 429s), then this process's qps slot."""
+    async def _hold_back_if_throttled(self, stats: Stats):
+        """Adaptive throttling (after sustained 429s)."""
         held = 0.0
         delay = min(THROTTLE_DELAY_S, self._max_hold_s)
         while held < self._max_hold_s and self._throttler.should_wait():
@@ -293,6 +379,3 @@ class PredictClient:
             held += wait
             await asyncio.sleep(wait)
         stats.throttled_s += held
-        delay = self._limiter.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)

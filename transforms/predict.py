@@ -14,13 +14,18 @@ Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `
 `predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. They are updated on
 the bundle's thread, since Beam metrics are thread-local. The progress line is
 `transforms.progress`.
+
+A job whose endpoint is down or refuses everything stops early (`FailureThreshold`): each
+process tallies the requests and records it finished, across bundles, and once its tally
+crosses the threshold every bundle of the process fails with `JobStopped`, which the runner
+turns into a failed job (see docs/faults.md).
 """
 import asyncio
 import dataclasses
 import functools
 import queue
 import threading
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
@@ -38,11 +43,70 @@ FAILED = "failed"
 QUEUED_PER_SLOT = 4
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
+# Every message of a JobStopped starts so, which lets the launcher find it however the runner
+# wrapped the worker's exception.
+STOPPED_PREFIX = "stopped early: "
+FIRST_REQUESTS = 10  # the job stops when each of a process's first FIRST_REQUESTS failed
+# The endpoint judged the content: a refusal of bad images, not a sign the endpoint is down.
+REFUSAL_STATUSES = frozenset((400, 413))
+
+
+class JobStopped(RuntimeError):
+    """The failure threshold was crossed: the job must stop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureThreshold:
+    """When to stop: more than `max_failed_fraction` of the records tried failed, once at
+    least `min_records` were tried, or every one of the first `first_requests` requests failed
+    (not counting a request the endpoint refused with a 400/413: that is bad content).
+    A fraction of 1 never stops (Beam's `with_exception_handling(threshold=1)`)."""
+    max_failed_fraction: float = 0.5
+    min_records: int = 100
+    first_requests: int = FIRST_REQUESTS
+
+    def reason(self, tally: "Tally") -> Optional[str]:
+        """Why the job must stop now, or None."""
+        if self.max_failed_fraction >= 1:
+            return None
+        if tally.requests == self.first_requests and tally.failed_requests == tally.requests:
+            return (f"{STOPPED_PREFIX}every one of the first {tally.requests} requests failed "
+                    f"(the endpoint looks down or misconfigured); last error: "
+                    f"{tally.last_error}")
+        tried = tally.predicted + tally.failed
+        if tried >= self.min_records and tally.failed > self.max_failed_fraction * tried:
+            return (f"{STOPPED_PREFIX}{tally.failed} of {tried} records failed at predict, "
+                    f"more than --failure_threshold={self.max_failed_fraction:g}; last error: "
+                    f"{tally.last_error}")
+        return None
+
+
+@dataclasses.dataclass
+class Tally:
+    """One process's finished requests and records, across bundles."""
+    requests: int = 0
+    failed_requests: int = 0  # requests all of whose records failed, not by a 400/413 refusal
+    predicted: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+    def add(self, outcomes: Iterable[Outcome]):
+        failed = [o.record for o in outcomes if not o.ok]
+        predicted = sum(1 for o in outcomes if o.ok)
+        self.requests += 1
+        self.predicted += predicted
+        self.failed += len(failed)
+        if failed:
+            self.last_error = failed[-1]["error"]
+            if not predicted and failed[-1]["http_status"] not in REFUSAL_STATUSES:
+                self.failed_requests += 1
+
 
 @dataclasses.dataclass(frozen=True)
 class PredictSettings:
     client: ClientSettings
     qps_share: float = 0.0  # this worker process's requests per second; 0 = no limit
+    failure_threshold: FailureThreshold = FailureThreshold()
 
 
 class _Budget:
@@ -86,7 +150,10 @@ class Engine:
         self._lock = threading.Lock()
         self._inbox = []  # (request, size, done) handed over, not yet started on the loop
         self._active = 0  # tasks started on the loop and not finished
+        self._tasks = set()  # the same tasks, to cancel when the job stops (loop thread only)
         self._wake_pending = False
+        self._tally = Tally()  # loop thread only
+        self.stopped: Optional[str] = None  # set once, on the loop thread: why the job stops
         self.progress = PROGRESS
 
     def _run(self, coroutine):
@@ -99,6 +166,8 @@ class Engine:
         requests wait in the inbox and the next request to finish takes them in, which
         saves a cross-thread wake-up (and a GIL hand-off) per request.
         """
+        if self.stopped:
+            raise JobStopped(self.stopped)
         size = sum(len(i) for i in request.instances)
         self._queued.take(size)
         with self._lock:
@@ -118,20 +187,35 @@ class Engine:
             self._active += len(items)
         for request, size, done in items:
             task = self._loop.create_task(self._client.predict(request.keys, request.instances))
+            self._tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, size=size, done=done))
+            if self.stopped:
+                task.cancel()
 
     def _finished(self, task, size, done):
         with self._lock:
             self._active -= 1
+        self._tasks.discard(task)
         self._queued.give(size)
         try:
             outcomes, stats = task.result()
         except BaseException as e:  # a bug, not an endpoint failure: fail the bundle loudly
-            done.put(e)
+            done.put(JobStopped(self.stopped) if self.stopped else e)
         else:
             self.progress.add(outcomes, stats)
+            self._judge(outcomes)
             done.put((outcomes, stats))
         self._drain()
+
+    def _judge(self, outcomes):
+        """Tally a finished request; past the failure threshold, stop everything in flight."""
+        if self.stopped:
+            return
+        self._tally.add(outcomes)
+        self.stopped = self._settings.failure_threshold.reason(self._tally)
+        if self.stopped:
+            for task in list(self._tasks):
+                task.cancel()
 
     def close(self):
         try:
@@ -183,11 +267,13 @@ class _PredictFn(beam.DoFn):
         self._pending = 0
 
     def process(self, request: PredictRequest):
+        self._raise_if_stopped()
         self._engine.submit(request, self._done)
         self._pending += 1
         yield from self._emit(block=False)
 
     def finish_bundle(self):
+        self._raise_if_stopped()
         for output in self._emit(block=True):
             if isinstance(output, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(
@@ -200,6 +286,10 @@ class _PredictFn(beam.DoFn):
             ENGINES.release(self._settings)
             self._engine = None
 
+    def _raise_if_stopped(self):
+        if self._engine.stopped:
+            raise JobStopped(self._engine.stopped)
+
     def _emit(self, block: bool):
         """Outputs of finished requests: all of them when `block`, else those done so far."""
         while self._pending:
@@ -210,6 +300,7 @@ class _PredictFn(beam.DoFn):
             self._pending -= 1
             if isinstance(result, BaseException):
                 raise result
+            self._raise_if_stopped()
             outcomes, stats = result
             _count(outcomes, stats)
             for outcome in outcomes:

@@ -1,15 +1,18 @@
-"""Client-side rate limiting: a steady request schedule for this worker's share of `--qps`,
-plus SRE-style adaptive throttling when the endpoint answers 429 anyway.
+"""Client-side rate limiting: this worker's share of `--qps` as a minimum spacing between
+sends, plus SRE-style adaptive throttling when the endpoint answers 429 anyway.
 
-How the share is derived is `pipeline.config.worker_processes` (and docs/dataflow.md, "How `--qps`
-is shared across workers"): every worker process holds `qps / processes` and spaces its own
-requests that far apart, so the whole job never sends more than `--qps` however the runner
-schedules bundles.
+How the share is derived is `pipeline.config.worker_processes` (and docs/dataflow.md, "How
+`--qps` is shared across workers"; docs/faults.md for the pacing): every worker process holds
+`qps / processes` and paces its own sends, so the whole job never sends more than `--qps` in
+any second however the runner schedules bundles.
 """
+import asyncio
+import collections
+import math
 import random
 import threading
 import time
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Deque, Optional
 
 from apache_beam.io.components.util import MovingSum
 
@@ -33,28 +36,64 @@ def worker_share(qps: float, workers: int) -> float:
     return qps / max(1, workers)
 
 
-class RateLimiter:
-    """Spaces requests `1/qps` apart (no bursts), shared by every thread of a process.
+# Headroom on every window of sends, for the network and the endpoint's clock: the quota counts
+# arrivals, which jitter by a few milliseconds around the sends.
+WINDOW_HEADROOM = 0.01
+MIN_GAP = 0.5  # two sends are never closer than this many intervals
 
-    `reserve()` books the next free slot and returns how long to wait for it, so callers on
-    any thread or event loop can sleep their own way. A slot left unused is not banked: an
-    idle limiter never lets a burst through. qps <= 0 means no limit.
+
+def window_size(qps: float) -> int:
+    """Sends per window: the rate rounded up to whole sends per second (at least 1). With a
+    fractional rate a one-second window may hold one send more than `qps` (counts are whole)."""
+    return max(1, math.ceil(qps - 1e-9))
+
+
+class RateLimiter:
+    """At most `qps` sends in any one-second window, measured from actual send times.
+
+    `turn()` is the one pacing point, awaited immediately before a request is written. Turns are
+    handed out one at a time, in arrival order, and a turn begins only when
+    - the last `n` turns (n = qps rounded up, see `window_size`) began at least
+      `n / qps x (1 + WINDOW_HEADROOM)` seconds ago: so no one-second window (a quota's
+      calendar second, say) ever holds more than `qps` sends of this process, and
+    - the previous turn began at least `MIN_GAP / qps` ago: never faster than twice the rate.
+    A late wake-up delays that turn only; the window lets the next ones catch up, so the mean
+    rate stays at `qps / (1 + WINDOW_HEADROOM)` however late the event loop wakes. Unused
+    time is never banked beyond one window. qps <= 0 means no limit. Lives on one event loop.
     """
 
-    def __init__(self, qps: float, clock: Callable[[], float] = time.monotonic):
-        self._interval = 1.0 / qps if qps > 0 else 0.0
+    def __init__(self, qps: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable] = asyncio.sleep):
+        self._size = window_size(qps) if qps > 0 else 0
+        self._window = self._size / qps * (1 + WINDOW_HEADROOM) if qps > 0 else 0.0
+        self._gap = MIN_GAP / qps if qps > 0 else 0.0
         self._clock = clock
-        self._next = 0.0
-        self._lock = threading.Lock()
+        self._sleep = sleep
+        self._starts: Deque[float] = collections.deque(maxlen=max(1, self._size))
+        self._lock: Optional[asyncio.Lock] = None
 
-    def reserve(self) -> float:
-        if not self._interval:
-            return 0.0
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self._interval
-            return slot - now
+    def _earliest(self) -> float:
+        """When the next turn may begin."""
+        if not self._starts:
+            return float("-inf")
+        earliest = self._starts[-1] + self._gap
+        if len(self._starts) == self._size:
+            earliest = max(earliest, self._starts[0] + self._window)
+        return earliest
+
+    async def turn(self):
+        """Wait until this request may be sent; the caller sends at once."""
+        if not self._size:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while True:
+                wait = self._earliest() - self._clock()
+                if wait <= 0:
+                    break
+                await self._sleep(wait)
+            self._starts.append(self._clock())
 
 
 class Throttler:
