@@ -427,7 +427,8 @@ def parse_dag():
     return constants, dag, operator
 
 
-# Airflow template values used to render the DAG's Jinja in these tests.
+# Airflow template values used to render the DAG's Jinja in these tests; scripts/check_dag.sh
+# renders the same file with real Airflow 2 and 3 (docs/dataflow.md).
 JINJA_SAMPLES = {
     "var.value.batch_predict_bucket": "my-bucket",
     "var.value.batch_predict_endpoint":
