@@ -26,7 +26,7 @@ import dataclasses
 import json
 import random
 import time
-from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Counter, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import aiohttp
 
@@ -87,11 +87,17 @@ class ClientSettings:
     throttle_window_s: float = THROTTLE_WINDOW_S
 
 
+def _json(raw: bytes, headers: Mapping[str, str]):
+    return json.loads(raw) if raw else None
+
+
 def classify(status: int, raw: bytes, retry_after: Optional[float],
-             policy: RetryPolicy) -> Answer:
-    """An HTTP answer as an Answer: parsed, described, and marked retryable or not."""
+             policy: RetryPolicy, decode=_json,
+             headers: Optional[Mapping[str, str]] = None) -> Answer:
+    """An HTTP answer as an Answer: decoded (by the protocol), described, and marked
+    retryable or not."""
     try:
-        parsed = json.loads(raw) if raw else None
+        parsed = decode(raw, headers or {})
     except ValueError:  # includes UnicodeDecodeError
         parsed = None
     if policy.is_retryable(status):
@@ -179,7 +185,8 @@ class PredictClient:
 
     async def _predict(self, keys, instances, prior_attempts: int,
                        stats: Stats) -> List[Outcome]:
-        reply = await self._send(self._protocol.body(instances), len(keys), stats)
+        body, headers = self._protocol.request(instances)
+        reply = await self._send(body, headers, len(keys), stats)
         attempts = prior_attempts + reply.attempts
         if reply.error is None:
             try:
@@ -219,14 +226,15 @@ class PredictClient:
             self._predict(keys[middle:], instances[middle:], attempts, stats))
         return halves[0] + halves[1]
 
-    async def _send(self, body: bytes, count: int, stats: Stats) -> Reply:
+    async def _send(self, body: bytes, headers: Dict[str, str], count: int,
+                    stats: Stats) -> Reply:
         """POST one body, retrying what is worth retrying; the final Reply either way."""
         refused_token = None
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
-            answer, token = await self._attempt(body, count, refused_token, stats)
+            answer, token = await self._attempt(body, headers, count, refused_token, stats)
             refused_token = None
             if answer.status == 401 and self.tokens.enabled and not refreshed:
                 refreshed, refused_token = True, token
@@ -240,17 +248,18 @@ class PredictClient:
             stats.retries[answer.cause] += 1
             await asyncio.sleep(self._policy.delay(attempt - 1, answer.retry_after, self._rng))
 
-    async def _attempt(self, body: bytes, count: int, refused_token: Optional[str],
+    async def _attempt(self, body: bytes, headers: Dict[str, str], count: int,
+                       refused_token: Optional[str],
                        stats: Stats) -> Tuple[Answer, Optional[str]]:
         """One HTTP attempt, holding a concurrency slot from the rate limit wait to the answer
         (so that requests leave at the limiter's pace, never in a burst)."""
         self.attempting += 1
         try:
-            return await self._slotted_attempt(body, count, refused_token, stats)
+            return await self._slotted_attempt(body, headers, count, refused_token, stats)
         finally:
             self.attempting -= 1
 
-    async def _slotted_attempt(self, body, count, refused_token, stats):
+    async def _slotted_attempt(self, body, headers, count, refused_token, stats):
         async with self._slots:
             await self._wait_for_turn(stats)
             token = None
@@ -259,7 +268,8 @@ class PredictClient:
                     token = await self.tokens.token(refused_token)
                 except AuthError as e:
                     return Answer(None, None, str(e), "auth" if e.retryable else None), None
-            headers = {"Authorization": f"Bearer {token}"} if token else None
+            if token:
+                headers = {**headers, "Authorization": f"Bearer {token}"}
             stats.requests += 1
             stats.instances += count
             started = time.monotonic()
@@ -268,7 +278,8 @@ class PredictClient:
                                               headers=headers) as response:
                     status = response.status
                     raw = await response.read()
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    answered_headers = response.headers
+                    retry_after = parse_retry_after(answered_headers.get("Retry-After"))
             except asyncio.TimeoutError:
                 self._throttler.answered(False)
                 return Answer(None, None, f"no answer within --request_timeout_s="
@@ -282,7 +293,8 @@ class PredictClient:
                               "connection"), token
         stats.latencies_ms.append(int((time.monotonic() - started) * 1000))
         self._throttler.answered(status != 429)
-        return classify(status, raw, retry_after, self._policy), token
+        return classify(status, raw, retry_after, self._policy, self._protocol.decode,
+                        answered_headers), token
 
     async def _wait_for_turn(self, stats: Stats):
         """Adaptive throttling first (after sustained 429s), then this process's qps slot."""
