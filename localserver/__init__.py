@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 
 __all__ = ["LocalServer", "PROTOCOLS"]
 
-PROTOCOLS = ("mlengine", "automl", "vertex")
+PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 PROJECT = "local-project"
 LOCATION = "us-central1"
 ENDPOINT_ID = "local-endpoint"
@@ -161,6 +161,7 @@ class LocalServer:
             "mlengine": f"/v1/projects/{PROJECT}/models/{model}:predict",
             "automl": f"/v1beta1/{location}/models/{model}:predict",
             "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
+            "v2": f"/v2/models/{model}/infer",
         }
         if protocol not in paths:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
