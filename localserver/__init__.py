@@ -162,6 +162,7 @@ class LocalServer:
             "automl": f"/v1beta1/{location}/models/{model}:predict",
             "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
             "v2": f"/v2/models/{model}/infer",
+            "raw": f"/v1/{location}/endpoints/{ENDPOINT_ID}:rawPredict",
         }
         if protocol not in paths:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -1,4 +1,4 @@
-"""Local prediction server speaking ML Engine, AutoML v1beta1 and Vertex AI.
+"""Local prediction server speaking ML Engine, AutoML v1beta1, Vertex AI and v2 (KServe).
 
 One aiohttp application answers all three wire formats (the client side of each is
 :mod:`transforms.protocols`) with one classifier object from
@@ -13,6 +13,9 @@ Routes (predict routes match on the path *suffix*, under any prefix):
 * ``POST .../models/{model}[/versions/{v}]:predict`` -- ML Engine when the
   body has ``instances``, AutoML v1beta1 when it has ``payload``.
 * ``POST .../endpoints/{endpoint}:predict`` -- Vertex AI.
+* ``POST .../endpoints/{endpoint}:rawPredict`` -- Vertex AI raw predict: ML Engine
+  ``instances`` or a v2 infer body, answered with ``X-Vertex-AI-Deployed-Model-id``.
+* ``/v2/...`` -- the Open Inference Protocol (see :mod:`localserver.v2`).
 * ``GET /stats``, ``POST /stats/reset``, ``GET|POST /config``, ``GET /healthz``.
 
 Order of events for a predict request: arrival (counted in ``in_flight``),
@@ -67,10 +70,12 @@ STATUS_NAMES = {
 
 MODEL_PREDICT_PATH = re.compile(r"/models/[^/:]+(?:/versions/[^/:]+)?:predict$")
 ENDPOINT_PREDICT_PATH = re.compile(r"/endpoints/[^/:]+:predict$")
+RAW_PREDICT_PATH = re.compile(r"/endpoints/[^/:]+:rawPredict$")
 
 MODELS_ROUTE = "models"  # ML Engine or AutoML, told apart by the body
 ENDPOINTS_ROUTE = "endpoints"  # Vertex AI
 V2_ROUTE = "v2"  # Open Inference Protocol
+RAW_ROUTE = "raw"  # Vertex :rawPredict: the body as the model takes it (v1 instances or v2)
 
 FAULT_RESET = "reset"
 FAULT_503 = "503"
@@ -571,9 +576,12 @@ def parse_v2(raw: bytes, headers: Mapping[str, str], config: Config, classifier)
 def parse_predict(route: str, raw: bytes, config: Config, classifier,
                   headers: Mapping[str, str] = None) -> Job:
     """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
-    if route == V2_ROUTE:
-        return parse_v2(raw, headers or {}, config, classifier)
+    headers = headers or {}
+    if route == V2_ROUTE or (route == RAW_ROUTE and v2.HEADER_LENGTH in headers):
+        return parse_v2(raw, headers, config, classifier)
     body = parse_json_object(raw)
+    if route == RAW_ROUTE and "inputs" in body:
+        return parse_v2(raw, headers, config, classifier)
     if route == ENDPOINTS_ROUTE:
         return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
     if "instances" in body:
@@ -663,12 +671,13 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
             await asyncio.sleep(config.latency_ms / 1000.0)
         status, body, predicted = await asyncio.to_thread(run)
     state.stats.predicted += predicted
-    if route == V2_ROUTE:
+    extra = {"X-Vertex-AI-Deployed-Model-id": DEPLOYED_MODEL_ID} if route == RAW_ROUTE else {}
+    if isinstance(body, tuple):  # a v2 answer: its bytes, and its binary header if any
         raw_body, headers = body
-        return web.Response(body=raw_body, status=status, headers=headers,
+        return web.Response(body=raw_body, status=status, headers={**(headers or {}), **extra},
                             content_type="application/json" if not headers
                             else "application/octet-stream")
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=extra)
 
 
 async def handle_predict(request: web.Request, route: str) -> web.StreamResponse:
@@ -765,6 +774,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             return v2_error(404, f"model {match.group(1)} not found")
         return await handle_predict(request, V2_ROUTE)
     if request.method == "POST":
+        if RAW_PREDICT_PATH.search(path):
+            return await handle_predict(request, RAW_ROUTE)
         if ENDPOINT_PREDICT_PATH.search(path):
             return await handle_predict(request, ENDPOINTS_ROUTE)
         if MODEL_PREDICT_PATH.search(path):

@@ -33,7 +33,7 @@ from pipeline import report
 from transforms import metrics
 from transforms.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
-from transforms.oip import V2, NotReady, check_model
+from transforms.oip import V2, NotReady, check_model, is_raw_predict
 from transforms.read import RowSpec, check_input, first_match, open_path, pattern_for
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
@@ -124,6 +124,11 @@ def check_v2_model(config: JobConfig) -> V2:
     except AuthError as e:
         raise ConfigError(f"cannot get credentials for --endpoint: {e}")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if is_raw_predict(config.endpoint):  # the model's own routes are not reachable
+        if not config.protocol.input_name:
+            raise ConfigError("--protocol v2 through :rawPredict needs --model_input (the "
+                              "model metadata cannot be read through Vertex)")
+        return config.protocol
     try:
         return check_model(config.protocol, config.endpoint, headers,
                            min(config.request_timeout_s, PREFLIGHT_TIMEOUT_S))

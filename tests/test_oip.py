@@ -7,7 +7,7 @@ import pytest
 from transforms.oip import (HEADER_LENGTH, V2, decode_response, model_path, rows_of_labels,
                             output_tensors, unpack)
 from transforms.pack import pack
-from transforms.protocols import ResponseError, make_protocol
+from transforms.protocols import ResponseError, make_protocol, resource_name
 from transforms.records import Instance
 
 IMAGES = [b"\xff\xd8first", b"\x89PNGsecond!", b"third"]
@@ -200,3 +200,10 @@ def test_protocols_compare_by_value():
     assert v2(binary=True) == v2(binary=True) != v2()
     assert hash(v2().with_model("a", ())) == hash(v2().with_model("a", ()))
     assert isinstance(v2(), V2)
+
+
+def test_model_name_of_vertex_dedicated_and_raw_predict_urls():
+    dedicated = ("https://1234.us-central1-567.prediction.vertexai.goog/v1/projects/p/"
+                 "locations/us-central1/endpoints/1234")
+    assert resource_name(dedicated + ":predict") == resource_name(dedicated + ":rawPredict") \
+        == "projects/p/locations/us-central1/endpoints/1234"

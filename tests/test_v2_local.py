@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from localserver.demo import LABEL_COLOURS, write_image
+from localserver.demo import LABEL_COLOURS
 from pipeline.config import ConfigError
 from pipeline.run import run
-from tests.conftest import (assert_accounted, labelled_images, read_dead_letters,
-                            read_predictions)
+from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
+                           read_predictions, write_poison_jpeg)
 
 LABELS = list(LABEL_COLOURS) * 2
 MODEL = "local-color-classifier"
@@ -19,15 +19,6 @@ MODEL = "local-color-classifier"
 def job(tmp_path, endpoint, *extra):
     return run(["--input", str(tmp_path / "images"), "--endpoint", endpoint,
                 "--protocol", "v2", "--output", str(tmp_path / "out" / "pred"), *extra])
-
-
-def poison(folder, name="poison.jpg"):
-    """A JPEG whose header parses (so the pipeline sends it) but whose pixels do not."""
-    path = folder / name
-    write_image(str(path), "red", size=(256, 256), quality=95)
-    whole = path.read_bytes()
-    path.write_bytes(whole[:len(whole) // 2])
-    return str(path)
 
 
 def test_every_image_gets_its_true_label_json_and_binary(tmp_path, server):
@@ -80,7 +71,7 @@ def test_classification_extension(tmp_path, server):
 def test_bad_image_fails_alone(tmp_path, make_server, name_instances, flags):
     server = make_server(name_instances=name_instances)
     truth = labelled_images(tmp_path / "images", LABELS)
-    bad = poison(tmp_path / "images")
+    bad = write_poison_jpeg(tmp_path / "images")
     summary = job(tmp_path, server.endpoint("v2"), "--max_instances_per_request", "8", *flags)
     rows = read_predictions(str(tmp_path / "out" / "pred"))
     assert {r["key"]: r["top_label"] for r in rows} == truth
@@ -150,3 +141,22 @@ def test_v2_flags_with_another_protocol_are_a_bad_invocation(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "batch-predict: error: --binary_data applies to --protocol " \
                                   "v2 only"
+
+
+@pytest.mark.parametrize("protocol,flags", [("mlengine", []),
+                                            ("v2", ["--model_input", "image"])])
+def test_vertex_raw_predict_takes_the_model_id_from_the_header(tmp_path, server, protocol,
+                                                               flags):
+    truth = labelled_images(tmp_path / "images", LABELS[:4])
+    summary = run(["--input", str(tmp_path / "images"), "--endpoint", server.endpoint("raw"),
+                   "--protocol", protocol, "--output", str(tmp_path / "out" / "pred"), *flags])
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert {r["model"] for r in rows} == {"local-color-1"}
+    assert summary["predicted"] == 4
+
+
+def test_v2_raw_predict_needs_the_input_name(tmp_path, server):
+    labelled_images(tmp_path / "images", LABELS[:1])
+    with pytest.raises(ConfigError, match=":rawPredict needs --model_input"):
+        job(tmp_path, server.endpoint("raw"))

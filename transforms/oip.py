@@ -176,6 +176,11 @@ def model_path(endpoint: str) -> Optional[Tuple[str, str]]:
     return path[:match.start()], path[match.start():-len("/infer")]
 
 
+def is_raw_predict(endpoint: str) -> bool:
+    """A Vertex `:rawPredict` URL (the body goes to the model's container as it is)."""
+    return endpoint.split("?", 1)[0].endswith(":rawPredict")
+
+
 # Responses -------------------------------------------------------------------------------
 
 

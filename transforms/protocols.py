@@ -329,10 +329,11 @@ def detection_boxes(labels: Labels, bboxes: Any) -> List[dict]:
 
 
 def resource_name(endpoint: str) -> str:
-    """`projects/p/models/m` out of a full `...:predict` URL (the endpoint itself otherwise)."""
+    """`projects/p/models/m` out of a full `...:predict` (or `:rawPredict`) URL, Vertex
+    dedicated endpoints included (the endpoint itself otherwise)."""
     path = endpoint.split("://", 1)[-1]
     path = path.split("/", 1)[1] if "/" in path else path
-    path = path.rsplit(":predict", 1)[0]
+    path = re.sub(r":(?:predict|rawPredict)$", "", path)
     match = re.search(r"(projects/.*)$", path)
     return match.group(1) if match else path
 

@@ -1,0 +1,137 @@
+"""Real model servers from PyPI for the tests, each installed in its own cached virtualenv
+(`scripts/server_venv.sh`: model servers pin protobuf, grpcio, fastapi... apart from Beam) and
+run as a subprocess on 127.0.0.1.
+
+    python = server_python("kserve")
+    with ServerProcess([python, script, "--http_port", str(port)], ready_url) as server:
+        ...
+"""
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each server's pip requirements; changing a list reinstalls that venv.
+REQUIREMENTS = {
+    "kserve": ["kserve>=0.15,<0.22", "pillow>=10,<13"],
+    "mlserver": ["mlserver>=1.6,<1.8", "pillow>=10,<13"],
+}
+MODEL_SERVERS = os.path.join(ROOT, "tests", "model_servers")
+INSTALL_TIMEOUT_S = 900
+STARTUP_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 10
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def server_python(name: str) -> str:
+    """The python of the cached virtualenv holding server `name` (installed on first use)."""
+    done = subprocess.run([os.path.join(ROOT, "scripts", "server_venv.sh"), name,
+                           *REQUIREMENTS[name]], capture_output=True, text=True,
+                          timeout=INSTALL_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot install the {name} server: {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with _OPENER.open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class ServerProcess:
+    """A server subprocess, ready once `ready_url` answers 200; stopped on exit."""
+
+    def __init__(self, argv, ready_url: str, env=None):
+        self.argv, self.ready_url, self.env = list(argv), ready_url, env
+        self.process = None
+        self._log = None
+
+    def __enter__(self):
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=ROOT,
+                                        env=self.env)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not answers(self.ready_url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"{self.argv[1]} did not start: {self.log()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def __exit__(self, *exc):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT_S)
+        self._log.close()
+
+
+def _env() -> dict:
+    """The environment of a model server: the repository (its colour model) importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join((ROOT, MODEL_SERVERS))}
+
+
+def kserve_server(model_name: str = "colour") -> ServerProcess:
+    """KServe's ModelServer with the colour model (`tests/model_servers/kserve_colour.py`)
+    as MODEL (BYTES input) and MODEL-pixels (UINT8 input); `.url` is its base URL."""
+    port = free_port()
+    script = os.path.join(MODEL_SERVERS, "kserve_colour.py")
+    server = ServerProcess([server_python("kserve"), script, "--model_name", model_name,
+                            "--http_port", str(port)],
+                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
+    server.url = f"http://127.0.0.1:{port}"
+    return server
+
+
+def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
+    """MLServer with the colour runtime (`tests/model_servers/mlserver_colour.py`) as
+    MODEL, its settings written under `folder`; `.url` is its base URL."""
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    model_dir = os.path.join(folder, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
+                   "metrics_port": metrics_port, "parallel_workers": 0}, f)
+    tensors = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+               "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, 8]},
+                           {"name": "scores", "datatype": "FP32", "shape": [-1, 8]}]}
+    with open(os.path.join(model_dir, "model-settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"name": model_name, "implementation": "mlserver_colour.ColourRuntime",
+                   **tensors}, f)
+    mlserver = os.path.join(os.path.dirname(server_python("mlserver")), "mlserver")
+    server = ServerProcess([mlserver, "start", folder],
+                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
+    server.url = f"http://127.0.0.1:{port}"
+    return server
+
+
+def install_all():
+    """Install every server's virtualenv (run_tests.sh starts this early, in the background)."""
+    for name in REQUIREMENTS:
+        server_python(name)
+
+
+if __name__ == "__main__":
+    install_all()
