@@ -127,11 +127,9 @@ def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
     return server
 
 
-def install_all():
-    """Install every server's virtualenv (run_tests.sh starts this early, in the background)."""
-    for name in REQUIREMENTS:
-        server_python(name)
-
-
 if __name__ == "__main__":
-    install_all()
+    # `python3 tests/servers.py [NAME...]`: install those servers' virtualenvs (default: all);
+    # run_tests.sh starts this in the background while the project's own venv is checked.
+    import sys
+    for server in sys.argv[1:] or REQUIREMENTS:
+        server_python(server)
