@@ -198,6 +198,7 @@ class Stats:
     instances: int = 0
     predicted: int = 0
     max_request_bytes: int = 0
+    request_bytes: int = 0  # all predict bodies, in total
     max_request_instances: int = 0
     max_in_flight: int = 0
     in_flight: int = 0
@@ -632,6 +633,7 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     except BadRequest as exc:
         return fail(exc.code, exc.message)
     state.stats.max_request_bytes = max(state.stats.max_request_bytes, len(raw))
+    state.stats.request_bytes += len(raw)
 
     token = state.config.bearer_token
     if token and request.headers.get("Authorization") != f"Bearer {token}":

@@ -207,3 +207,9 @@ def test_model_name_of_vertex_dedicated_and_raw_predict_urls():
                  "locations/us-central1/endpoints/1234")
     assert resource_name(dedicated + ":predict") == resource_name(dedicated + ":rawPredict") \
         == "projects/p/locations/us-central1/endpoints/1234"
+
+
+def test_non_finite_scores_are_an_error():
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ResponseError, match="not a finite number"):
+            v2().parse({"outputs": [output("s", "FP32", [1, 2], [0.5, bad])]}, 1)

@@ -8,6 +8,7 @@ per image, read as Triton classification strings (`score:index[:label]`), a BYTE
 tensor with a numeric score tensor, or a numeric score tensor named by `--label_names`.
 Every output's first dimension must be the image count (a ResponseError otherwise).
 """
+import copy
 import json
 import math
 import re
@@ -63,9 +64,9 @@ class V2(Protocol):
 
     def with_model(self, input_name: str, outputs: Sequence[str]) -> "V2":
         """This protocol with the input and output names read from the model metadata."""
-        copy = V2.__new__(V2)
-        copy.__dict__.update(vars(self), input_name=input_name, outputs=tuple(outputs))
-        return copy
+        completed = copy.copy(self)
+        completed.input_name, completed.outputs = input_name, tuple(outputs)
+        return completed
 
     # Request -----------------------------------------------------------------------------
 
@@ -300,9 +301,12 @@ def classification_label(text: str, label_set: Sequence[str] = ()) -> Tuple[str,
 
 def _score(value: Any) -> float:
     try:
-        return float(value)
+        score = float(value)
     except (TypeError, ValueError):
         raise ResponseError(f"score is not a number: {_snippet(value)}")
+    if not math.isfinite(score):
+        raise ResponseError(f"score is not a finite number: {value}")
+    return score
 
 
 # Preflight -------------------------------------------------------------------------------
