@@ -1,7 +1,8 @@
 """The project's local prediction server and a helper to run it as a subprocess.
 
 ``python -m localserver --host 127.0.0.1 --port 0 [switches]`` serves the ML
-Engine, AutoML v1beta1 and Vertex AI predict protocols with a small colour
+Engine, AutoML v1beta1, Vertex AI (also ``:rawPredict``) and v2 (Open Inference Protocol)
+predict protocols with a small colour
 classifier (see :mod:`localserver.server` and :mod:`localserver.model`).
 
 :class:`LocalServer` starts that command from Python and talks to its admin
@@ -151,7 +152,8 @@ class LocalServer:
     # -- URLs --------------------------------------------------------------
 
     def endpoint(self, protocol: str) -> str:
-        """Full ``:predict`` URL for ``"mlengine"``, ``"automl"`` or ``"vertex"``."""
+        """Full predict URL for ``"mlengine"``, ``"automl"``, ``"vertex"``, ``"v2"`` or
+        ``"raw"`` (Vertex ``:rawPredict``)."""
         if not self.url:
             raise RuntimeError("LocalServer not started")
         name = str(self.switches.get("model_name", DEFAULT_MODEL_NAME))
