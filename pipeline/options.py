@@ -66,10 +66,12 @@ class PredictOptions(PipelineOptions):
                  "a JSON {\"0\": name} map (TorchServe index_to_name.json).")
         add("--labels_field", default=None,
             help="Dotted path to the labels in a prediction of a custom shape "
-                 "(e.g. outputs.classes); see docs/predictions.md.")
+                 "(e.g. outputs.classes); v2: the name of the label output tensor; see "
+                 "docs/predictions.md.")
         add("--scores_field", default=None,
             help="Dotted path to the scores in a prediction of a custom shape "
-                 "(e.g. outputs.scores): a list, a {label: score} map or one number.")
+                 "(e.g. outputs.scores): a list, a {label: score} map or one number; v2: "
+                 "the name of the score output tensor.")
         add("--score_threshold", type=float, default=None,
             help="AutoML params.score_threshold / Vertex confidenceThreshold.")
         # Requests

@@ -1,11 +1,13 @@
 """The Open Inference Protocol's request building and response reading, as pure functions."""
 import json
+import logging
 import struct
 
 import pytest
 
-from transforms.oip import (HEADER_LENGTH, V2, decode_response, model_path, rows_of_labels,
-                            output_tensors, unpack)
+from transforms.labels import INDEX_WARNING, LabelSpec
+from transforms.oip import (HEADER_LENGTH, V2, decode_response, instance_outputs, model_path,
+                            output_tensors, read_outputs, unpack)
 from transforms.pack import pack
 from transforms.protocols import ResponseError, make_protocol, resource_name
 from transforms.records import Instance
@@ -103,17 +105,18 @@ def output(name, datatype, shape, data):
 
 
 def test_score_tensor_is_named_by_label_names():
-    protocol = v2(label_set=("cat", "dog"))
+    protocol = v2(labels=LabelSpec(("cat", "dog")))
     parsed = protocol.parse({"outputs": [output("probs", "FP32", [2, 2],
                                                 [0.1, 0.9, 0.8, 0.2])]}, 2)
     assert [p.labels for p in parsed] == [[("cat", 0.1), ("dog", 0.9)],
                                           [("cat", 0.8), ("dog", 0.2)]]
 
 
-def test_score_tensor_of_another_width_than_label_names_is_an_error():
-    with pytest.raises(ResponseError, match="--label_names names 3"):
-        v2(label_set=("a", "b", "c")).parse(
-            {"outputs": [output("probs", "FP32", [1, 2], [0.1, 0.9])]}, 1)
+def test_score_tensor_of_another_width_than_label_names_is_refused_per_image():
+    parsed = v2(labels=LabelSpec(("a", "b", "c"))).parse(
+        {"outputs": [output("probs", "FP32", [2, 2], [0.1, 0.9, 0.2, 0.8])]}, 2)
+    assert [p.error for p in parsed] == [
+        "prediction has 2 scores but --label_names or --label_names_file names 3"] * 2
 
 
 def test_bytes_label_tensor_pairs_with_the_score_tensor_nested_data_too():
@@ -127,7 +130,7 @@ def test_bytes_label_tensor_pairs_with_the_score_tensor_nested_data_too():
 def test_triton_classification_strings():
     response = {"outputs": [output("probs", "BYTES", [2, 2],
                                    ["0.75:3:tabby", "0.25:1:tiger", "0.5:0", "1e-2:1"])]}
-    parsed = v2(label_set=("zero", "one")).parse(response, 2)
+    parsed = v2(labels=LabelSpec(("zero", "one"))).parse(response, 2)
     assert parsed[0].labels == [("tabby", 0.75), ("tiger", 0.25)]
     assert parsed[1].labels == [("zero", 0.5), ("one", 0.01)]
 
@@ -144,11 +147,12 @@ def test_v2_error_body_is_a_response_error():
         v2().parse({"error": "bad image"}, 2)
 
 
-def test_two_numeric_outputs_are_ambiguous():
+def test_two_numeric_outputs_are_refused_naming_the_field_flags():
     response = {"outputs": [output("a", "FP32", [1, 1], [0.1]),
                             output("b", "FP32", [1, 1], [0.2])]}
-    with pytest.raises(ResponseError, match="one numeric score output, found 2"):
-        v2().parse(response, 1)
+    assert v2().parse(response, 1)[0].error == (
+        "cannot tell labels from scores among the outputs a, b: name them with "
+        "--labels_field and --scores_field")
 
 
 def test_data_shorter_than_its_shape_is_an_error():
@@ -190,10 +194,13 @@ def test_model_path_of_infer_urls():
     assert model_path("http://h/v1/models/r:predict") is None
 
 
-def test_rows_of_labels_is_positional_per_image():
-    tensors = output_tensors({"outputs": [output("s", "FP64", [3, 1], [0.1, 0.2, 0.3])]})
-    assert rows_of_labels(tensors, 3, ("only",)) == [[("only", 0.1)], [("only", 0.2)],
-                                                     [("only", 0.3)]]
+def test_instance_outputs_are_positional_per_image():
+    tensors = output_tensors({"outputs": [output("s", "FP64", [3, 1], [0.1, 0.2, 0.3]),
+                                          output("t", "BYTES", [3], ["x", "y", "z"])]})
+    assert instance_outputs(tensors, 3) == [{"s": [0.1], "t": ["x"]}, {"s": [0.2], "t": ["y"]},
+                                            {"s": [0.3], "t": ["z"]}]
+    assert [read_outputs({"s": [v]}, LabelSpec(("only",))).labels for v in (0.1, 0.2)] == [
+        [("only", 0.1)], [("only", 0.2)]]
 
 
 def test_protocols_compare_by_value():
@@ -209,7 +216,78 @@ def test_model_name_of_vertex_dedicated_and_raw_predict_urls():
         == "projects/p/locations/us-central1/endpoints/1234"
 
 
-def test_non_finite_scores_are_an_error():
+def test_non_finite_scores_refuse_their_image_alone():
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(ResponseError, match="not a finite number"):
-            v2().parse({"outputs": [output("s", "FP32", [1, 2], [0.5, bad])]}, 1)
+        first, second = v2().parse(
+            {"outputs": [output("s", "FP32", [2, 2], [0.5, 0.25, 0.5, bad])]}, 2)
+        assert first.labels == [("0", 0.5), ("1", 0.25)] and first.error is None
+        assert second.labels == [] and "is not a finite number" in second.error
+
+
+EXTRA = {"outputs": [output("embedding", "FP32", [2, 3], [1, 2, 3, 4, 5, 6]),
+                     output("names", "BYTES", [2, 2], ["cat", "dog", "dog", "cat"]),
+                     output("probs", "FP32", [2, 2], [0.75, 0.25, 0.5, 0.5])]}
+
+
+def test_label_and_score_fields_pick_output_tensors_by_name():
+    parsed = v2(labels=LabelSpec(labels_field="names", scores_field="probs")).parse(EXTRA, 2)
+    assert [p.labels for p in parsed] == [[("cat", 0.75), ("dog", 0.25)],
+                                          [("dog", 0.5), ("cat", 0.5)]]
+    assert v2().parse(EXTRA, 2)[0].error.startswith("cannot tell labels from scores")
+
+
+def test_scores_field_alone_is_named_by_the_label_names():
+    names = LabelSpec(("x", "y", "z"), scores_field="embedding")
+    assert v2(labels=names).parse(EXTRA, 2)[1].labels == [("x", 4.0), ("y", 5.0), ("z", 6.0)]
+
+
+def test_labels_field_of_classification_strings():
+    response = {"outputs": [output("top", "BYTES", [1, 2], ["0.75:1", "0.25:0"]),
+                            output("probs", "FP32", [1, 2], [0.25, 0.75])]}
+    parsed = v2(labels=LabelSpec(("cat", "dog"), labels_field="top")).parse(response, 1)
+    assert parsed[0].labels == [("dog", 0.75), ("cat", 0.25)]
+
+
+def test_a_field_naming_no_output_is_refused_with_the_outputs_listed():
+    parsed = v2(labels=LabelSpec(scores_field="logits")).parse(EXTRA, 2)
+    assert {p.error for p in parsed} == {
+        "--scores_field logits: the response has no such output (its outputs: embedding, "
+        "names, probs)"}
+
+
+@pytest.mark.parametrize("data,error", [
+    (["0.5:7"], "class index 7 is outside the 2 names of --label_names or --label_names_file"),
+    (["NaN:1"], "is not a finite number")])
+def test_classification_strings_are_checked_against_the_label_names(data, error):
+    response = {"outputs": [output("top", "BYTES", [1, 1], data)]}
+    parsed = v2(labels=LabelSpec(("cat", "dog"))).parse(response, 1)
+    assert parsed[0].labels == [] and error in parsed[0].error
+
+
+def test_label_tensor_naming_no_given_name_is_refused():
+    response = {"outputs": [output("labels", "BYTES", [1, 2], ["cat", "lion"]),
+                            output("scores", "FP32", [1, 2], [0.5, 0.5])]}
+    parsed = v2(labels=LabelSpec(("cat", "dog"))).parse(response, 1)
+    assert "the model's label 'lion' is not one of the 2 names" in parsed[0].error
+
+
+def test_prediction_is_the_images_slice_of_the_outputs_as_compact_json():
+    first, second = v2(labels=LabelSpec(labels_field="names", scores_field="probs")).parse(
+        EXTRA, 2)
+    assert first.prediction == \
+        '{"embedding":[1,2,3],"names":["cat","dog"],"probs":[0.75,0.25]}'
+    assert json.loads(second.prediction) == {"embedding": [4, 5, 6], "names": ["dog", "cat"],
+                                             "probs": [0.5, 0.5]}
+    kept_out = make_protocol("v2", "b64", LabelSpec(labels_field="names", scores_field="probs"),
+                             keep_prediction=False, input_name="image")
+    assert [p.prediction for p in kept_out.parse(EXTRA, 2)] == [None, None]
+
+
+def test_unnamed_scores_warn_once_that_labels_are_indices(caplog):
+    INDEX_WARNING.reset()
+    response = {"outputs": [output("s", "FP32", [2, 2], [0.5, 0.25, 0.5, 0.25])]}
+    with caplog.at_level(logging.WARNING, logger="batch_predict"):
+        for _ in range(3):
+            v2().parse(response, 2)
+        v2(labels=LabelSpec(("a", "b"))).parse(response, 2)
+    assert len([r for r in caplog.records if "class indices" in r.getMessage()]) == 1

@@ -160,3 +160,33 @@ def test_v2_raw_predict_needs_the_input_name(tmp_path, server):
     labelled_images(tmp_path / "images", LABELS[:1])
     with pytest.raises(ConfigError, match=":rawPredict needs --model_input"):
         job(tmp_path, server.endpoint("raw"))
+
+
+def test_label_names_file_names_the_score_tensor_and_prediction_is_the_images_outputs(
+        tmp_path, make_server):
+    server = make_server(v2_outputs="scores")
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(LABEL_COLOURS) + "\n")  # the server's label order
+    summary = job(tmp_path, server.endpoint("v2"), "--label_names_file", str(names),
+                  "--binary_data")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    for row in rows:
+        said = json.loads(row["prediction"])
+        assert list(said) == ["scores"] and len(said["scores"]) == len(LABEL_COLOURS)
+        assert {label: s for label, s in zip(LABEL_COLOURS, said["scores"])} == \
+            pytest.approx({l["label"]: l["score"] for l in row["labels"]})
+    assert summary["predicted"] == 8
+
+
+def test_label_and_score_fields_name_the_output_tensors(tmp_path, server):
+    truth = labelled_images(tmp_path / "images", LABELS[:4])
+    job(tmp_path, server.endpoint("v2"), "--labels_field", "labels", "--scores_field",
+        "scores", "--no_prediction_column")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert all(r.get("prediction") is None for r in rows)
+    with pytest.raises(ConfigError, match="--scores_field probs: the model's outputs are "
+                                          "labels, scores"):
+        job(tmp_path, server.endpoint("v2"), "--scores_field", "probs")

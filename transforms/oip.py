@@ -4,9 +4,12 @@ Request: one input tensor holding every image of the request, either a BYTES ten
 `[n]` (the image file's bytes: base64 text in JSON, raw with the binary tensor data extension)
 or, for `--instance_format tensor`, a UINT8/FP32 tensor `[n, H, W, 3]` of RGB pixels (0-255).
 Response: the output tensors (JSON `data`, or binary parts after the JSON header) give one row
-per image, read as Triton classification strings (`score:index[:label]`), a BYTES label
-tensor with a numeric score tensor, or a numeric score tensor named by `--label_names`.
-Every output's first dimension must be the image count (a ResponseError otherwise).
+per image; an image's rows, `{output name: row}`, are its prediction (the `prediction`
+column). Its labels come from the outputs --labels_field / --scores_field name, else from
+Triton classification strings (`score:index[:label]`), a BYTES label tensor with a numeric
+score tensor, or a numeric score tensor (named by --label_names / --label_names_file), all
+named and checked by `transforms.labels`; an image whose rows cannot be read is refused
+alone. Every output's first dimension must be the image count (a ResponseError otherwise).
 """
 import copy
 import json
@@ -15,8 +18,10 @@ import re
 import struct
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from transforms.protocols import (Parsed, Protocol, ResponseError, _dumps, _snippet, b64,
-                                  error_message, with_model_id)
+from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
+                               is_triton_classes, triton_classes)
+from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64,
+                                  error_message, read_prediction, with_model_id)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TENSOR_DTYPES = ("UINT8", "FP32")
@@ -24,7 +29,6 @@ TENSOR_DTYPES = ("UINT8", "FP32")
 NUMERIC = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
            "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
            "FP16": "e", "FP32": "f", "FP64": "d"}
-_CLASSIFICATION = re.compile(r"^([-+]?[0-9.]+(?:[eE][-+]?\d+)?):(\d+)(?::(.*))?$", re.DOTALL)
 _ENDPOINT = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 
 
@@ -42,7 +46,8 @@ class V2(Protocol):
 
     def __init__(self, input_name: str = "", binary: bool = False,
                  tensor_dtype: Optional[str] = None, image_size: Optional[Tuple[int, int]] = None,
-                 label_set: Sequence[str] = (), parameters: Optional[dict] = None,
+                 labels: LabelSpec = LabelSpec(), keep_prediction: bool = True,
+                 parameters: Optional[dict] = None,
                  outputs: Sequence[str] = (), classification: int = 0):
         if tensor_dtype is not None and tensor_dtype not in TENSOR_DTYPES:
             raise ValueError(f"unknown tensor datatype {tensor_dtype!r} "
@@ -53,7 +58,8 @@ class V2(Protocol):
         self.binary = binary
         self.tensor_dtype = tensor_dtype
         self.image_size = tuple(image_size) if image_size else None
-        self.label_set = tuple(label_set)
+        self.labels = labels
+        self.keep_prediction = keep_prediction
         self.parameters = dict(parameters or {})
         self.outputs = tuple(outputs)
         self.classification = classification
@@ -156,7 +162,8 @@ class V2(Protocol):
             if not tensor.shape or tensor.shape[0] != count:
                 raise ResponseError(f"output {tensor.name!r} has shape {list(tensor.shape)} "
                                     f"for {count} images")
-        return [Parsed(labels) for labels in rows_of_labels(tensors, count, self.label_set)]
+        return [read_prediction(outputs, self.labels, self.keep_prediction, read_outputs)
+                for outputs in instance_outputs(tensors, count)]
 
     def model_name(self, response, endpoint):
         if isinstance(response, dict) and response.get("deployedModelId"):
@@ -263,50 +270,43 @@ def _rows(tensor: Tensor, count: int) -> List[list]:
     return [tensor.data[i * width:(i + 1) * width] for i in range(count)]
 
 
-def rows_of_labels(tensors: Sequence[Tensor], count: int,
-                   label_set: Sequence[str] = ()) -> List[List[Tuple[str, float]]]:
-    """One label list per image, from the first shape the outputs fit (see module doc)."""
-    texts = [t for t in tensors if t.datatype == "BYTES"]
-    numbers = [t for t in tensors if t.datatype in NUMERIC]
-    for tensor in texts:
-        if tensor.data and all(isinstance(v, str) and _CLASSIFICATION.match(v)
-                               for v in tensor.data):
-            return [[classification_label(v, label_set) for v in row]
-                    for row in _rows(tensor, count)]
-    if len(numbers) != 1:
-        raise ResponseError(
-            f"expected one numeric score output, found {len(numbers)} "
-            f"({', '.join(t.name for t in tensors)})")
-    scores = [[_score(v) for v in row] for row in _rows(numbers[0], count)]
-    if len(texts) == 1:
-        names = _rows(texts[0], count)
-        if len(names[0]) != len(scores[0]):
-            raise ResponseError(f"output {texts[0].name!r} has {len(names[0])} labels per "
-                                f"image, {numbers[0].name!r} {len(scores[0])} scores")
-        return [list(zip(map(str, n), s)) for n, s in zip(names, scores)]
-    if label_set and len(label_set) != len(scores[0]):
-        raise ResponseError(f"output {numbers[0].name!r} has {len(scores[0])} scores per image "
-                            f"but --label_names names {len(label_set)}")
-    names = label_set or [str(i) for i in range(len(scores[0]))]
-    return [list(zip(names, row)) for row in scores]
+def instance_outputs(tensors: Sequence[Tensor], count: int) -> List[Dict[str, list]]:
+    """Each image's slice of every output tensor, `{output name: flat row}`, in output order."""
+    rows = [_rows(t, count) for t in tensors]
+    return [{t.name: r[i] for t, r in zip(tensors, rows)} for i in range(count)]
 
 
-def classification_label(text: str, label_set: Sequence[str] = ()) -> Tuple[str, float]:
-    """`score:index[:label]` (Triton's classification extension) as (label, score)."""
-    score, index, label = _CLASSIFICATION.match(text).groups()
-    if label is None:
-        label = label_set[int(index)] if int(index) < len(label_set) else index
-    return label, _score(score)
+def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> Named:
+    """One image's labels from its slice of the outputs (`transforms.labels` names and
+    checks them): the outputs --labels_field / --scores_field name, else the first output of
+    classification strings, else the one numeric output (with the one text output as its
+    labels, if there is one)."""
+    if spec.labels_field or spec.scores_field:
+        labels = named_output(outputs, spec.labels_field, "--labels_field")
+        values = named_output(outputs, spec.scores_field, "--scores_field")
+        if values is None and is_triton_classes(labels):
+            return triton_classes(labels, spec.names)
+        return combine(labels, values, spec.names)
+    rows = list(outputs.values())
+    classified = [r for r in rows if is_triton_classes(r)]
+    if classified:
+        return triton_classes(classified[0], spec.names)
+    texts, numbers = [], []
+    for row in rows:
+        (texts if row and all(isinstance(v, str) for v in row) else numbers).append(row)
+    if len(numbers) != 1 or len(texts) > 1:
+        raise LabelError(f"cannot tell labels from scores among the outputs "
+                         f"{', '.join(outputs)}: name them with {FIELD_FLAGS}")
+    return combine(texts[0] if texts else None, numbers[0], spec.names)
 
 
-def _score(value: Any) -> float:
-    try:
-        score = float(value)
-    except (TypeError, ValueError):
-        raise ResponseError(f"score is not a number: {_snippet(value)}")
-    if not math.isfinite(score):
-        raise ResponseError(f"score is not a finite number: {value}")
-    return score
+def named_output(outputs: Mapping[str, list], name: Optional[str], flag: str) -> Optional[list]:
+    if name is None:
+        return None
+    if name not in outputs:
+        raise LabelError(f"{flag} {name}: the response has no such output (its outputs: "
+                         f"{', '.join(outputs)})")
+    return outputs[name]
 
 
 # Preflight -------------------------------------------------------------------------------
@@ -335,6 +335,7 @@ def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]
     name = protocol.input_name or _only_input(inputs)
     _check_input(protocol, name, inputs)
     outputs = [t["name"] for t in _tensors(metadata, "outputs")]
+    _check_fields(protocol.labels, outputs)
     if protocol.classification and not outputs:
         raise ValueError("--classification needs the output names, and the model metadata "
                          "lists none")
@@ -376,6 +377,15 @@ def _only_input(inputs: List[dict]) -> str:
     names = ", ".join(str(t["name"]) for t in inputs)
     raise ValueError(f"the model has several inputs ({names}): name the image input with "
                      f"--model_input")
+
+
+def _check_fields(spec: LabelSpec, outputs: Sequence[str]):
+    """--labels_field / --scores_field name outputs of the model (when its metadata lists
+    them)."""
+    for flag, name in (("--labels_field", spec.labels_field),
+                       ("--scores_field", spec.scores_field)):
+        if name and outputs and name not in outputs:
+            raise ValueError(f"{flag} {name}: the model's outputs are {', '.join(outputs)}")
 
 
 def _check_input(protocol: V2, name: str, inputs: List[dict]):

@@ -52,10 +52,12 @@ def prediction_text(prediction: Any) -> str:
                          "prediction out, if its scores are finite)")
 
 
-def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool) -> Parsed:
-    """One instance's Parsed, or its refusal."""
+def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
+                    reader=read_labels) -> Parsed:
+    """One instance's Parsed, or its refusal (`reader`: how this protocol's predictions
+    become labels, `read_labels` unless it has its own shape)."""
     try:
-        named = warn_if_indexed(read_labels(prediction, spec))
+        named = warn_if_indexed(reader(prediction, spec))
         text = prediction_text(prediction) if keep_prediction else None
     except LabelError as e:
         return refused(str(e))
@@ -253,8 +255,8 @@ def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = L
         v2_options.pop("tensor_dtype", None)
         if instance_format == "named":
             raise ValueError("--protocol v2 takes --instance_format b64 or tensor")
-        return V2(tensor_dtype=tensor, label_set=labels.names, parameters=parameters,
-                  **v2_options)
+        return V2(tensor_dtype=tensor, labels=labels, keep_prediction=keep_prediction,
+                  parameters=parameters, **v2_options)
     raise ValueError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
 
 
