@@ -2,6 +2,8 @@
 (tests/servers.py): KServe's ModelServer and MLServer, serving the colour classifier
 (tests/model_servers/). Bad images make the server fail the whole request; the pipeline
 isolates them."""
+import json
+
 import pytest
 
 from localserver.demo import LABEL_COLOURS
@@ -81,3 +83,15 @@ def test_mlserver_v2_json_isolates_the_bad_image(tmp_path, mlserver):
     assert labels == truth
     assert [letter[:3] for letter in letters] == [(bad, "predict", 400)]
     assert "cannot classify an image" in letters[0][3]
+
+
+def test_kserve_v2_output_fields_and_prediction_column(tmp_path, kserve):
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    summary, labels, letters = predict(tmp_path, kserve.url + "/v2/models/colour/infer",
+                                       "--protocol", "v2", "--labels_field", "labels",
+                                       "--scores_field", "scores")
+    assert labels == truth and letters == []
+    for row in read_predictions(str(tmp_path / "out" / "pred")):
+        said = json.loads(row["prediction"])
+        assert list(said) == ["labels", "scores"] and said["labels"][0] == row["top_label"]
+        assert [l["label"] for l in row["labels"]] == said["labels"]
