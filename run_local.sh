@@ -8,6 +8,7 @@
 # model is EfficientNet-Lite0 (ImageNet labels, real photos among the demo images):
 #   ./run_local.sh --model colour                     (the fast colour model)
 #   ./run_local.sh --model my.onnx --labels labels.txt --input_size 299
+#   ./run_local.sh --protocol v2 --binary_data      (the server's Open Inference Protocol)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -57,7 +58,16 @@ if ! has_flag --endpoint; then
     done
     [ -n "$url" ] || { echo "run_local: the local prediction server did not start" >&2; exit 1; }
     echo "run_local: local prediction server at $url" >&2
-    endpoint_args=(--endpoint "$url/v1/projects/demo/models/colors:predict")
+    path="/v1/projects/demo/models/colors:predict"
+    v2_path="/v2/models/$("$PY" -c 'import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(sys.argv[1] + "/config", timeout=10))["model_name"])' "$url")/infer"
+    for ((i = 0; i < ${#args[@]}; i++)); do  # --protocol v2: the server's v2 route
+        case "${args[$i]}" in
+            --protocol=v2) path="$v2_path" ;;
+            --protocol) if [ "${args[$((i + 1))]:-}" = v2 ]; then path="$v2_path"; fi ;;
+        esac
+    done
+    endpoint_args=(--endpoint "$url$path")
 fi
 
 summary_json="$(mktemp)"

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs the whole pytest suite. The tests start their own
-# servers (the local prediction server, the GCS emulator) on 127.0.0.1.
+# Installs what the tests need and runs the whole pytest suite (or the tests named:
+# ./run_tests.sh tests/test_read.py -k fifo). The tests start their own
+# servers (the local prediction server, the GCS emulator, KServe and MLServer) on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The real model servers' own virtualenvs install meanwhile (the tests wait for them).
+mkdir -p .venv-servers
+for server in kserve mlserver; do
+    python3 tests/servers.py "$server" > ".venv-servers/$server.log" 2>&1 &
+done
 source scripts/bootstrap.sh
 set +e
-"$PY" -m pytest -q -p no:cacheprovider tests "$@"
+"$PY" -m pytest -q -p no:cacheprovider "$@"  # pytest.ini: testpaths = tests
 status=$?
+wait  # for the server installs, when no test needed them
 set -e
 if [ "$status" -eq 5 ]; then
     echo "run_tests: pytest collected no tests: failing" >&2

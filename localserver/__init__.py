@@ -1,7 +1,8 @@
 """The project's local prediction server and a helper to run it as a subprocess.
 
 ``python -m localserver --host 127.0.0.1 --port 0 [switches]`` serves the ML
-Engine, AutoML v1beta1 and Vertex AI predict protocols with a small colour
+Engine, AutoML v1beta1, Vertex AI (also ``:rawPredict``) and v2 (Open Inference Protocol)
+predict protocols with a small colour
 classifier (see :mod:`localserver.server` and :mod:`localserver.model`).
 
 :class:`LocalServer` starts that command from Python and talks to its admin
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional
 
 __all__ = ["LocalServer", "PROTOCOLS"]
 
-PROTOCOLS = ("mlengine", "automl", "vertex")
+PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 PROJECT = "local-project"
 LOCATION = "us-central1"
 ENDPOINT_ID = "local-endpoint"
@@ -151,7 +152,8 @@ class LocalServer:
     # -- URLs --------------------------------------------------------------
 
     def endpoint(self, protocol: str) -> str:
-        """Full ``:predict`` URL for ``"mlengine"``, ``"automl"`` or ``"vertex"``."""
+        """Full predict URL for ``"mlengine"``, ``"automl"``, ``"vertex"``, ``"v2"`` or
+        ``"raw"`` (Vertex ``:rawPredict``)."""
         if not self.url:
             raise RuntimeError("LocalServer not started")
         name = str(self.switches.get("model_name", DEFAULT_MODEL_NAME))
@@ -161,6 +163,8 @@ class LocalServer:
             "mlengine": f"/v1/projects/{PROJECT}/models/{model}:predict",
             "automl": f"/v1beta1/{location}/models/{model}:predict",
             "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
+            "v2": f"/v2/models/{model}/infer",
+            "raw": f"/v1/{location}/endpoints/{ENDPOINT_ID}:rawPredict",
         }
         if protocol not in paths:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")

@@ -1,4 +1,4 @@
-"""Local prediction server speaking ML Engine, AutoML v1beta1 and Vertex AI.
+"""Local prediction server speaking ML Engine, AutoML v1beta1, Vertex AI and v2 (KServe).
 
 One aiohttp application answers all three wire formats (the client side of each is
 :mod:`transforms.protocols`) with one classifier object from
@@ -13,6 +13,9 @@ Routes (predict routes match on the path *suffix*, under any prefix):
 * ``POST .../models/{model}[/versions/{v}]:predict`` -- ML Engine when the
   body has ``instances``, AutoML v1beta1 when it has ``payload``.
 * ``POST .../endpoints/{endpoint}:predict`` -- Vertex AI.
+* ``POST .../endpoints/{endpoint}:rawPredict`` -- Vertex AI raw predict: ML Engine
+  ``instances`` or a v2 infer body, answered with ``X-Vertex-AI-Deployed-Model-id``.
+* ``/v2/...`` -- the Open Inference Protocol (see :mod:`localserver.v2`).
 * ``GET /stats``, ``POST /stats/reset``, ``GET|POST /config``, ``GET /healthz``.
 
 Order of events for a predict request: arrival (counted in ``in_flight``),
@@ -41,7 +44,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from aiohttp import web
 
-from localserver import classifiers, model
+from localserver import classifiers, model, v2
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 1572864
@@ -67,9 +70,12 @@ STATUS_NAMES = {
 
 MODEL_PREDICT_PATH = re.compile(r"/models/[^/:]+(?:/versions/[^/:]+)?:predict$")
 ENDPOINT_PREDICT_PATH = re.compile(r"/endpoints/[^/:]+:predict$")
+RAW_PREDICT_PATH = re.compile(r"/endpoints/[^/:]+:rawPredict$")
 
 MODELS_ROUTE = "models"  # ML Engine or AutoML, told apart by the body
 ENDPOINTS_ROUTE = "endpoints"  # Vertex AI
+V2_ROUTE = "v2"  # Open Inference Protocol
+RAW_ROUTE = "raw"  # Vertex :rawPredict: the body as the model takes it (v1 instances or v2)
 
 FAULT_RESET = "reset"
 FAULT_503 = "503"
@@ -97,6 +103,9 @@ class Config:
     bearer_token: str = ""
     name_instances: int = 1
     constant: int = 0
+    v2_model_ready: int = 1
+    v2_input_datatype: str = "BYTES"
+    v2_outputs: str = "labels_scores"
 
     def validate(self) -> None:
         """Raise ``ValueError`` if any switch is out of range."""
@@ -113,6 +122,10 @@ class Config:
             raise ValueError("max_body_bytes must be >= 0")
         if not self.model_name:
             raise ValueError("model_name must not be empty")
+        if self.v2_input_datatype not in ("BYTES", "UINT8", "FP32"):
+            raise ValueError("v2_input_datatype must be BYTES, UINT8 or FP32")
+        if self.v2_outputs not in v2.OUTPUT_MODES:
+            raise ValueError(f"v2_outputs must be one of {', '.join(v2.OUTPUT_MODES)}")
 
 
 CONFIG_HELP = {
@@ -129,6 +142,10 @@ CONFIG_HELP = {
     "bearer_token": "when set, predict requests need 'Authorization: Bearer <it>', else 401",
     "name_instances": "1: error messages name the failing instance; 0: they do not",
     "constant": "1: every ML Engine instance gets one fixed answer, undecoded (benchmarks)",
+    "v2_model_ready": "1: the v2 model reports ready; 0: its ready route answers 503",
+    "v2_input_datatype": "datatype of the v2 model's input in its metadata (BYTES, UINT8, FP32)",
+    "v2_outputs": "v2 outputs: labels_scores (ranked labels and scores) or scores (FP32 "
+                  "[n, 8] in label order)",
 }
 
 
@@ -182,6 +199,7 @@ class Stats:
     instances: int = 0
     predicted: int = 0
     max_request_bytes: int = 0
+    request_bytes: int = 0  # all predict bodies, in total
     max_request_instances: int = 0
     max_in_flight: int = 0
     in_flight: int = 0
@@ -330,6 +348,12 @@ def google_error(code: int, message: str,
                  headers: Optional[Mapping[str, str]] = None) -> web.Response:
     """A JSON response carrying :func:`google_error_body`."""
     return web.json_response(google_error_body(code, message), status=code, headers=headers)
+
+
+def v2_error(code: int, message: str,
+             headers: Optional[Mapping[str, str]] = None) -> web.Response:
+    """An Open Inference Protocol error: ``{"error": "message"}``."""
+    return web.json_response({"error": message}, status=code, headers=headers)
 
 
 def decode_base64(text: Any) -> bytes:
@@ -535,9 +559,32 @@ def parse_vertex(body: Dict[str, Any], model_name: str, classifier,
                                               classifier, name_instances)
 
 
-def parse_predict(route: str, raw: bytes, config: Config, classifier) -> Job:
+def parse_v2(raw: bytes, headers: Mapping[str, str], config: Config, classifier) -> Job:
+    """A v2 infer request as a job whose answer may carry binary outputs."""
+    try:
+        request, tail = v2.split_body(raw, headers)
+        images = v2.read_images(request, tail)
+        outputs = v2.requested_outputs(request, config.v2_outputs, classifier.labels)
+        keep = v2.top_k(request)
+    except v2.V2Error as exc:
+        raise BadRequest(exc.message, exc.code) from None
+
+    def run() -> Tuple[int, Any, int]:
+        status, header, binary = v2.run(images, outputs, config.v2_outputs, config.model_name,
+                                        classifier, bool(config.name_instances), keep)
+        return status, v2.answer_parts(header, binary), len(images) if status == 200 else 0
+    return len(images), run
+
+
+def parse_predict(route: str, raw: bytes, config: Config, classifier,
+                  headers: Mapping[str, str] = None) -> Job:
     """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
+    headers = headers or {}
+    if route == V2_ROUTE or (route == RAW_ROUTE and v2.HEADER_LENGTH in headers):
+        return parse_v2(raw, headers, config, classifier)
     body = parse_json_object(raw)
+    if route == RAW_ROUTE and "inputs" in body:
+        return parse_v2(raw, headers, config, classifier)
     if route == ENDPOINTS_ROUTE:
         return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
     if "instances" in body:
@@ -582,21 +629,23 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     Returns the response, or None when the connection was reset.
     """
     state = request.app[STATE]
+    fail = v2_error if route == V2_ROUTE else google_error
     try:
         raw = await read_body(request)
     except BadRequest as exc:
-        return google_error(exc.code, exc.message)
+        return fail(exc.code, exc.message)
     state.stats.max_request_bytes = max(state.stats.max_request_bytes, len(raw))
+    state.stats.request_bytes += len(raw)
 
     token = state.config.bearer_token
     if token and request.headers.get("Authorization") != f"Bearer {token}":
-        return google_error(401, "Request had invalid authentication credentials.")
+        return fail(401, "Request had invalid authentication credentials.")
 
     if not state.admit():
         state.stats.quota_429 += 1
         message = (f"Quota exceeded for online prediction requests "
                    f"({state.config.quota_qps:g} per second).")
-        return google_error(429, message, headers={"Retry-After": "1"})
+        return fail(429, message, headers={"Retry-After": "1"})
     state.stats.count_admitted(time.time())
 
     fault = draw_fault(state.rng, state.config)
@@ -606,19 +655,19 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
         return None
     if fault == FAULT_503:
         state.stats.injected_503 += 1
-        return google_error(503, "The service is currently unavailable (injected fault).")
+        return fail(503, "The service is currently unavailable (injected fault).")
     if fault == FAULT_429:
         state.stats.injected_429 += 1
-        return google_error(429, "Resource has been exhausted (injected fault).",
+        return fail(429, "Resource has been exhausted (injected fault).",
                             headers={"Retry-After": "0"})
 
     config = state.config
     if len(raw) > config.max_body_bytes:
-        return google_error(400, size_limit_message(config.max_body_bytes))
+        return fail(400, size_limit_message(config.max_body_bytes))
     try:
-        count, run = parse_predict(route, raw, config, state.classifier)
+        count, run = parse_predict(route, raw, config, state.classifier, request.headers)
     except BadRequest as exc:
-        return google_error(exc.code, exc.message)
+        return fail(exc.code, exc.message)
     state.stats.count_instances(count)
 
     async with state.slots:
@@ -626,7 +675,13 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
             await asyncio.sleep(config.latency_ms / 1000.0)
         status, body, predicted = await asyncio.to_thread(run)
     state.stats.predicted += predicted
-    return web.json_response(body, status=status)
+    extra = {"X-Vertex-AI-Deployed-Model-id": DEPLOYED_MODEL_ID} if route == RAW_ROUTE else {}
+    if isinstance(body, tuple):  # a v2 answer: its bytes, and its binary header if any
+        raw_body, headers = body
+        return web.Response(body=raw_body, status=status, headers={**(headers or {}), **extra},
+                            content_type="application/json" if not headers
+                            else "application/octet-stream")
+    return web.json_response(body, status=status, headers=extra)
 
 
 async def handle_predict(request: web.Request, route: str) -> web.StreamResponse:
@@ -687,10 +742,44 @@ ADMIN_ROUTES = {
 }
 
 
+async def handle_v2_get(request: web.Request) -> web.Response:
+    """v2 health, model readiness and metadata."""
+    config = request.app[STATE].config
+    path = request.path
+    if path in ("/v2/health/live", "/v2/health/ready"):
+        return web.json_response({path.rsplit("/", 1)[1]: True})
+    if path == "/v2":
+        return web.json_response({"name": "localserver", "version": "1",
+                                  "extensions": ["binary_tensor_data", "classification"]})
+    match = v2.MODEL_PATH.match(path)
+    if not match:
+        return v2_error(404, f"no route {path}")
+    name, version, ready = match.groups()
+    if name != config.model_name or version not in (None, "1"):
+        return v2_error(404, f"model {name} not found")
+    if ready:
+        if not config.v2_model_ready:
+            return v2_error(503, f"model {name} is not ready")
+        return web.json_response({"name": name, "ready": True})
+    return web.json_response(v2.metadata(name, config.v2_input_datatype, config.v2_outputs,
+                                         tuple(request.app[STATE].classifier.labels)))
+
+
 async def dispatch(request: web.Request) -> web.StreamResponse:
     """Route by method and path suffix; everything else is a Google-style 404."""
     path = request.path
+    if path == "/v2" or path.startswith("/v2/"):
+        if request.method == "GET":
+            return await handle_v2_get(request)
+        match = v2.INFER_PATH.match(path) if request.method == "POST" else None
+        if not match:
+            return v2_error(404, f"no route {request.method} {path}")
+        if match.group(1) != request.app[STATE].config.model_name:
+            return v2_error(404, f"model {match.group(1)} not found")
+        return await handle_predict(request, V2_ROUTE)
     if request.method == "POST":
+        if RAW_PREDICT_PATH.search(path):
+            return await handle_predict(request, RAW_ROUTE)
         if ENDPOINT_PREDICT_PATH.search(path):
             return await handle_predict(request, ENDPOINTS_ROUTE)
         if MODEL_PREDICT_PATH.search(path):

@@ -6,6 +6,7 @@ and Beam options such as `runner`); flags given on the command line win.
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import os
 import re
@@ -340,8 +341,10 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         image_size = parse_size(o.image_size)
         if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
             raise ValueError("--instance_format tensor needs --image_size WxH")
-        protocol = make_protocol(o.protocol, o.instance_format, label_spec(o),
-                                 o.score_threshold, not o.no_prediction_column)
+        protocol = make_protocol(
+            o.protocol, o.instance_format, label_spec(o), o.score_threshold,
+            not o.no_prediction_column, parse_parameters(o.parameters),
+            **_v2_options(o, image_size))
         auth = resolve_auth(o.auth, o.endpoint)
         now = datetime.datetime.now(datetime.timezone.utc)
         run_id = run_id or new_run_id(now)
@@ -402,6 +405,35 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         failure_threshold=o.failure_threshold,
         failure_threshold_min_records=o.failure_threshold_min_records,
     )
+
+
+def parse_parameters(text: Optional[str]) -> dict:
+    """`--parameters` as a dict; ValueError unless it is a JSON object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--parameters is not JSON: {e}")
+    if not isinstance(value, dict):
+        raise ValueError("--parameters must be a JSON object, e.g. '{\"maxPredictions\": 5}'")
+    return value
+
+
+def _v2_options(o: PredictOptions, image_size) -> dict:
+    """The v2-only flags, refused with any other protocol."""
+    given = [flag for flag, on in (("--binary_data", o.binary_data),
+                                   ("--model_input", o.model_input),
+                                   ("--classification", o.classification)) if on]
+    if o.protocol != "v2":
+        if given:
+            raise ValueError(f"{given[0]} applies to --protocol v2 only")
+        return {}
+    if o.classification < 0:
+        raise ValueError("--classification must be >= 0")
+    return dict(input_name=o.model_input or "", binary=o.binary_data,
+                tensor_dtype=o.tensor_dtype, image_size=image_size,
+                classification=o.classification)
 
 
 def _absolute(path: str) -> str:

@@ -8,7 +8,9 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
     --temp_location gs://B/tmp --setup_file ./setup.py (see docs/dataflow.md).
 """
 import argparse
+import asyncio
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -30,8 +32,9 @@ from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
 from transforms import metrics
-from transforms.auth import SCOPES
+from transforms.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
+from transforms.oip import V2, NotReady, check_model, is_raw_predict
 from transforms.read import RowSpec, check_input, first_match, open_path, pattern_for
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
@@ -72,6 +75,7 @@ def run_and_wait(p: beam.Pipeline):
             raise
         raise JobStoppedEarly(reason) from None
     return result
+PREFLIGHT_TIMEOUT_S = 10.0
 
 
 def parse(argv: Sequence[str]):
@@ -82,8 +86,9 @@ def parse(argv: Sequence[str]):
     return options, build_config(options)
 
 
-def preflight(config: JobConfig):
-    """Checks that need I/O, made before the job starts: every --input matches something."""
+def preflight(config: JobConfig) -> JobConfig:
+    """Checks that need I/O, made before the job starts: every --input matches something;
+    a v2 model is ready. Returns the config completed from what was found."""
     for given in config.inputs:
         pattern = pattern_for(given)
         try:
@@ -108,6 +113,9 @@ def preflight(config: JobConfig):
         check_writable(config.errors_run_prefix, "--errors")
     if config.auth == "adc" and config.local:  # on Dataflow, workers use their own account
         check_credentials()
+    if isinstance(config.protocol, V2):
+        return dataclasses.replace(config, protocol=check_v2_model(config))
+    return config
 
 
 def check_writable(prefix: str, flag: str):
@@ -140,6 +148,25 @@ def check_credentials():
 def _first_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
+
+
+def check_v2_model(config: JobConfig) -> V2:
+    """The v2 server and model are ready; the protocol completed from the model metadata."""
+    try:
+        token = asyncio.run(TokenSource(config.auth, config.endpoint).token())
+    except AuthError as e:
+        raise ConfigError(f"cannot get credentials for --endpoint: {e}")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if is_raw_predict(config.endpoint):  # the model's own routes are not reachable
+        if not config.protocol.input_name:
+            raise ConfigError("--protocol v2 through :rawPredict needs --model_input (the "
+                              "model metadata cannot be read through Vertex)")
+        return config.protocol
+    try:
+        return check_model(config.protocol, config.endpoint, headers,
+                           min(config.request_timeout_s, PREFLIGHT_TIMEOUT_S))
+    except (NotReady, ValueError) as e:
+        raise ConfigError(str(e))
 
 
 def clean_up_leftovers(config: JobConfig):
@@ -231,7 +258,7 @@ def offline_safe_runner(options: PipelineOptions):
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
     options, config = parse(sys.argv[1:] if argv is None else argv)
-    preflight(config)
+    config = preflight(config)
     if config.dry_run and not options.view_as(GoogleCloudOptions).template_location:
         # (with --template_location, Beam's own meaning: build the job, submit nothing)
         return dry_run(options, config, test_pipeline)

@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 name="$1"; shift
 venv="${BATCH_PREDICT_SERVER_VENVS:-$PWD/.venv-servers}/$name"
 stamp="$venv/.installed-$(printf '%s\n' "$@" | cksum | cut -d' ' -f1)"
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9  # one install at a time per server; a second caller waits, then finds it done
 if [ ! -f "$stamp" ]; then
     echo "server_venv: installing $* into $venv (first run: a minute or two)" >&2
     python3 -m venv "$venv"

@@ -142,6 +142,16 @@ def poison_jpeg():
     return whole[:len(whole) // 2]
 
 
+def write_poison_jpeg(folder, name="poison.jpg"):
+    """`poison_jpeg()` written as a file (the pipeline sends it; the model fails on it);
+    returns its absolute path."""
+    path = os.path.abspath(os.path.join(str(folder), name))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(poison_jpeg())
+    return path
+
+
 def batch(protocol, count, poison=()):
     """(keys, instances, truth): `count` images, those at `poison` indexes truncated."""
     keys, instances, truth = [], [], {}

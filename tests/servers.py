@@ -6,6 +6,7 @@ run as a subprocess on 127.0.0.1.
     with ServerProcess([python, script, "--http_port", str(port)], ready_url) as server:
         ...
 """
+import json
 import os
 import socket
 import subprocess
@@ -18,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each server's pip requirements; changing a list reinstalls that venv.
 REQUIREMENTS = {
     "kserve": ["kserve>=0.15,<0.22", "pillow>=10,<13"],
+    "mlserver": ["mlserver>=1.6,<1.8", "pillow>=10,<13"],
 }
+MODEL_SERVERS = os.path.join(ROOT, "tests", "model_servers")
 INSTALL_TIMEOUT_S = 900
 STARTUP_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
@@ -52,15 +55,16 @@ def answers(url: str) -> bool:
 class ServerProcess:
     """A server subprocess, ready once `ready_url` answers 200; stopped on exit."""
 
-    def __init__(self, argv, ready_url: str):
-        self.argv, self.ready_url = list(argv), ready_url
+    def __init__(self, argv, ready_url: str, env=None):
+        self.argv, self.ready_url, self.env = list(argv), ready_url, env
         self.process = None
         self._log = None
 
     def __enter__(self):
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=ROOT)
+                                        stdin=subprocess.DEVNULL, cwd=ROOT,
+                                        env=self.env)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not answers(self.ready_url):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -82,3 +86,50 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT_S)
         self._log.close()
+
+
+def _env() -> dict:
+    """The environment of a model server: the repository (its colour model) importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join((ROOT, MODEL_SERVERS))}
+
+
+def kserve_server(model_name: str = "colour") -> ServerProcess:
+    """KServe's ModelServer with the colour model (`tests/model_servers/kserve_colour.py`)
+    as MODEL (BYTES input) and MODEL-pixels (UINT8 input); `.url` is its base URL."""
+    port = free_port()
+    script = os.path.join(MODEL_SERVERS, "kserve_colour.py")
+    server = ServerProcess([server_python("kserve"), script, "--model_name", model_name,
+                            "--http_port", str(port)],
+                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
+    server.url = f"http://127.0.0.1:{port}"
+    return server
+
+
+def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
+    """MLServer with the colour runtime (`tests/model_servers/mlserver_colour.py`) as
+    MODEL, its settings written under `folder`; `.url` is its base URL."""
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    model_dir = os.path.join(folder, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
+                   "metrics_port": metrics_port, "parallel_workers": 0}, f)
+    tensors = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+               "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, 8]},
+                           {"name": "scores", "datatype": "FP32", "shape": [-1, 8]}]}
+    with open(os.path.join(model_dir, "model-settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"name": model_name, "implementation": "mlserver_colour.ColourRuntime",
+                   **tensors}, f)
+    mlserver = os.path.join(os.path.dirname(server_python("mlserver")), "mlserver")
+    server = ServerProcess([mlserver, "start", folder],
+                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
+    server.url = f"http://127.0.0.1:{port}"
+    return server
+
+
+if __name__ == "__main__":
+    # `python3 tests/servers.py [NAME...]`: install those servers' virtualenvs (default: all);
+    # run_tests.sh starts this in the background while the project's own venv is checked.
+    import sys
+    for server in sys.argv[1:] or REQUIREMENTS:
+        server_python(server)

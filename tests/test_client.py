@@ -19,6 +19,7 @@ from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch
 from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
 from transforms.client import (ClientSettings, PredictClient, Reply, classify, culprit,
                                splittable)
+from transforms.oip import V2
 from transforms.protocols import MLEngine, make_protocol
 from transforms.ratelimit import RateLimiter, Throttler
 from transforms.retry import RetryPolicy
@@ -325,6 +326,22 @@ class DroppingProtocol(MLEngine):
 def test_short_response_is_split_never_truncated(server):
     keys, instances, truth = batch(MLEngine(), 5)
     outcomes, stats = predict(settings(server, protocol=DroppingProtocol()), keys, instances)
+    assert {o.record["key"]: o.record["top_label"] for o in outcomes if o.ok} == truth
+    assert stats.splits >= 1
+
+
+class DroppingV2(V2):
+    """v2 with the last image of a request of several left out, the count kept as sent."""
+
+    def request(self, instances):
+        return super().request(instances[:-1] if len(instances) > 1 else instances)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_short_v2_output_is_split_never_zipped(server, binary):
+    protocol = DroppingV2(input_name="image", binary=binary)
+    keys, instances, truth = batch(protocol, 5)
+    outcomes, stats = predict(settings(server, "v2", protocol=protocol), keys, instances)
     assert {o.record["key"]: o.record["top_label"] for o in outcomes if o.ok} == truth
     assert stats.splits >= 1
 

@@ -6,6 +6,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import ConfigError, build_config, with_config_file
+from transforms.protocols import PROTOCOLS
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 
@@ -16,7 +17,7 @@ def test_shipped_config_is_valid(path):
                              "--endpoint", "https://example.invalid/v1/m:predict"])
     config = build_config(PipelineOptions(argv))
     assert config.max_request_bytes <= 1_572_864
-    assert config.protocol.name in ("mlengine", "automl", "vertex")
+    assert config.protocol.name in PROTOCOLS
 
 
 def test_command_line_wins_and_replaces_lists(tmp_path):

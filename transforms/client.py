@@ -32,7 +32,7 @@ import json
 import random
 import time
 import zlib
-from typing import Counter, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Counter, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import aiohttp
 
@@ -102,11 +102,17 @@ class ResponseTooLarge(Exception):
     """A reply body grew past `max_response_bytes` while it was read."""
 
 
+def _json(raw: bytes, headers: Mapping[str, str]):
+    return json.loads(raw) if raw else None
+
+
 def classify(status: int, raw: bytes, retry_after: Optional[float],
-             policy: RetryPolicy) -> Answer:
-    """An HTTP answer as an Answer: parsed, described, and marked retryable or not."""
+             policy: RetryPolicy, decode=_json,
+             headers: Optional[Mapping[str, str]] = None) -> Answer:
+    """An HTTP answer as an Answer: decoded (by the protocol), described, and marked
+    retryable or not."""
     try:
-        parsed = json.loads(raw) if raw else None
+        parsed = decode(raw, headers or {})
     except ValueError:  # includes UnicodeDecodeError
         parsed = None
     if policy.is_retryable(status):
@@ -256,7 +262,8 @@ class PredictClient:
 
     async def _predict(self, keys, instances, prior_attempts: int, stats: Stats,
                        retries: int) -> List[Outcome]:
-        reply = await self._send(self._protocol.body(instances), len(keys), stats, retries)
+        body, headers = self._protocol.request(instances)
+        reply = await self._send(body, headers, len(keys), stats, retries)
         attempts = prior_attempts + reply.attempts
         if reply.error is None:
             try:
@@ -299,14 +306,15 @@ class PredictClient:
             self._predict(keys[middle:], instances[middle:], attempts, stats, retries))
         return halves[0] + halves[1]
 
-    async def _send(self, body: bytes, count: int, stats: Stats, retries: int) -> Reply:
+    async def _send(self, body: bytes, headers: Dict[str, str], count: int, stats: Stats,
+                    retries: int) -> Reply:
         """POST one body, retrying what is worth retrying; the final Reply either way."""
         refused_token = None
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
-            answer, token = await self._attempt(body, count, refused_token, stats)
+            answer, token = await self._attempt(body, headers, count, refused_token, stats)
             refused_token = None
             if answer.status == 401 and self.tokens.enabled and not refreshed:
                 refreshed, refused_token = True, token
@@ -320,17 +328,18 @@ class PredictClient:
             stats.retries[answer.cause] += 1
             await asyncio.sleep(self._policy.delay(attempt - 1, answer.retry_after, self._rng))
 
-    async def _attempt(self, body: bytes, count: int, refused_token: Optional[str],
+    async def _attempt(self, body: bytes, headers: Dict[str, str], count: int,
+                       refused_token: Optional[str],
                        stats: Stats) -> Tuple[Answer, Optional[str]]:
         """One HTTP attempt, holding a concurrency slot from the rate limit wait to the answer
         (so that requests leave at the limiter's pace, never in a burst)."""
         self.attempting += 1
         try:
-            return await self._slotted_attempt(body, count, refused_token, stats)
+            return await self._slotted_attempt(body, headers, count, refused_token, stats)
         finally:
             self.attempting -= 1
 
-    async def _slotted_attempt(self, body, count, refused_token, stats):
+    async def _slotted_attempt(self, body, headers, count, refused_token, stats):
         async with self._slots:
             await self._hold_back_if_throttled(stats)
             token = None
@@ -339,7 +348,8 @@ class PredictClient:
                     token = await self.tokens.token(refused_token)
                 except AuthError as e:
                     return Answer(None, None, str(e), "auth" if e.retryable else None), None
-            headers = {"Authorization": f"Bearer {token}"} if token else None
+            if token:
+                headers = {**headers, "Authorization": f"Bearer {token}"}
             await self._limiter.turn()
             stats.requests += 1
             stats.instances += count
@@ -350,7 +360,8 @@ class PredictClient:
                     status = response.status
                     if status >= 500:  # servers may drop the connection after an error
                         discard_connection(response)  # unannounced (uvicorn does)
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    answered_headers = response.headers
+                    retry_after = parse_retry_after(answered_headers.get("Retry-After"))
                     raw = await read_capped(response, self._settings.max_response_bytes)
             except asyncio.TimeoutError:
                 self._throttler.answered(False)
@@ -368,7 +379,8 @@ class PredictClient:
                               "connection"), token
         stats.latencies_ms.append(int((time.monotonic() - started) * 1000))
         self._throttler.answered(status != 429)
-        return classify(status, raw, retry_after, self._policy), token
+        return classify(status, raw, retry_after, self._policy, self._protocol.decode,
+                        answered_headers), token
 
     async def _hold_back_if_throttled(self, stats: Stats):
         """Adaptive throttling (after sustained 429s)."""

@@ -203,6 +203,12 @@ def triton_class(text: str, names: Sequence[str] = ()) -> Tuple[str, float, bool
     return name, score(value), indexed
 
 
+def is_triton_classes(values: Any) -> bool:
+    """A non-empty list of Triton classification strings."""
+    return isinstance(values, list) and bool(values) and all(
+        isinstance(v, str) and _TRITON.match(v) for v in values)
+
+
 def triton_classes(texts: Sequence[str], names: Sequence[str] = ()) -> Named:
     read = [triton_class(t, names) for t in texts]
     return Named([(n, s) for n, s, _ in read], any(i for _, _, i in read))
@@ -299,7 +305,7 @@ def from_list(prediction: list, names: Sequence[str]) -> Named:
     if prediction and all(isinstance(p, dict) for p in prediction):
         read = [record(p, names) for p in prediction]
         return Named([l for r in read for l in r.labels], any(r.indexed for r in read))
-    if prediction and all(isinstance(p, str) and _TRITON.match(p) for p in prediction):
+    if is_triton_classes(prediction):
         return triton_classes(prediction, names)
     if prediction and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
                           for p in prediction):

@@ -16,16 +16,14 @@ from transforms.records import Instance, PredictRequest
 class Packer:
     """Accumulates instances; hands out a request whenever the next one would break a cap.
 
-    The body size is counted exactly (`Protocol.body` joins the instances with commas between
-    a fixed prefix and suffix). An instance too large for any request on its own (which
+    The body size is counted exactly (`Protocol.request_size`). An instance too large for any request on its own (which
     EncodeInstances never lets through) still goes alone, and the endpoint refuses it.
     """
 
     def __init__(self, protocol: Protocol, max_instances: int, max_bytes: int):
         self._max_instances = min(max_instances, protocol.max_instances or max_instances)
         self._max_bytes = max_bytes
-        prefix, suffix = protocol.body_parts()
-        self._overhead = len(prefix) + len(suffix)
+        self._protocol = protocol
         self._keys: List[str] = []
         self._bodies: List[bytes] = []
         self._size = 0
@@ -49,8 +47,8 @@ class Packer:
         return request
 
     def _size_with(self, instance: Instance) -> int:
-        """The body size of the open request with `instance` added (one comma each)."""
-        return self._overhead + self._size + len(instance.body) + len(self._keys)
+        """The exact body size of the open request with `instance` added."""
+        return self._protocol.request_size(len(self._keys) + 1, self._size + len(instance.body))
 
 
 def pack(instances, protocol: Protocol, max_instances: int,

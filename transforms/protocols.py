@@ -8,13 +8,14 @@ becomes labels (docs/predictions.md).
 import base64
 import json
 import re
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms.labels import (LabelError, Labels, LabelSpec, read_labels, score, snippet,
                                warn_if_indexed)
 
-PROTOCOLS = ("mlengine", "automl", "vertex")
+PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 INSTANCE_FORMATS = ("b64", "named", "tensor")
+DEPLOYED_MODEL_HEADER = "X-Vertex-AI-Deployed-Model-id"
 
 
 class ResponseError(Exception):
@@ -51,10 +52,12 @@ def prediction_text(prediction: Any) -> str:
                          "prediction out, if its scores are finite)")
 
 
-def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool) -> Parsed:
-    """One instance's Parsed, or its refusal."""
+def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
+                    reader=read_labels) -> Parsed:
+    """One instance's Parsed, or its refusal (`reader`: how this protocol's predictions
+    become labels, `read_labels` unless it has its own shape)."""
     try:
-        named = warn_if_indexed(read_labels(prediction, spec))
+        named = warn_if_indexed(reader(prediction, spec))
         text = prediction_text(prediction) if keep_prediction else None
     except LabelError as e:
         return refused(str(e))
@@ -96,10 +99,22 @@ class Protocol:
         prefix, suffix = self.body_parts()
         return b"".join((prefix, b",".join(instances), suffix))
 
+    def request(self, instances: Sequence[bytes]) -> Tuple[bytes, Dict[str, str]]:
+        """The request body and the headers it needs besides the client's own."""
+        return self.body(instances), {}
+
+    def request_size(self, count: int, data_size: int) -> int:
+        """The exact size of the body of `count` instances of `data_size` bytes in all."""
+        prefix, suffix = self.body_parts()
+        return len(prefix) + len(suffix) + data_size + max(count - 1, 0)
+
     def body_size(self, instance_sizes: Sequence[int]) -> int:
         """The exact size of `body()` for instances of these sizes, without building it."""
-        prefix, suffix = self.body_parts()
-        return len(prefix) + len(suffix) + sum(instance_sizes) + max(len(instance_sizes) - 1, 0)
+        return self.request_size(len(instance_sizes), sum(instance_sizes))
+
+    def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
+        """The response body as data (ValueError when it is unreadable)."""
+        return with_model_id(json.loads(raw) if raw else None, headers)
 
     def parse(self, response: Any, count: int) -> List[Parsed]:
         """One Parsed per instance, in order; ResponseError when that is not what came."""
@@ -117,12 +132,13 @@ class MLEngine(Protocol):
     name = "mlengine"
 
     def __init__(self, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
-                 keep_prediction: bool = True):
+                 keep_prediction: bool = True, parameters: Optional[dict] = None):
         if instance_format not in INSTANCE_FORMATS:
             raise ValueError(f"unknown instance format {instance_format!r}")
         self.instance_format = instance_format
         self.labels = labels
         self.keep_prediction = keep_prediction
+        self.parameters = dict(parameters or {})
 
     def instance(self, key, data, mime_type, pixels=None):
         if self.instance_format == "tensor":
@@ -134,7 +150,7 @@ class MLEngine(Protocol):
         return _dumps({"b64": b64(data)})
 
     def body_parts(self):
-        return b'{"instances":[', b"]}"
+        return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
         return [read_prediction(p, self.labels, self.keep_prediction)
@@ -156,10 +172,7 @@ class Vertex(Protocol):
         return _dumps({"content": b64(data), "mimeType": mime_type})
 
     def body_parts(self):
-        suffix = b"]}"
-        if self.parameters:
-            suffix = b'],"parameters":' + _dumps(self.parameters) + b"}"
-        return b'{"instances":[', suffix
+        return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
         return [parse_vertex_prediction(p, self.labels, self.keep_prediction)
@@ -210,24 +223,53 @@ def automl_label(item: Any) -> Tuple[str, float]:
     return name, score(value)
 
 
+def _instances_suffix(parameters: dict) -> bytes:
+    if parameters:
+        return b'],"parameters":' + _dumps(parameters) + b"}"
+    return b"]}"
+
+
 def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
-                  score_threshold: Optional[float] = None,
-                  keep_prediction: bool = True) -> Protocol:
+                  score_threshold: Optional[float] = None, keep_prediction: bool = True,
+                  parameters: Optional[dict] = None, **v2_options) -> Protocol:
+    """The protocol for `--protocol` and its flags (`v2_options`: see `oip.V2`)."""
+    parameters = dict(parameters or {})
     if name == "mlengine":
-        return MLEngine(instance_format, labels, keep_prediction)
+        return MLEngine(instance_format, labels, keep_prediction, parameters)
     if name == "vertex":
-        params = {} if score_threshold is None else {"confidenceThreshold": score_threshold}
-        return Vertex(params, labels, keep_prediction)
+        if score_threshold is not None:
+            parameters.setdefault("confidenceThreshold", score_threshold)
+        return Vertex(parameters, labels, keep_prediction)
     if name == "automl":
         if labels != LabelSpec():
             raise ValueError("--protocol automl answers one fixed shape (displayName, "
                              "score): --label_names, --label_names_file, --labels_field and "
                              "--scores_field do not apply")
+        if parameters:
+            raise ValueError("--parameters applies to mlengine, vertex and v2 (AutoML takes "
+                             "--score_threshold)")
         return AutoML(score_threshold, keep_prediction)
+    if name == "v2":
+        from transforms.oip import V2  # oip builds on this module
+        tensor = v2_options.pop("tensor_dtype", "UINT8") if instance_format == "tensor" else None
+        v2_options.pop("tensor_dtype", None)
+        if instance_format == "named":
+            raise ValueError("--protocol v2 takes --instance_format b64 or tensor")
+        return V2(tensor_dtype=tensor, labels=labels, keep_prediction=keep_prediction,
+                  parameters=parameters, **v2_options)
     raise ValueError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
 
 
 _INSTANCE_INDEX = re.compile(r"instances?\s*\[?\s*(\d+)", re.IGNORECASE)
+
+
+def with_model_id(response: Any, headers: Mapping[str, str]) -> Any:
+    """The response with the deployed model id that Vertex sends as a header (`:rawPredict`)
+    kept as `deployedModelId`."""
+    model_id = headers.get(DEPLOYED_MODEL_HEADER)
+    if model_id and isinstance(response, dict) and "deployedModelId" not in response:
+        response["deployedModelId"] = model_id
+    return response
 
 
 def error_message(response: Any) -> Optional[str]:
@@ -289,10 +331,11 @@ def detection_boxes(labels: Labels, bboxes: Any) -> List[dict]:
 
 
 def resource_name(endpoint: str) -> str:
-    """`projects/p/models/m` out of a full `...:predict` URL (the endpoint itself otherwise)."""
+    """`projects/p/models/m` out of a full `...:predict` (or `:rawPredict`) URL, Vertex
+    dedicated endpoints included (the endpoint itself otherwise)."""
     path = endpoint.split("://", 1)[-1]
     path = path.split("/", 1)[1] if "/" in path else path
-    path = path.rsplit(":predict", 1)[0]
+    path = re.sub(r":(?:predict|rawPredict)$", "", path)
     match = re.search(r"(projects/.*)$", path)
     return match.group(1) if match else path
 

@@ -1,0 +1,192 @@
+"""`--protocol v2` end to end against the project's own server speaking the Open Inference
+Protocol (JSON and binary, BYTES and pixel tensors), and the v2 preflight."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from localserver.demo import LABEL_COLOURS
+from pipeline.config import ConfigError
+from pipeline.run import run
+from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
+                           read_predictions, write_poison_jpeg)
+
+LABELS = list(LABEL_COLOURS) * 2
+MODEL = "local-color-classifier"
+
+
+def job(tmp_path, endpoint, *extra):
+    return run(["--input", str(tmp_path / "images"), "--endpoint", endpoint,
+                "--protocol", "v2", "--output", str(tmp_path / "out" / "pred"), *extra])
+
+
+def test_every_image_gets_its_true_label_json_and_binary(tmp_path, server):
+    truth = labelled_images(tmp_path / "images", LABELS)
+    largest = {}
+    for flags in ([], ["--binary_data"]):
+        server.reset_stats()
+        out = tmp_path / ("bin" if flags else "json")
+        summary = run(["--input", str(tmp_path / "images"), "--endpoint", server.endpoint("v2"),
+                       "--protocol", "v2", "--output", str(out / "pred"),
+                       "--max_instances_per_request", "5", *flags])
+        rows = read_predictions(str(out / "pred"))
+        assert {r["key"]: r["top_label"] for r in rows} == truth
+        assert all(len(r["labels"]) == len(LABEL_COLOURS) for r in rows)
+        assert {r["model"] for r in rows} == {f"{MODEL}/versions/1"}
+        assert summary["predicted"] == len(truth) and summary["requests"] == 4
+        assert_accounted(summary)
+        largest[bool(flags)] = server.stats()["max_request_bytes"]
+    assert largest[True] < largest[False] * 0.8
+
+
+def test_pixel_tensor_input(tmp_path, make_server, dtype="FP32"):
+    server = make_server(v2_input_datatype=dtype)
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    summary = job(tmp_path, server.endpoint("v2"), "--instance_format", "tensor",
+                  "--tensor_dtype", dtype, "--image_size", "8x6", "--binary_data")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert summary["predicted"] == 8
+
+
+def test_score_tensor_named_by_label_names(tmp_path, make_server):
+    server = make_server(v2_outputs="scores")
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    names = ",".join(LABEL_COLOURS)  # the server's label order
+    job(tmp_path, server.endpoint("v2"), "--label_names", names)
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+
+
+def test_classification_extension(tmp_path, server):
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    job(tmp_path, server.endpoint("v2"), "--classification", "2", "--binary_data")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert {len(r["labels"]) for r in rows} == {2}
+
+
+@pytest.mark.parametrize("name_instances,flags", [(1, []), (0, ["--binary_data"])])
+def test_bad_image_fails_alone(tmp_path, make_server, name_instances, flags):
+    server = make_server(name_instances=name_instances)
+    truth = labelled_images(tmp_path / "images", LABELS)
+    bad = write_poison_jpeg(tmp_path / "images")
+    summary = job(tmp_path, server.endpoint("v2"), "--max_instances_per_request", "8", *flags)
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    letters = read_dead_letters(str(tmp_path / "out" / "pred-errors"))
+    assert [(d["key"], d["stage"], d["http_status"]) for d in letters] == [(bad, "predict", 400)]
+    assert "Prediction failed" in letters[0]["error"]
+    assert summary["splits"] >= 1
+    assert_accounted(summary)
+
+
+@pytest.mark.parametrize("protocol,parameters", [("v2", '{"top_k": 3}'),
+                                                 ("vertex", '{"maxPredictions": 3}')])
+def test_parameters_reach_the_model(tmp_path, server, protocol, parameters):
+    truth = labelled_images(tmp_path / "images", LABELS[:4])
+    run(["--input", str(tmp_path / "images"), "--endpoint", server.endpoint(protocol),
+         "--protocol", protocol, "--output", str(tmp_path / "out" / "pred"),
+         "--parameters", parameters])
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert {len(r["labels"]) for r in rows} == {3}
+
+
+def test_model_metadata_picks_the_input_name_and_checks_its_datatype(tmp_path, make_server):
+    server = make_server(v2_input_datatype="FP32")
+    labelled_images(tmp_path / "images", LABELS[:2])
+    with pytest.raises(ConfigError, match="takes FP32.*--tensor_dtype FP32"):
+        job(tmp_path, server.endpoint("v2"))
+    with pytest.raises(ConfigError, match="--model_input nope: the model's inputs are image"):
+        job(tmp_path, server.endpoint("v2"), "--model_input", "nope", "--instance_format",
+            "tensor", "--tensor_dtype", "FP32", "--image_size", "4x4")
+
+
+def cli(*argv):
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *argv], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_model_not_ready_is_one_line_and_exit_2(tmp_path, make_server):
+    server = make_server(v2_model_ready=0)
+    labelled_images(tmp_path / "images", LABELS[:2])
+    done = cli("--input", str(tmp_path / "images"), "--endpoint", server.endpoint("v2"),
+               "--protocol", "v2", "--output", str(tmp_path / "out" / "pred"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"batch-predict: error: model {MODEL} is not ready: GET {server.url}/v2/models/{MODEL}"
+        f"/ready answered HTTP 503: {json.dumps({'error': f'model {MODEL} is not ready'})}"]
+    assert server.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("path,expected", [
+    (None, "server is not reachable: GET http://127.0.0.1:9/v2/health/ready"),
+    ("/v2/models/other/infer", "model other is not ready: GET "),
+    ("/v1/models/m:predict", "needs an endpoint ending in /v2/models/NAME")])
+def test_server_down_unknown_model_or_wrong_url_stop_before_the_job(tmp_path, server, path,
+                                                                    expected):
+    labelled_images(tmp_path / "images", LABELS[:2])
+    endpoint = server.url + path if path else "http://127.0.0.1:9/v2/models/m/infer"
+    with pytest.raises(ConfigError, match=expected):
+        job(tmp_path, endpoint)
+    assert server.stats()["requests"] == 0
+
+
+def test_v2_flags_with_another_protocol_are_a_bad_invocation(tmp_path):
+    labelled_images(tmp_path / "images", LABELS[:1])
+    done = cli("--input", str(tmp_path / "images"), "--endpoint", "http://127.0.0.1:9/x:predict",
+               "--binary_data", "--output", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "batch-predict: error: --binary_data applies to --protocol " \
+                                  "v2 only"
+
+
+@pytest.mark.parametrize("protocol,flags", [("mlengine", []),
+                                            ("v2", ["--model_input", "image"])])
+def test_vertex_raw_predict_takes_the_model_id_from_the_header(tmp_path, server, protocol,
+                                                               flags):
+    truth = labelled_images(tmp_path / "images", LABELS[:4])
+    summary = run(["--input", str(tmp_path / "images"), "--endpoint", server.endpoint("raw"),
+                   "--protocol", protocol, "--output", str(tmp_path / "out" / "pred"), *flags])
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert {r["model"] for r in rows} == {"local-color-1"}
+    assert summary["predicted"] == 4
+
+
+def test_v2_raw_predict_needs_the_input_name(tmp_path, server):
+    labelled_images(tmp_path / "images", LABELS[:1])
+    with pytest.raises(ConfigError, match=":rawPredict needs --model_input"):
+        job(tmp_path, server.endpoint("raw"))
+
+
+def test_label_names_file_names_the_score_tensor_and_prediction_is_the_images_outputs(
+        tmp_path, make_server):
+    server = make_server(v2_outputs="scores")
+    truth = labelled_images(tmp_path / "images", LABELS[:8])
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(LABEL_COLOURS) + "\n")  # the server's label order
+    summary = job(tmp_path, server.endpoint("v2"), "--label_names_file", str(names),
+                  "--binary_data")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    for row in rows:
+        said = json.loads(row["prediction"])
+        assert list(said) == ["scores"] and len(said["scores"]) == len(LABEL_COLOURS)
+        assert {label: s for label, s in zip(LABEL_COLOURS, said["scores"])} == \
+            pytest.approx({l["label"]: l["score"] for l in row["labels"]})
+    assert summary["predicted"] == 8
+
+
+def test_label_and_score_fields_name_the_output_tensors(tmp_path, server):
+    truth = labelled_images(tmp_path / "images", LABELS[:4])
+    job(tmp_path, server.endpoint("v2"), "--labels_field", "labels", "--scores_field",
+        "scores", "--no_prediction_column")
+    rows = read_predictions(str(tmp_path / "out" / "pred"))
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert all(r.get("prediction") is None for r in rows)
+    with pytest.raises(ConfigError, match="--scores_field probs: the model's outputs are "
+                                          "labels, scores"):
+        job(tmp_path, server.endpoint("v2"), "--scores_field", "probs")

@@ -1,0 +1,403 @@
+"""The Open Inference Protocol (KServe v2; Triton, MLServer, KServe ModelServer) as a Protocol.
+
+Request: one input tensor holding every image of the request, either a BYTES tensor of shape
+`[n]` (the image file's bytes: base64 text in JSON, raw with the binary tensor data extension)
+or, for `--instance_format tensor`, a UINT8/FP32 tensor `[n, H, W, 3]` of RGB pixels (0-255).
+Response: the output tensors (JSON `data`, or binary parts after the JSON header) give one row
+per image; an image's rows, `{output name: row}`, are its prediction (the `prediction`
+column). Its labels come from the outputs --labels_field / --scores_field name, else from
+Triton classification strings (`score:index[:label]`), a BYTES label tensor with a numeric
+score tensor, or a numeric score tensor (named by --label_names / --label_names_file), all
+named and checked by `transforms.labels`; an image whose rows cannot be read is refused
+alone. Every output's first dimension must be the image count (a ResponseError otherwise).
+"""
+import copy
+import json
+import math
+import re
+import struct
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
+                               is_triton_classes, triton_classes)
+from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64,
+                                  error_message, read_prediction, with_model_id)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+TENSOR_DTYPES = ("UINT8", "FP32")
+# struct codes of the numeric datatypes (little-endian in binary parts).
+NUMERIC = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
+           "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
+           "FP16": "e", "FP32": "f", "FP64": "d"}
+_ENDPOINT = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+
+
+class Tensor(NamedTuple):
+    name: str
+    datatype: str
+    shape: Tuple[int, ...]
+    data: list  # flat, row-major; BYTES elements as str
+
+
+class V2(Protocol):
+    """`POST .../v2/models/NAME[/versions/V]/infer` with one image input tensor."""
+
+    name = "v2"
+
+    def __init__(self, input_name: str = "", binary: bool = False,
+                 tensor_dtype: Optional[str] = None, image_size: Optional[Tuple[int, int]] = None,
+                 labels: LabelSpec = LabelSpec(), keep_prediction: bool = True,
+                 parameters: Optional[dict] = None,
+                 outputs: Sequence[str] = (), classification: int = 0):
+        if tensor_dtype is not None and tensor_dtype not in TENSOR_DTYPES:
+            raise ValueError(f"unknown tensor datatype {tensor_dtype!r} "
+                             f"(choose from {', '.join(TENSOR_DTYPES)})")
+        if tensor_dtype and not image_size:
+            raise ValueError("--instance_format tensor needs --image_size WxH")
+        self.input_name = input_name
+        self.binary = binary
+        self.tensor_dtype = tensor_dtype
+        self.image_size = tuple(image_size) if image_size else None
+        self.labels = labels
+        self.keep_prediction = keep_prediction
+        self.parameters = dict(parameters or {})
+        self.outputs = tuple(outputs)
+        self.classification = classification
+
+    @property
+    def instance_format(self) -> str:
+        return "tensor" if self.tensor_dtype else "b64"
+
+    def with_model(self, input_name: str, outputs: Sequence[str]) -> "V2":
+        """This protocol with the input and output names read from the model metadata."""
+        completed = copy.copy(self)
+        completed.input_name, completed.outputs = input_name, tuple(outputs)
+        return completed
+
+    # Request -----------------------------------------------------------------------------
+
+    def instance(self, key, data, mime_type, pixels=None):
+        if self.tensor_dtype:
+            if pixels is None:
+                raise ValueError("tensor instances need decoded pixels")
+            flat = [v for row in pixels for pixel in row for v in pixel]
+            if self.binary:
+                code = NUMERIC[self.tensor_dtype]
+                return struct.pack(f"<{len(flat)}{code}", *flat)
+            if self.tensor_dtype == "FP32":
+                return ",".join(f"{v}.0" for v in flat).encode("ascii")
+            return _dumps(flat)[1:-1]
+        if self.binary:
+            return struct.pack("<I", len(data)) + data
+        return _dumps(b64(data))
+
+    def _input(self, count: int) -> dict:
+        if self.tensor_dtype:
+            width, height = self.image_size
+            return {"name": self.input_name, "shape": [count, height, width, 3],
+                    "datatype": self.tensor_dtype}
+        return {"name": self.input_name, "shape": [count], "datatype": "BYTES"}
+
+    def _requested_outputs(self) -> List[dict]:
+        requested = []
+        for name in self.outputs:
+            parameters = {}
+            if self.binary:
+                parameters["binary_data"] = True
+            if self.classification:
+                parameters["classification"] = self.classification
+            requested.append({"name": name, **({"parameters": parameters} if parameters else {})})
+        return requested
+
+    def _header(self, count: int, data_size: int) -> bytes:
+        """The JSON of the request; for binary, complete, else without the data's bytes."""
+        tensor = self._input(count)
+        if self.binary:
+            tensor["parameters"] = {"binary_data_size": data_size}
+        request: Dict[str, Any] = {"inputs": [tensor]}
+        if self.outputs:
+            request["outputs"] = self._requested_outputs()
+        if self.parameters:
+            request["parameters"] = self.parameters
+        return _dumps(request)
+
+    def _json_parts(self, count: int) -> Tuple[bytes, bytes]:
+        header = self._header(count, 0)
+        marker = b'"datatype":' + _dumps(self._input(count)["datatype"])
+        at = header.index(marker) + len(marker)
+        return header[:at] + b',"data":[', b"]" + header[at:]
+
+    def body_parts(self):
+        return self._json_parts(1) if not self.binary else (b"", b"")
+
+    def body(self, instances):
+        return self.request(instances)[0]
+
+    def request(self, instances):
+        if self.binary:
+            data = b"".join(instances)
+            header = self._header(len(instances), len(data))
+            return header + data, {"Content-Type": "application/octet-stream",
+                                   HEADER_LENGTH: str(len(header))}
+        prefix, suffix = self._json_parts(len(instances))
+        return b"".join((prefix, b",".join(instances), suffix)), {}
+
+    def request_size(self, count: int, data_size: int) -> int:
+        if self.binary:
+            return len(self._header(count, data_size)) + data_size
+        prefix, suffix = self._json_parts(count)
+        return len(prefix) + len(suffix) + data_size + max(count - 1, 0)
+
+    # Response ----------------------------------------------------------------------------
+
+    def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
+        return decode_response(raw, headers)
+
+    def parse(self, response, count):
+        message = error_message(response)
+        if message is not None:
+            raise ResponseError(message)
+        tensors = output_tensors(response)
+        for tensor in tensors:
+            if not tensor.shape or tensor.shape[0] != count:
+                raise ResponseError(f"output {tensor.name!r} has shape {list(tensor.shape)} "
+                                    f"for {count} images")
+        return [read_prediction(outputs, self.labels, self.keep_prediction, read_outputs)
+                for outputs in instance_outputs(tensors, count)]
+
+    def model_name(self, response, endpoint):
+        if isinstance(response, dict) and response.get("deployedModelId"):
+            return str(response["deployedModelId"])
+        if isinstance(response, dict) and response.get("model_name"):
+            version = response.get("model_version")
+            return f"{response['model_name']}/versions/{version}" if version \
+                else str(response["model_name"])
+        return endpoint
+
+
+def model_path(endpoint: str) -> Optional[Tuple[str, str]]:
+    """(server base URL, `/v2/models/NAME[/versions/V]`) of an infer URL; None if it is none."""
+    path = endpoint.split("?", 1)[0]
+    match = _ENDPOINT.search(path)
+    if not match:
+        return None
+    return path[:match.start()], path[match.start():-len("/infer")]
+
+
+def is_raw_predict(endpoint: str) -> bool:
+    """A Vertex `:rawPredict` URL (the body goes to the model's container as it is)."""
+    return endpoint.split("?", 1)[0].endswith(":rawPredict")
+
+
+# Responses -------------------------------------------------------------------------------
+
+
+def decode_response(raw: bytes, headers: Mapping[str, str]) -> Any:
+    """The response JSON, with binary output parts decoded into each output's `data`."""
+    length = headers.get(HEADER_LENGTH)
+    if length is None:
+        return with_model_id(json.loads(raw) if raw else None, headers)
+    size = int(length)
+    response = json.loads(raw[:size])
+    _inline_binary(response, raw[size:])
+    return with_model_id(response, headers)
+
+
+def _inline_binary(response: Any, tail: bytes):
+    at = 0
+    for output in response.get("outputs") or [] if isinstance(response, dict) else []:
+        size = ((output.get("parameters") or {}).get("binary_data_size")
+                if isinstance(output, dict) else None)
+        if size is None:
+            continue
+        output["data"] = unpack(output.get("datatype", ""), tail[at:at + size])
+        at += size
+    if at != len(tail):
+        raise ValueError(f"binary outputs declare {at} bytes, the body carries {len(tail)}")
+
+
+def unpack(datatype: str, part: bytes) -> list:
+    """The flat elements of one binary tensor part (ValueError when it is malformed)."""
+    try:
+        return _unpack(datatype, part)
+    except struct.error as e:
+        raise ValueError(f"malformed binary {datatype} output: {e}")
+
+
+def _unpack(datatype: str, part: bytes) -> list:
+    if datatype == "BYTES":
+        items, at = [], 0
+        while at < len(part):
+            (size,) = struct.unpack_from("<I", part, at)
+            items.append(part[at + 4:at + 4 + size].decode("utf-8", "replace"))
+            at += 4 + size
+        return items
+    code = NUMERIC.get(datatype)
+    if code is None:
+        raise ValueError(f"unknown datatype {datatype!r}")
+    count = len(part) // struct.calcsize(code)
+    return list(struct.unpack(f"<{count}{code}", part))
+
+
+def output_tensors(response: Any) -> List[Tensor]:
+    outputs = response.get("outputs") if isinstance(response, dict) else None
+    if not isinstance(outputs, list) or not outputs:
+        raise ResponseError(f"response has no outputs: {_snippet(response)}")
+    tensors = []
+    for output in outputs:
+        try:
+            shape = tuple(int(d) for d in output["shape"])
+            tensors.append(Tensor(str(output["name"]), str(output["datatype"]), shape,
+                                  _flat(output["data"])))
+        except (KeyError, TypeError, ValueError):
+            raise ResponseError(f"unreadable output tensor: {_snippet(output)}")
+        if len(tensors[-1].data) != math.prod(shape):
+            raise ResponseError(f"output {tensors[-1].name!r} of shape {list(shape)} has "
+                                f"{len(tensors[-1].data)} elements")
+    return tensors
+
+
+def _flat(data: Any) -> list:
+    if not isinstance(data, list):
+        raise TypeError("data is not a list")
+    if any(isinstance(v, list) for v in data):
+        return [x for v in data for x in _flat(v if isinstance(v, list) else [v])]
+    return data
+
+
+def _rows(tensor: Tensor, count: int) -> List[list]:
+    width = len(tensor.data) // count if count else 0
+    return [tensor.data[i * width:(i + 1) * width] for i in range(count)]
+
+
+def instance_outputs(tensors: Sequence[Tensor], count: int) -> List[Dict[str, list]]:
+    """Each image's slice of every output tensor, `{output name: flat row}`, in output order."""
+    rows = [_rows(t, count) for t in tensors]
+    return [{t.name: r[i] for t, r in zip(tensors, rows)} for i in range(count)]
+
+
+def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> Named:
+    """One image's labels from its slice of the outputs (`transforms.labels` names and
+    checks them): the outputs --labels_field / --scores_field name, else the first output of
+    classification strings, else the one numeric output (with the one text output as its
+    labels, if there is one)."""
+    if spec.labels_field or spec.scores_field:
+        labels = named_output(outputs, spec.labels_field, "--labels_field")
+        values = named_output(outputs, spec.scores_field, "--scores_field")
+        if values is None and is_triton_classes(labels):
+            return triton_classes(labels, spec.names)
+        return combine(labels, values, spec.names)
+    rows = list(outputs.values())
+    classified = [r for r in rows if is_triton_classes(r)]
+    if classified:
+        return triton_classes(classified[0], spec.names)
+    texts, numbers = [], []
+    for row in rows:
+        (texts if row and all(isinstance(v, str) for v in row) else numbers).append(row)
+    if len(numbers) != 1 or len(texts) > 1:
+        raise LabelError(f"cannot tell labels from scores among the outputs "
+                         f"{', '.join(outputs)}: name them with {FIELD_FLAGS}")
+    return combine(texts[0] if texts else None, numbers[0], spec.names)
+
+
+def named_output(outputs: Mapping[str, list], name: Optional[str], flag: str) -> Optional[list]:
+    if name is None:
+        return None
+    if name not in outputs:
+        raise LabelError(f"{flag} {name}: the response has no such output (its outputs: "
+                         f"{', '.join(outputs)})")
+    return outputs[name]
+
+
+# Preflight -------------------------------------------------------------------------------
+
+
+class NotReady(Exception):
+    """The server or the model cannot take the job (one line for the user)."""
+
+
+def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]] = None,
+                timeout_s: float = 10.0) -> V2:
+    """Server ready, model ready, and the protocol completed from the model metadata (the
+    input name when the model has one input; the output names for binary or classification
+    outputs). NotReady when the server or model is not ready, ValueError when the model does
+    not fit the flags."""
+    where = model_path(endpoint)
+    if where is None:
+        raise ValueError(f"--protocol v2 needs an endpoint ending in "
+                         f"/v2/models/NAME[/versions/V]/infer, not {endpoint!r}")
+    base, model = where
+    _get(base + "/v2/health/ready", "server", headers, timeout_s)
+    _get(base + model + "/ready", f"model {model.split('/v2/models/', 1)[1]}", headers,
+         timeout_s)
+    metadata = _get(base + model, "model metadata", headers, timeout_s)
+    inputs = _tensors(metadata, "inputs")
+    name = protocol.input_name or _only_input(inputs)
+    _check_input(protocol, name, inputs)
+    outputs = [t["name"] for t in _tensors(metadata, "outputs")]
+    _check_fields(protocol.labels, outputs)
+    if protocol.classification and not outputs:
+        raise ValueError("--classification needs the output names, and the model metadata "
+                         "lists none")
+    wanted = outputs if (protocol.binary or protocol.classification) else ()
+    return protocol.with_model(name, wanted)
+
+
+def _get(url: str, what: str, headers, timeout_s: float) -> Any:
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as e:
+        detail = e.read()[:200].decode("utf-8", "replace").strip()
+        raise NotReady(f"{what} is not ready: GET {url} answered HTTP {e.code}"
+                       + (f": {detail}" if detail else ""))
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise NotReady(f"{what} is not reachable: GET {url}: {reason}")
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
+def _tensors(metadata: Any, field: str) -> List[dict]:
+    items = metadata.get(field) if isinstance(metadata, dict) else None
+    return [t for t in items or [] if isinstance(t, dict) and t.get("name")]
+
+
+def _only_input(inputs: List[dict]) -> str:
+    if len(inputs) == 1:
+        return str(inputs[0]["name"])
+    if not inputs:
+        raise ValueError("the model metadata lists no inputs: name the image input with "
+                         "--model_input")
+    names = ", ".join(str(t["name"]) for t in inputs)
+    raise ValueError(f"the model has several inputs ({names}): name the image input with "
+                     f"--model_input")
+
+
+def _check_fields(spec: LabelSpec, outputs: Sequence[str]):
+    """--labels_field / --scores_field name outputs of the model (when its metadata lists
+    them)."""
+    for flag, name in (("--labels_field", spec.labels_field),
+                       ("--scores_field", spec.scores_field)):
+        if name and outputs and name not in outputs:
+            raise ValueError(f"{flag} {name}: the model's outputs are {', '.join(outputs)}")
+
+
+def _check_input(protocol: V2, name: str, inputs: List[dict]):
+    listed = {str(t["name"]): t for t in inputs}
+    if listed and name not in listed:
+        raise ValueError(f"--model_input {name}: the model's inputs are "
+                         f"{', '.join(listed)}")
+    datatype = str(listed.get(name, {}).get("datatype") or "")
+    sent = protocol.tensor_dtype or "BYTES"
+    if datatype and datatype != sent:
+        hint = ("--instance_format b64" if datatype == "BYTES" else
+                f"--instance_format tensor --tensor_dtype {datatype} --image_size WxH"
+                if datatype in TENSOR_DTYPES else "a client for that datatype")
+        raise ValueError(f"model input {name} takes {datatype} "
+                         f"{listed[name].get('shape', '')}, not {sent}: use {hint}")
