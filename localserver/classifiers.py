@@ -13,13 +13,13 @@ A classifier has ``name``, ``labels`` and two methods:
 server's ``--model`` flag. EfficientNet-Lite0 (ImageNet-1k) ships in ``localserver/models/``.
 """
 import dataclasses
-import io
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from localserver import model
+from localserver.model import decode_image  # noqa: F401  (the servers' decoder)
 
 Prediction = List[Tuple[str, float]]
 
@@ -39,24 +39,6 @@ class BadImage(ValueError):
         super().__init__(reason)
         self.index = index
         self.reason = reason
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode encoded image bytes fully; ``ValueError`` with a readable reason if unusable."""
-    if not data:
-        raise ValueError("empty image data")
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except UnidentifiedImageError:
-        raise ValueError("cannot decode image: not a recognised image format") from None
-    # Pillow's decoders raise a zoo of exception types (OSError, SyntaxError, struct.error,
-    # DecompressionBombError, ...) for bad input; all of them mean "not a usable image".
-    except Exception as exc:  # pylint: disable=broad-except
-        raise ValueError(f"cannot decode image: {str(exc) or type(exc).__name__}") from None
-    if img.width < 1 or img.height < 1:
-        raise ValueError("image has no pixels")
-    return img
 
 
 def decode_all(blobs: Sequence[bytes]) -> List[Image.Image]:

@@ -93,12 +93,9 @@ def classify_image(img: Image.Image) -> Prediction:
     return score_colour(mean_colour(reduce(to_rgb(img))))
 
 
-def classify_bytes(data: bytes) -> Prediction:
-    """Decode encoded image bytes (PNG, JPEG, ...) fully and classify them.
-
-    Raises ``ValueError`` with a readable reason when the data is empty,
-    not an image, corrupt or truncated.
-    """
+def decode_image(data: bytes) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG, ...) fully; ``ValueError`` with a readable reason
+    when the data is empty, not an image, corrupt or truncated."""
     if not data:
         raise ValueError("empty image data")
     try:
@@ -106,13 +103,18 @@ def classify_bytes(data: bytes) -> Prediction:
         img.load()
     except UnidentifiedImageError:
         raise ValueError("cannot decode image: not a recognised image format") from None
-    # Pillow's decoders raise a zoo of exception types (OSError, SyntaxError,
-    # struct.error, DecompressionBombError, ...) for bad input; all of them
-    # mean "this is not a usable image".
+    # Pillow's decoders raise a zoo of exception types (OSError, SyntaxError, struct.error,
+    # DecompressionBombError, ...) for bad input; all of them mean "not a usable image".
     except Exception as exc:  # pylint: disable=broad-except
-        reason = str(exc) or type(exc).__name__
-        raise ValueError(f"cannot decode image: {reason}") from None
-    return classify_image(img)
+        raise ValueError(f"cannot decode image: {str(exc) or type(exc).__name__}") from None
+    if img.width < 1 or img.height < 1:
+        raise ValueError("image has no pixels")
+    return img
+
+
+def classify_bytes(data: bytes) -> Prediction:
+    """Decode encoded image bytes fully and classify them."""
+    return classify_image(decode_image(data))
 
 
 def _check_channel(value, where: str) -> int:

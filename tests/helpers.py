@@ -6,6 +6,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 
@@ -185,3 +187,21 @@ STUB_CREDENTIALS = {
     "token": "emulator-stub-token",
     "expiry": "2999-01-01T00:00:00Z",
 }
+
+
+CLI_TIMEOUT_S = 180
+
+
+def cli(*args, env=None, timeout=CLI_TIMEOUT_S):
+    """`python -m pipeline.run ARGS` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def one_error_line(result):
+    """The one `batch-predict: error:` line of a bad invocation (exit 2, nothing else)."""
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("batch-predict: error: ")
+    return lines[0]

@@ -1,28 +1,15 @@
 """The command line: bad invocations exit non-zero with one clear line on stderr."""
 import json
-import subprocess
-import sys
 
 import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.run import main
-from tests.helpers import labelled_images
+from tests.helpers import cli, labelled_images, one_error_line
 from transforms import metrics
 
 
-def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_error_line(result):
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("batch-predict: error: ")
-    return lines[0]
 
 
 @pytest.fixture

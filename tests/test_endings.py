@@ -13,23 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.run import run
-from tests.helpers import labelled_images
+from tests.helpers import cli, labelled_images, one_error_line
 from transforms import progress
-
-TIMEOUT_S = 180
-
-
-def cli(*args, env=None, timeout=TIMEOUT_S):
-    return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def one_error_line(result):
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("batch-predict: error: ")
-    return lines[0]
 
 
 @pytest.fixture
