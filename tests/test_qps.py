@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from localserver.demo import LABEL_COLOURS, write_image
+from localserver.demo import LABEL_COLOURS
 from pipeline.run import run
-from tests.helpers import assert_accounted
+from tests.helpers import assert_accounted, labelled_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QPS = 20
@@ -24,9 +24,8 @@ JOB_TIMEOUT_S = 240
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("qps_images")
     labels = list(LABEL_COLOURS)
-    for i in range(REQUESTS):
-        write_image(str(folder / f"img_{i:04d}.png"), labels[i % len(labels)], seed=i,
-                    size=(8, 8))
+    labelled_images(folder, [labels[i % len(labels)] for i in range(REQUESTS)],
+                    fmt_cycle=("png",), size=(8, 8))
     return folder
 
 
