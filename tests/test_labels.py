@@ -179,6 +179,14 @@ def test_triton_classification_strings():
         triton_class("nan:1:dog")
 
 
+def test_triton_label_is_checked_against_label_names():
+    assert triton_class("0.75:1:dog", NAMES) == ("dog", 0.75, False)
+    with pytest.raises(LabelError, match="class 1 'puppy' but --label_names"):
+        triton_class("0.75:1:puppy", NAMES)
+    with pytest.raises(LabelError, match="outside the 3 names"):
+        triton_class("0.75:7:goat", NAMES)
+
+
 def test_lists_of_records_and_pairs():
     assert labels([{"label": "tabby", "score": 0.6}, {"label": "lynx", "score": 0.4}]) == \
         Named([("tabby", 0.6), ("lynx", 0.4)])

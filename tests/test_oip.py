@@ -130,9 +130,9 @@ def test_bytes_label_tensor_pairs_with_the_score_tensor_nested_data_too():
 def test_triton_classification_strings():
     response = {"outputs": [output("probs", "BYTES", [2, 2],
                                    ["0.75:3:tabby", "0.25:1:tiger", "0.5:0", "1e-2:1"])]}
-    parsed = v2(labels=LabelSpec(("zero", "one"))).parse(response, 2)
+    parsed = v2(labels=LabelSpec(("zero", "tiger", "two", "tabby"))).parse(response, 2)
     assert parsed[0].labels == [("tabby", 0.75), ("tiger", 0.25)]
-    assert parsed[1].labels == [("zero", 0.5), ("one", 0.01)]
+    assert parsed[1].labels == [("zero", 0.5), ("tiger", 0.01)]
 
 
 @pytest.mark.parametrize("shape,data", [([2, 2], [0.1, 0.9, 0.8, 0.2]),

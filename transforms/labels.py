@@ -192,14 +192,16 @@ def label_map(mapping: dict, names: Sequence[str] = ()) -> Named:
 
 
 def triton_class(text: str, names: Sequence[str] = ()) -> Tuple[str, float, bool]:
-    """One Triton classification string `score:index[:label]` as (label, score, indexed)."""
+    """One Triton classification string `score:index[:label]` as (label, score, indexed).
+    A label the model gives must be the name `names` gives its index."""
     match = _TRITON.match(text) if isinstance(text, str) else None
     if not match:
         raise LabelError(f"{snippet(text)} is not a `score:index[:label]` classification")
     value, index, label = match.groups()
-    if label:
-        return label, score(value), False
-    name, indexed = label_name(int(index), names)
+    name, indexed = label_name(int(index), names) if names or not label else (label, False)
+    if label and name != label:
+        raise LabelError(f"the model labels class {index} {label!r} but {NAMES_FLAGS} "
+                         f"names it {name!r}")
     return name, score(value), indexed
 
 
