@@ -1,11 +1,12 @@
 """Demo and test images whose correct label is known: `python -m localserver.demo DIR [N]`.
 
-Each synthetic image is a mid-tone of one of the colour model's label colours with mild noise,
-in a mix of formats and sizes, some in sub-folders; the label is the first part of the file name
-(`red_0007.jpg`). One deliberately corrupt file (`corrupt.jpg`) shows the dead letters. Real
-photos (`photos/`, from scikit-image's data, CC0 or public domain: localserver/photos/SOURCES.md)
-are what EfficientNet-Lite0 labels. Existing demo sets are left as they are, but get the photos
-if they lack them.
+Real photos (`photos/`, from scikit-image's data, CC0 or public domain:
+localserver/photos/SOURCES.md) are what EfficientNet-Lite0 labels; the demo set also holds
+copies of them in a mix of formats and sizes (`cat_03.webp`), and synthetic images, each a
+mid-tone of one of the colour model's label colours with mild noise (`red_0007.jpg`: the label
+is the first part of the file name). A third of the copies are in a sub-folder. One
+deliberately corrupt file (`corrupt.jpg`) shows the dead letters. Existing demo sets are left
+as they are, but get the photos if they lack them.
 """
 import os
 import random
@@ -69,15 +70,38 @@ def copy_photos(folder: str) -> int:
     return len(PHOTO_CLASSES)
 
 
-def make_demo_set(folder: str, count: int = 48) -> int:
-    """Write `count` labelled images (plus one corrupt file) into an empty `folder`."""
-    labels = list(LABEL_COLOURS)
+def demo_folder(folder: str, i: int) -> str:
+    return os.path.join(folder, "batch_b") if i % 3 == 0 else folder
+
+
+def write_photo_copies(folder: str, count: int) -> int:
+    """`count` copies of the demo photos, in turn, each in the next format, every other one
+    at half size."""
+    photos = list(PHOTO_CLASSES)
     for i in range(count):
+        name = photos[i % len(photos)]
+        ext, fmt = FORMATS[i // len(photos) % len(FORMATS)]
+        with Image.open(os.path.join(PHOTOS_DIR, name)) as photo:
+            img = photo.convert("RGB")
+        if i // (len(photos) * len(FORMATS)) % 2:
+            img = img.resize((img.width // 2, img.height // 2))
+        path = os.path.join(demo_folder(folder, i), f"{name.split('.')[0]}_{i:02d}.{ext}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        img.save(path, fmt)
+    return count
+
+
+def make_demo_set(folder: str, count: int = 48) -> int:
+    """Write `count` images into an empty `folder`: two thirds copies of the demo photos, a
+    third colour images; plus the photos themselves and one corrupt file."""
+    photo_copies = count * 2 // 3
+    labels = list(LABEL_COLOURS)
+    for i in range(count - photo_copies):
         label = labels[i % len(labels)]
         ext, fmt = FORMATS[i % len(FORMATS)]
-        sub = os.path.join(folder, "batch_b") if i % 3 == 0 else folder
-        write_image(os.path.join(sub, f"{label}_{i:04d}.{ext}"), label, seed=i,
-                    size=(64 + 8 * (i % 5), 48 + 8 * (i % 4)), fmt=fmt)
+        write_image(os.path.join(demo_folder(folder, i), f"{label}_{i:04d}.{ext}"), label,
+                    seed=i, size=(64 + 8 * (i % 5), 48 + 8 * (i % 4)), fmt=fmt)
+    write_photo_copies(folder, photo_copies)
     with open(os.path.join(folder, "corrupt.jpg"), "wb") as f:
         f.write(b"this is not a JPEG")
     return count + 1 + copy_photos(folder)
@@ -109,7 +133,7 @@ def main(argv=None) -> int:
               + (f" (added {added} photos)" if added else ""), file=sys.stderr)
         return 0
     written = make_demo_set(folder, count)
-    print(f"demo: wrote {written} files to {folder} ({count} synthetic images, "
+    print(f"demo: wrote {written} files to {folder} ({count} images, "
           f"{len(PHOTO_CLASSES)} photos, 1 corrupt)", file=sys.stderr)
     return 0
 

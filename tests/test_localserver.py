@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from localserver import LocalServer, model
+from localserver import LocalServer, demo, model
 from localserver.demo import LABEL_COLOURS
 from tests.helpers import DEFAULT_SWITCHES
 
@@ -561,3 +561,18 @@ def test_attach_reads_a_running_servers_stats(server):
     post(server.endpoint("mlengine"), {"instances": [[[[200, 30, 30]]]]})
     handle = LocalServer.attach(server.url + "/")
     assert handle.stats()["requests"] == server.stats()["requests"] == 1
+
+
+def test_demo_set_is_mostly_copies_of_the_demo_photos(tmp_path):
+    folder = tmp_path / "images"
+    assert demo.make_demo_set(str(folder), 48) == 53
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    stems = [p.name.split("_")[0] for p in files if p.parent.name != "photos"]
+    photo_copies = [s for s in stems if f"{s}.jpg" in demo.PHOTO_CLASSES]
+    assert len(photo_copies) == 32 and len([s for s in stems if s in LABEL_COLOURS]) == 16
+    assert {p.suffix for p in files} == {".jpg", ".jpeg", ".png", ".webp"}
+    assert len(list((folder / "batch_b").iterdir())) == 6 + 11  # i % 3 == 0 of 16 and 32
+    for path in files:
+        if path.name != "corrupt.jpg":
+            with Image.open(path) as img:
+                img.load()
