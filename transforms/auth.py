@@ -46,14 +46,18 @@ def is_google_api(url: str) -> bool:
     return parts.scheme == "https" and host.endswith(GOOGLE_API_HOST_SUFFIXES)
 
 
+def token_may_travel(endpoint: str) -> bool:
+    """A bearer token is sent only over https, or to a loopback host."""
+    return urllib.parse.urlsplit(endpoint).scheme == "https" or is_loopback(endpoint)
+
+
 def resolve_auth(mode: str, endpoint: str) -> str:
     """`adc` or `none` for this endpoint; ValueError where a token would be exposed."""
     if mode not in AUTH_MODES:
         raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {mode!r}")
-    scheme = urllib.parse.urlsplit(endpoint).scheme
     if mode == "auto":
         return "adc" if is_google_api(endpoint) else "none"
-    if mode == "adc" and scheme != "https" and not is_loopback(endpoint):
+    if mode == "adc" and not token_may_travel(endpoint):
         raise ValueError("--auth adc needs an https endpoint: a bearer token is never sent "
                          "over plain http to a non-loopback host")
     return mode
@@ -66,7 +70,7 @@ class TokenSource:
     def __init__(self, mode: str, endpoint: str):
         if mode not in ("adc", "none"):
             raise ValueError(f"auth must be resolved to adc or none, not {mode!r}")
-        if mode == "adc" and resolve_auth("adc", endpoint) != "adc":
+        if mode == "adc" and not token_may_travel(endpoint):
             raise ValueError("refusing to send a bearer token over plain http")
         self.enabled = mode == "adc"
         self._credentials = None
