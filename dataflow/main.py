@@ -10,9 +10,8 @@ The one difference from the command line: a boolean parameter arrives as `--flag
 import sys
 from typing import FrozenSet, List, Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
 from pipeline import run
+from pipeline.options import options_parser
 
 TRUE_VALUES = frozenset(("true", "1", "yes"))
 FALSE_VALUES = frozenset(("false", "0", "no", ""))
@@ -20,9 +19,7 @@ FALSE_VALUES = frozenset(("false", "0", "no", ""))
 
 def switch_flags() -> FrozenSet[str]:
     """Every flag that takes no value (`--skip_existing`), of this pipeline and of Beam."""
-    parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    parser = options_parser()
     return frozenset(flag for action in parser._actions  # pylint: disable=protected-access
                      if action.nargs == 0 for flag in action.option_strings)
 

@@ -1,7 +1,9 @@
 """One typed, validated job config, built from the command line and an optional YAML file.
 
-A YAML config holds the same options as the command line (`input: [...]`, `endpoint: ...`,
-and Beam options such as `runner`); flags given on the command line win.
+`parse_options` reads the command line and `--config FILE` into Beam PipelineOptions (a
+YAML config holds the same options as the command line: `input: [...]`, `endpoint: ...`,
+and Beam options such as `runner`; flags given on the command line win), and
+`build_config` turns them into a JobConfig holding each stage's settings, built once.
 """
 import argparse
 import dataclasses
@@ -18,15 +20,17 @@ import yaml
 from apache_beam.options.pipeline_options import (
     DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions,
     TestOptions, WorkerOptions)
-from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-from pipeline.options import PredictOptions
+from pipeline.options import PredictOptions, options_parser
 from transforms.auth import resolve_auth
-from transforms.ratelimit import worker_share
+from transforms.client import ClientSettings
 from transforms.encode import parse_size
 from transforms.labels import LabelSpec, check_field_path, check_label_names, load_label_names
-from transforms.read import escaped_key
+from transforms.predict import FailureThreshold, PredictSettings
 from transforms.protocols import Protocol, make_protocol
+from transforms.ratelimit import worker_share
+from transforms.read import InputSource, RowSpec, escaped_key, input_sources
+from transforms.retry import RetryPolicy
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
 
@@ -37,30 +41,22 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class JobConfig:
-    inputs: Tuple[str, ...]
-    input_format: str
-    endpoint: str
-    protocol: Protocol
+    sources: Tuple[InputSource, ...]  # each --input with its pattern and format
+    row_spec: RowSpec
+    predict: PredictSettings  # the endpoint, protocol, client and failure threshold
     image_size: Optional[Tuple[int, int]]
     max_instances_per_request: int
     max_request_bytes: int
-    max_concurrent_requests: int
-    qps_share: float
-    max_retries: int
-    request_timeout_s: float
-    auth: str
     output: str
     output_format: str
     errors: str
     skip_existing: bool
     run_id: str
-    uri_field: str = "uri"
-    b64_field: Optional[str] = None
-    key_field: Optional[str] = None
     output_template: Optional[str] = None  # --output before {date}/{run_id} are filled in
     retry_dead_letters: Optional[str] = None  # a dead-letter prefix whose keys are retried
     passthrough_fields: Tuple[str, ...] = ()
     bigquery: Optional[BigQueryTarget] = None  # for --output_format bigquery
+    bigquery_table: Optional[str] = None  # --bigquery_table (also named in `bq load`)
     errors_template: Optional[str] = None  # --errors before {date}/{run_id} are filled in
     commit_records: int = 0  # records per committed part; 0 = no incremental commits
     commit_seconds: float = 30.0
@@ -70,9 +66,24 @@ class JobConfig:
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
     single_process: bool = True  # the whole job runs in this one process (local runs)
     local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
-    max_response_bytes: int = 64 * 1024 * 1024
-    failure_threshold: float = 0.5
-    failure_threshold_min_records: int = 100
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        return tuple(source.given for source in self.sources)
+
+    @property
+    def client(self) -> ClientSettings:
+        return self.predict.client
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.predict.client.protocol
+
+    def with_protocol(self, protocol: Protocol) -> "JobConfig":
+        """This config with the protocol completed (e.g. from a v2 model's metadata)."""
+        client = dataclasses.replace(self.predict.client, protocol=protocol)
+        return dataclasses.replace(self, predict=dataclasses.replace(self.predict,
+                                                                     client=client))
 
     @property
     def output_run_prefix(self) -> str:
@@ -90,6 +101,8 @@ class JobConfig:
     def schema_path(self) -> str:
         return f"{self.output}.schema.json"
 
+
+# -- the command line and --config ---------------------------------------------------------
 
 DRY_RUN_FLAG = "--dry_run"
 _TRUE = ("true", "1", "yes")
@@ -117,71 +130,74 @@ def is_dry_run(options: PipelineOptions) -> bool:
     return str(options.view_as(TestOptions).dry_run).lower() in _TRUE
 
 
-def with_config_file(argv: Sequence[str]) -> List[str]:
-    """argv with the options of `--config FILE` put first, so the command line wins."""
-    argv = list(argv)
-    parser = _BeamArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--config")
-    known, _ = parser.parse_known_args(argv)
+def parse_options(argv: Sequence[str]) -> PipelineOptions:
+    """The PipelineOptions of a command line and its `--config` YAML (the command line
+    wins); ConfigError for an unknown flag, a bad value or an unreadable config."""
+    argv = with_bare_dry_run(argv)
+    parser = options_parser()
+    known = parse_strictly(parser, argv)
     if not known.config:
-        return argv
+        return PipelineOptions(argv)
+    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    values = yaml_options(parser, read_yaml(known.config), given)
+    parser.set_defaults(**values)  # typed and checked by the parser like a flag's value
+    merged = parse_strictly(parser, argv)
+    return PipelineOptions(argv, **{name: getattr(merged, name) for name in values})
+
+
+def parse_strictly(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The options of argv; ConfigError for a bad value, or for a flag or argument that
+    neither this pipeline nor Beam knows."""
     try:
-        with open(known.config, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read --config {known.config}: {e}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {known.config} must be a mapping of option: value")
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    return _as_flags(data, given) + argv
-
-
-def _as_flags(data: dict, given: set) -> List[str]:
-    """Flags for YAML options: a list repeats a repeatable flag (`input`), else is joined
-    with commas (`passthrough_fields: [a, b]` -> `--passthrough_fields=a,b`)."""
-    repeatable = _repeatable_flags()
-    flags = []
-    for name, value in data.items():
-        flag = f"--{name}"
-        if flag in given or value is None or value is False:
-            continue  # the command line wins, whole (a list included)
-        if isinstance(value, list) and flag not in repeatable:
-            value = ",".join(str(item) for item in value)
-        for item in value if isinstance(value, list) else [value]:
-            flags.append(flag if item is True else f"{flag}={item}")
-    return flags
-
-
-def _all_options_parser(parser_class=_BeamArgumentParser):
-    parser = parser_class(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # pylint: disable=protected-access
-    return parser
-
-
-def _repeatable_flags() -> set:
-    """Flags that argparse collects into a list (`--input`, Beam's `--experiments`, ...)."""
-    return {option for action in _all_options_parser()._actions  # pylint: disable=protected-access
-            if isinstance(action, argparse._AppendAction)  # pylint: disable=protected-access
-            for option in action.option_strings}
-
-
-class _StrictParser(_BeamArgumentParser):
-    """Beam's parser, reporting a bad value as a ConfigError instead of usage text + exit."""
-
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def check_known_flags(argv: Sequence[str]):
-    """ConfigError for a flag that neither this pipeline nor Beam knows, or a bad value."""
-    _, unknown = _all_options_parser(_StrictParser).parse_known_args(list(argv))
+        known, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as e:
+        raise ConfigError(str(e))
     flags = [a for a in unknown if a.startswith("-")]
     if flags:
         raise ConfigError(f"unknown flag {flags[0].split('=', 1)[0]} (see --help)")
     if unknown:  # e.g. an unquoted glob the shell expanded: `--input a.jpg b.jpg`
         raise ConfigError(f"unexpected argument {unknown[0]!r} (quote globs given to --input; "
                           f"repeat --input for several)")
+    return known
+
+
+def read_yaml(path: str) -> dict:
+    """The mapping of option: value in a YAML --config file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read --config {path}: {e}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} must be a mapping of option: value")
+    return data
+
+
+def yaml_options(parser: argparse.ArgumentParser, data: dict, given: set) -> dict:
+    """The YAML options the command line leaves to the file, in the form argparse takes as
+    defaults (a string is typed and checked by the parser as a flag's value would be): a
+    list for a repeatable option (`input`, Beam's `experiments`, ...), else one value, a list
+    comma-separated (`passthrough_fields: [a, b]`)."""
+    known = vars(parser.parse_known_args([])[0])
+    values = {}
+    for name, value in data.items():
+        if name in given or value is None or value is False:
+            continue  # the command line wins, whole (a list included)
+        if name not in known:
+            raise ConfigError(f"unknown flag --{name} (see --help)")
+        if value is not True:
+            items = [str(item) for item in (value if isinstance(value, list) else [value])]
+            value = items if is_repeatable(parser, name) else ",".join(items)
+        values[name] = value
+    return values
+
+
+def is_repeatable(parser: argparse.ArgumentParser, name: str) -> bool:
+    """Whether `--name` collects its values into a list (argparse's action="append")."""
+    try:
+        return isinstance(getattr(parser.parse_known_args([f"--{name}=x"])[0], name), list)
+    except argparse.ArgumentError:  # a switch, or a type that does not take "x"
+        return False
 
 
 # Shared-core machine types, whose names do not end in their vCPU count.
@@ -317,82 +333,30 @@ def label_spec(o: PredictOptions) -> LabelSpec:
 def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobConfig:
     """The validated JobConfig for these options; ConfigError says what is wrong."""
     o = options.view_as(PredictOptions)
-    if not o.input:
-        raise ConfigError("--input is required (a folder, glob, gs:// prefix or row file)")
-    if not o.endpoint:
-        raise ConfigError("--endpoint is required (the full :predict URL)")
-    for given in o.input:
-        if escaped_key(given) != given:
-            raise ConfigError(f"--input {escaped_key(given)} is not valid UTF-8: give the "
-                              f"folder that holds it, or a glob")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    run_id = run_id or new_run_id(now)
     try:
-        endpoint = urllib.parse.urlsplit(o.endpoint)
-        endpoint.port  # pylint: disable=pointless-statement  (raises on a bad port)
-    except ValueError as e:
-        raise ConfigError(f"--endpoint {o.endpoint!r} is not a valid URL: {e}")
-    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
-        raise ConfigError(f"--endpoint must be an http(s) URL, not {o.endpoint!r}")
-    if not o.output:
-        raise ConfigError("--output is required (an output prefix, local or gs://)")
-    check_numbers(o)
-    if o.limit is not None and o.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    try:
+        check_required(o)
+        sources = input_settings(o)
+        check_endpoint(o.endpoint)
+        check_numbers(o)
+        if o.limit is not None and o.limit < 1:
+            raise ValueError("--limit must be at least 1")
         image_size = parse_size(o.image_size)
-        if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
-            raise ValueError("--instance_format tensor needs --image_size WxH")
-        protocol = make_protocol(
-            o.protocol, o.instance_format, label_spec(o), o.score_threshold,
-            not o.no_prediction_column, parse_parameters(o.parameters),
-            **_v2_options(o, image_size))
-        auth = resolve_auth(o.auth, o.endpoint)
-        now = datetime.datetime.now(datetime.timezone.utc)
-        run_id = run_id or new_run_id(now)
-        date = now.strftime("%Y-%m-%d")
-        output = _absolute(render_path(o.output, date, run_id))
-        errors = _absolute(render_path(o.errors, date, run_id)) if o.errors else None
-        passthrough_fields = parse_passthrough_fields(o.passthrough_fields)
-        if o.bigquery_table:  # also names the table in the printed `bq load` command
-            parse_bigquery_table(o.bigquery_table)
-        bigquery = None
-        if o.output_format == "bigquery":
-            bigquery = bigquery_target(o.bigquery_table, o.bigquery_temp_location
-                                       or options.view_as(GoogleCloudOptions).temp_location)
-            if o.skip_existing:
-                raise ValueError("--skip_existing reads earlier outputs under --output, not a "
-                                 "BigQuery table: use --output_format parquet/jsonl/both")
-    except ValueError as e:
+        client = client_settings(o, image_size)
+        outputs = output_settings(o, options, now.strftime("%Y-%m-%d"), run_id)
+        processes = worker_processes(options)
+    except ValueError as e:  # ConfigError included
         raise ConfigError(str(e))
-    if errors is not None and errors == output:
-        raise ConfigError("--errors must differ from --output: dead letters and JSONL "
-                          "predictions would share shard names")
-    processes = worker_processes(options)
     return JobConfig(
-        inputs=tuple(o.input),
-        input_format=o.input_format,
-        endpoint=o.endpoint,
-        protocol=protocol,
+        sources=sources,
+        row_spec=RowSpec(o.uri_field, o.b64_field, o.key_field),
+        predict=predict_settings(o, client, processes),
         image_size=image_size,
         max_instances_per_request=o.max_instances_per_request,
         max_request_bytes=o.max_request_bytes,
-        max_concurrent_requests=o.max_concurrent_requests,
-        qps_share=worker_share(o.qps, processes) if o.qps else 0.0,
-        max_retries=o.max_retries,
-        request_timeout_s=o.request_timeout_s,
-        auth=auth,
-        output=output,
-        output_format=o.output_format,
-        errors=errors or f"{output}-errors",
-        skip_existing=o.skip_existing,
         run_id=run_id,
-        uri_field=o.uri_field,
-        b64_field=o.b64_field,
-        key_field=o.key_field,
-        output_template=_absolute(o.output),
-        retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,
-        passthrough_fields=passthrough_fields,
-        bigquery=bigquery,
-        errors_template=_absolute(o.errors) if o.errors else _absolute(o.output) + "-errors",
+        **outputs,
         commit_records=o.commit_every_records,
         commit_seconds=o.commit_every_s,
         parts_stale_after_s=o.parts_stale_after_s,
@@ -401,10 +365,107 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         worker_processes=processes,
         single_process=runs_in_one_process(options, processes),
         local=runs_locally(options),
-        max_response_bytes=o.max_response_bytes,
-        failure_threshold=o.failure_threshold,
-        failure_threshold_min_records=o.failure_threshold_min_records,
     )
+
+
+REQUIRED = (
+    ("input", "--input is required (a folder, glob, gs:// prefix or row file)"),
+    ("endpoint", "--endpoint is required (the full :predict URL)"),
+    ("output", "--output is required (an output prefix, local or gs://)"),
+)
+
+
+def check_required(o: PredictOptions):
+    for name, message in REQUIRED:
+        if not getattr(o, name):
+            raise ValueError(message)
+
+
+def input_settings(o: PredictOptions) -> Tuple[InputSource, ...]:
+    """Each --input with its pattern and format."""
+    for given in o.input:
+        if escaped_key(given) != given:
+            raise ValueError(f"--input {escaped_key(given)} is not valid UTF-8: give the "
+                             f"folder that holds it, or a glob")
+    return input_sources(o.input, o.input_format)
+
+
+def check_endpoint(url: str):
+    """ValueError unless `url` is an http(s) URL with a host (and a valid port)."""
+    try:
+        endpoint = urllib.parse.urlsplit(url)
+        endpoint.port  # pylint: disable=pointless-statement  (raises on a bad port)
+    except ValueError as e:
+        raise ValueError(f"--endpoint {url!r} is not a valid URL: {e}")
+    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+        raise ValueError(f"--endpoint must be an http(s) URL, not {url!r}")
+
+
+def client_settings(o: PredictOptions, image_size) -> ClientSettings:
+    """The endpoint, its protocol (with the encoding and label flags) and the client's limits."""
+    if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
+        raise ValueError("--instance_format tensor needs --image_size WxH")
+    protocol = make_protocol(
+        o.protocol, o.instance_format, label_spec(o), o.score_threshold,
+        not o.no_prediction_column, parse_parameters(o.parameters),
+        **_v2_options(o, image_size))
+    return ClientSettings(
+        endpoint=o.endpoint,
+        protocol=protocol,
+        max_concurrent_requests=o.max_concurrent_requests,
+        request_timeout_s=o.request_timeout_s,
+        retry=RetryPolicy(max_retries=o.max_retries),
+        auth=resolve_auth(o.auth, o.endpoint),
+        max_response_bytes=o.max_response_bytes,
+    )
+
+
+def predict_settings(o: PredictOptions, client: ClientSettings, processes: int
+                     ) -> PredictSettings:
+    """The Predict stage's settings: this process's share of --qps, when to stop the job."""
+    threshold = FailureThreshold(max_failed_fraction=o.failure_threshold,
+                                 min_records=o.failure_threshold_min_records)
+    return PredictSettings(client=client,
+                           qps_share=worker_share(o.qps, processes) if o.qps else 0.0,
+                           failure_threshold=threshold)
+
+
+def output_settings(o: PredictOptions, options: PipelineOptions, date: str, run_id: str
+                    ) -> dict:
+    """The JobConfig fields saying where and what to write."""
+    output = _absolute(render_path(o.output, date, run_id))
+    errors = _absolute(render_path(o.errors, date, run_id)) if o.errors else None
+    passthrough_fields = parse_passthrough_fields(o.passthrough_fields)
+    table = parse_bigquery_table(o.bigquery_table) if o.bigquery_table else o.bigquery_table
+    bigquery = bigquery_settings(o, options, table)
+    if errors is not None and errors == output:
+        raise ValueError("--errors must differ from --output: dead letters and JSONL "
+                         "predictions would share shard names")
+    return dict(
+        output=output,
+        output_format=o.output_format,
+        errors=errors or f"{output}-errors",
+        skip_existing=o.skip_existing,
+        output_template=_absolute(o.output),
+        errors_template=_absolute(o.errors) if o.errors else _absolute(o.output) + "-errors",
+        retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,
+        passthrough_fields=passthrough_fields,
+        bigquery=bigquery,
+        bigquery_table=table,
+    )
+
+
+def bigquery_settings(o: PredictOptions, options: PipelineOptions, table: Optional[str]
+                      ) -> Optional[BigQueryTarget]:
+    """The table `--output_format bigquery` appends to, and its GCS staging folder."""
+    if o.output_format != "bigquery":
+        return None
+    target = bigquery_target(table, o.bigquery_temp_location
+                             or options.view_as(GoogleCloudOptions).temp_location)
+    if o.skip_existing:
+        raise ValueError("--skip_existing reads earlier outputs under --output, not a "
+                         "BigQuery table: use --output_format parquet/jsonl/both")
+    return target
 
 
 def parse_parameters(text: Optional[str]) -> dict:

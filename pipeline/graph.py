@@ -2,35 +2,17 @@
 import apache_beam as beam
 
 from pipeline.config import JobConfig
-from transforms.client import ClientSettings
 from transforms.encode import EncodeInstances
 from transforms.existing import AdoptParts, SelectTodo
 from transforms.limit import CountForEstimate, FirstN
 from transforms.pack import PackRequests
 from transforms.passthrough import JoinPassthrough
-from transforms.predict import FailureThreshold, Predict, PredictSettings
+from transforms.predict import Predict
 from transforms.progress import NoteTotal
-from transforms.read import ReadInputs, RowSpec
-from transforms.retry import RetryPolicy
+from transforms.read import ReadInputs
 from transforms.parts import CommitParts, DeleteParts, parts_dir
 from transforms.records import prediction_schema
 from transforms.write import WriteDeadLetters, WriteResults
-
-
-def predict_settings(config: JobConfig) -> PredictSettings:
-    client = ClientSettings(
-        endpoint=config.endpoint,
-        protocol=config.protocol,
-        max_concurrent_requests=config.max_concurrent_requests,
-        request_timeout_s=config.request_timeout_s,
-        retry=RetryPolicy(max_retries=config.max_retries),
-        auth=config.auth,
-        max_response_bytes=config.max_response_bytes,
-    )
-    threshold = FailureThreshold(max_failed_fraction=config.failure_threshold,
-                                 min_records=config.failure_threshold_min_records)
-    return PredictSettings(client=client, qps_share=config.qps_share,
-                           failure_threshold=threshold)
 
 
 def select_todo(refs, config: JobConfig):
@@ -90,9 +72,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
     own shards) are deleted once the shards are in place. See docs/crash-safety.md.
     `count_only` (--dry_run): read and select the inputs, count them, nothing more.
     """
-    inputs = p | "ReadInputs" >> ReadInputs(
-        config.inputs, config.input_format,
-        RowSpec(config.uri_field, config.b64_field, config.key_field))
+    inputs = p | "ReadInputs" >> ReadInputs(config.sources, config.row_spec)
     todo = select_todo(inputs.refs, config)
     if count_only:
         todo | "CountForEstimate" >> CountForEstimate()
@@ -104,7 +84,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
                  | "PackRequests" >> PackRequests(
                      config.protocol, config.max_instances_per_request,
                      config.max_request_bytes)
-                 | "Predict" >> Predict(predict_settings(config)))
+                 | "Predict" >> Predict(config.predict))
     failures = ((inputs.failed, encoded.failed, predicted.failed)
                 | "MergeFailures" >> beam.Flatten())
     committed = commit_parts(predicted.predictions, failures, config)

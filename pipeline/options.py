@@ -1,16 +1,53 @@
 """The pipeline's command-line flags, as Beam PipelineOptions.
 
-Parsed once, in `pipeline.run`; every Beam flag (`--runner`, `--project`, ...) passes
-through untouched. `pipeline.config` turns these into a validated JobConfig.
+Parsed once, in `pipeline.config.parse_options`; every Beam flag (`--runner`, `--project`,
+...) passes through untouched. `pipeline.config` turns these into a validated JobConfig.
+The enumerations are the owning transforms' own; a flag's value is validated here, once,
+whether it comes from the command line or a YAML --config.
 """
+import argparse
+from typing import Callable, Sequence
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.auth import AUTH_MODES
 from transforms.leftovers import DEFAULT_STALE_AFTER_S
 from transforms.parts import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
 from transforms.oip import TENSOR_DTYPES
 from transforms.protocols import INSTANCE_FORMATS, PROTOCOLS
+from transforms.read import INPUT_FORMATS
+from transforms.write import OUTPUT_FORMATS
 
 DEFAULT_MAX_REQUEST_BYTES = 1_500_000
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """An argparse `type` that accepts only `choices`, with argparse's own wording.
+
+    argparse checks `choices` for command-line values only; as the type, the check also
+    applies to a value from a YAML --config (given to the parser as a default)."""
+    def check(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {value!r} (choose from {', '.join(map(repr, choices))})")
+        return value
+    return check
+
+
+def enumerated(choices: Sequence[str]) -> dict:
+    """add_argument keywords for a flag taking one of `choices`."""
+    return dict(type=one_of(choices), choices=choices)
+
+
+def options_parser() -> argparse.ArgumentParser:
+    """One parser for every option this process knows, this pipeline's and Beam's.
+
+    Strict: a bad value raises argparse.ArgumentError (no usage text, no exit). Options are
+    declared by each PipelineOptions subclass's `_add_argparse_args`, as Beam does."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
 
 
 class PredictOptions(PipelineOptions):
@@ -23,8 +60,7 @@ class PredictOptions(PipelineOptions):
         add("--input", action="append", default=None,
             help="Repeatable. A folder, a glob (photos/**/*.jpg), a gs://bucket/prefix/** "
                  "glob, a .csv/.jsonl file of rows, or a file list (one URI per line).")
-        add("--input_format", default="auto",
-            choices=("auto", "images", "csv", "jsonl", "filelist"),
+        add("--input_format", default="auto", **enumerated(INPUT_FORMATS),
             help="How to read --input: by extension (auto), or as named.")
         add("--uri_field", default="uri", help="Row column holding an image URI.")
         add("--b64_field", default=None, help="Row column holding inline base64 image bytes.")
@@ -32,16 +68,16 @@ class PredictOptions(PipelineOptions):
                                               "(default: the URI).")
         # Endpoint and encoding
         add("--endpoint", default=None, help="The full :predict URL (http or https).")
-        add("--protocol", default="mlengine", choices=PROTOCOLS,
+        add("--protocol", default="mlengine", **enumerated(PROTOCOLS),
             help="Wire protocol of the endpoint: ML Engine/Vertex `instances` (also KServe v1 "
                  "and TF Serving), AutoML v1beta1, Vertex image instances, or v2 (Open "
                  "Inference Protocol: KServe, Triton, MLServer; endpoint "
                  ".../v2/models/NAME[/versions/V]/infer).")
-        add("--instance_format", default="b64", choices=INSTANCE_FORMATS,
+        add("--instance_format", default="b64", **enumerated(INSTANCE_FORMATS),
             help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists; "
                  "v2: a BYTES tensor of image files (b64) or an RGB tensor [n, H, W, 3] "
                  "(tensor).")
-        add("--tensor_dtype", default="UINT8", choices=TENSOR_DTYPES,
+        add("--tensor_dtype", default="UINT8", **enumerated(TENSOR_DTYPES),
             help="v2 with --instance_format tensor: datatype of the pixel tensor (values "
                  "0-255).")
         add("--binary_data", action="store_true", default=False,
@@ -99,15 +135,15 @@ class PredictOptions(PipelineOptions):
         add("--failure_threshold_min_records", type=int, default=100,
             help="Records a worker process must have tried before --failure_threshold "
                  "applies.")
-        add("--auth", default="auto", choices=("auto", "adc", "none"),
+        add("--auth", default="auto", **enumerated(AUTH_MODES),
             help="auto: Application Default Credentials for Google API hosts "
                  "(*.googleapis.com, *.prediction.vertexai.goog), none elsewhere; "
                  "adc: always (https only).")
         # Outputs
         add("--output", default=None, help="Output prefix (local path or gs://); may hold "
                                            "{date} (UTC YYYY-MM-DD) and {run_id}.")
-        add("--output_format", default="parquet",
-            choices=("parquet", "jsonl", "both", "bigquery"), help="What to write.")
+        add("--output_format", default="parquet", **enumerated(OUTPUT_FORMATS),
+            help="What to write.")
         add("--errors", default=None, help="Dead-letter prefix (default <output>-errors); "
                                            "may hold {date} and {run_id}.")
         add("--skip_existing", action="store_true", default=False,

@@ -10,7 +10,6 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
 import argparse
 import asyncio
 import collections
-import dataclasses
 import functools
 import json
 import logging
@@ -26,8 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import StandardOptions, GoogleCloudOptions, PipelineOptions
 
-from pipeline.config import ConfigError, JobConfig, build_config, check_known_flags, \
-    with_bare_dry_run, with_config_file
+from pipeline.config import ConfigError, JobConfig, build_config, parse_options
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
@@ -35,7 +33,7 @@ from transforms import metrics
 from transforms.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
 from transforms.oip import V2, NotReady, check_model, is_raw_predict
-from transforms.read import RowSpec, check_input, first_match, open_path, pattern_for
+from transforms.read import check_input, first_match, open_path
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
@@ -80,17 +78,15 @@ PREFLIGHT_TIMEOUT_S = 10.0
 
 def parse(argv: Sequence[str]):
     """(PipelineOptions, JobConfig) for a command line; ConfigError for a bad one."""
-    argv = with_bare_dry_run(with_config_file(argv))
-    check_known_flags(argv)
-    options = PipelineOptions(argv)
+    options = parse_options(argv)
     return options, build_config(options)
 
 
 def preflight(config: JobConfig) -> JobConfig:
     """Checks that need I/O, made before the job starts: every --input matches something;
     a v2 model is ready. Returns the config completed from what was found."""
-    for given in config.inputs:
-        pattern = pattern_for(given)
+    for source in config.sources:
+        given, pattern = source.given, source.pattern
         try:
             matched = first_match(pattern)
         except Exception as e:  # Beam raises BeamIOError with the cause inside
@@ -101,8 +97,7 @@ def preflight(config: JobConfig) -> JobConfig:
         if listed.reason is not None:  # a link, a FIFO: never opened, counted by the job
             continue
         try:  # a CSV whose header lacks the image (or key) column: say so now
-            check_input(given, config.input_format, open_path(key, listed),
-                        RowSpec(config.uri_field, config.b64_field, config.key_field))
+            check_input(source, open_path(key, listed), config.row_spec)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--input {given}: {e}")
     if config.retry_dead_letters:
@@ -111,10 +106,10 @@ def preflight(config: JobConfig) -> JobConfig:
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
     if not config.dry_run:  # a dry run writes nothing, not even a probe
         check_writable(config.errors_run_prefix, "--errors")
-    if config.auth == "adc" and config.local:  # on Dataflow, workers use their own account
+    if config.client.auth == "adc" and config.local:  # on Dataflow, workers use their own account
         check_credentials()
     if isinstance(config.protocol, V2):
-        return dataclasses.replace(config, protocol=check_v2_model(config))
+        return config.with_protocol(check_v2_model(config))
     return config
 
 
@@ -152,19 +147,20 @@ def _first_line(error: Exception) -> str:
 
 def check_v2_model(config: JobConfig) -> V2:
     """The v2 server and model are ready; the protocol completed from the model metadata."""
+    client = config.client
     try:
-        token = asyncio.run(TokenSource(config.auth, config.endpoint).token())
+        token = asyncio.run(TokenSource(client.auth, client.endpoint).token())
     except AuthError as e:
         raise ConfigError(f"cannot get credentials for --endpoint: {e}")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if is_raw_predict(config.endpoint):  # the model's own routes are not reachable
-        if not config.protocol.input_name:
+    if is_raw_predict(client.endpoint):  # the model's own routes are not reachable
+        if not client.protocol.input_name:
             raise ConfigError("--protocol v2 through :rawPredict needs --model_input (the "
                               "model metadata cannot be read through Vertex)")
-        return config.protocol
+        return client.protocol
     try:
-        return check_model(config.protocol, config.endpoint, headers,
-                           min(config.request_timeout_s, PREFLIGHT_TIMEOUT_S))
+        return check_model(client.protocol, client.endpoint, headers,
+                           min(client.request_timeout_s, PREFLIGHT_TIMEOUT_S))
     except (NotReady, ValueError) as e:
         raise ConfigError(str(e))
 
@@ -198,7 +194,7 @@ def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     summary.update(estimate(
         counts["dry_run_images"], counts["dry_run_bytes"], counts["dry_run_unsized"],
         config.max_instances_per_request, config.max_request_bytes, qps,
-        config.max_concurrent_requests, config.worker_processes))
+        config.client.max_concurrent_requests, config.worker_processes))
     summary["accounted"] = (summary["inputs"]
                             == summary["images"] + summary["failed"] + summary["skipped"])
     return summary
@@ -290,8 +286,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
             delete_folder(folder)
     if config.output_format in ("jsonl", "both"):
         summary["bq_load"] = jsonl_load_command(
-            config.output_run_prefix, config.schema_path,
-            options.view_as(PredictOptions).bigquery_table)
+            config.output_run_prefix, config.schema_path, config.bigquery_table)
     write_text(report.metrics_path(config.output_run_prefix),
                json.dumps(report.run_metrics(result), indent=1) + "\n")
     if options.view_as(PredictOptions).report:

@@ -1,11 +1,14 @@
 """Every shipped YAML config loads into a valid JobConfig; the command line wins over it."""
 import glob
 import os
+import re
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
 
-from pipeline.config import ConfigError, build_config, with_config_file
+from pipeline.config import ConfigError, build_config, is_dry_run, parse_options
+from pipeline.options import PredictOptions
+from transforms.read import InputSource, RowSpec
 from transforms.protocols import PROTOCOLS
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
@@ -13,9 +16,9 @@ CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "config
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_shipped_config_is_valid(path):
-    argv = with_config_file(["--config", path, "--input", "x", "--output", "o",
+    options = parse_options(["--config", path, "--input", "x", "--output", "o",
                              "--endpoint", "https://example.invalid/v1/m:predict"])
-    config = build_config(PipelineOptions(argv))
+    config = build_config(options)
     assert config.max_request_bytes <= 1_572_864
     assert config.protocol.name in PROTOCOLS
 
@@ -23,26 +26,83 @@ def test_shipped_config_is_valid(path):
 def test_command_line_wins_and_replaces_lists(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input: [a, b]\nqps: 5\nmax_retries: 2\nskip_existing: true\n")
-    argv = with_config_file(["--config", str(path), "--input", "c", "--qps", "7"])
-    options = PipelineOptions(argv + ["--output", "o", "--endpoint", "http://127.0.0.1:1/m:predict"])
+    options = parse_options(["--config", str(path), "--input", "c", "--qps", "7", "--output", "o",
+                             "--endpoint", "http://127.0.0.1:1/m:predict"])
     config = build_config(options)
     assert config.inputs == ("c",)
-    assert config.qps_share == 7 and config.max_retries == 2 and config.skip_existing
+    assert config.predict.qps_share == 7 and config.client.retry.max_retries == 2
+    assert config.skip_existing
 
 
 def test_config_that_is_not_a_mapping(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
-        with_config_file(["--config", str(path)])
+        parse_options(["--config", str(path)])
 
 
 def test_yaml_lists_repeat_repeatable_flags_and_join_the_others(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input: [a, b]\npassthrough_fields: [region, camera]\n"
                     "label_names: [cat, dog]\nlabels: [team=a, env=b]\n")
-    argv = with_config_file(["--config", str(path)])
-    assert argv.count("--input=a") == 1 and "--input=b" in argv
-    assert "--passthrough_fields=region,camera" in argv
-    assert "--label_names=cat,dog" in argv
-    assert "--labels=team=a" in argv and "--labels=env=b" in argv  # Beam's job labels
+    options = parse_options(["--config", str(path)])
+    assert options.view_as(PredictOptions).input == ["a", "b"]
+    assert options.view_as(PredictOptions).passthrough_fields == "region,camera"
+    assert options.view_as(PredictOptions).label_names == "cat,dog"
+    assert options.view_as(GoogleCloudOptions).labels == ["team=a", "env=b"]  # Beam's job labels
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("protocol: grpc\n", "argument --protocol: invalid choice: 'grpc' (choose from 'mlengine', "
+                         "'automl', 'vertex', 'v2')"),
+    ("output_format: csv\n", "argument --output_format: invalid choice: 'csv'"),
+    ("qps: fast\n", "argument --qps: invalid float value: 'fast'"),
+    ("no_such_option: 1\n", "unknown flag --no_such_option (see --help)"),
+])
+def test_a_bad_yaml_value_is_refused_as_on_the_command_line(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_options(["--config", str(path)])
+    flag, value = yaml_text.strip().split(": ")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_options([f"--{flag}", value])
+
+
+def test_yaml_values_are_typed_as_flags_are(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("qps: 20\nmax_retries: '3'\nexperiments: use_runner_v2\nskip_existing: true\n"
+                    "dry_run: true\n")
+    options = parse_options(["--config", str(path)])
+    own = options.view_as(PredictOptions)
+    assert (own.qps, own.max_retries, own.skip_existing) == (20.0, 3, True)
+    assert isinstance(own.qps, float)
+    assert options.view_as(DebugOptions).experiments == ["use_runner_v2"]  # repeatable: a list
+    assert is_dry_run(options)
+
+
+def test_stage_settings_are_built_once_in_the_config(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    config = build_config(parse_options([
+        "--input", str(folder), "--input", "gs://b/rows.csv", "--output", "o", "--key_field", "id",
+        "--endpoint", "https://ml.googleapis.com/v1/m:predict", "--max_retries", "2"]))
+    assert config.sources == (InputSource(str(folder), str(folder) + "/**", "images"),
+                               InputSource("gs://b/rows.csv", "gs://b/rows.csv", "csv"))
+    assert config.row_spec == RowSpec(key_field="id")
+    assert config.client.auth == "adc" and config.client.retry.max_retries == 2
+    assert config.predict.client is config.client and config.protocol.name == "mlengine"
+
+
+PRIVATE_PARSER_NAMES = ("_BeamArgumentParser", "_AppendAction")
+
+
+def test_no_code_depends_on_private_parser_classes():
+    root = os.path.join(os.path.dirname(__file__), "..")
+    sources = [p for folder in ("pipeline", "transforms", "dataflow", "tests")
+               for p in glob.glob(os.path.join(root, folder, "*.py"))
+               if os.path.basename(p) != os.path.basename(__file__)]
+    for path in sources:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        assert not [n for n in PRIVATE_PARSER_NAMES if n in text], path

@@ -8,6 +8,7 @@ proto, the Dataflow Job message) and stops before the first API call. An audit h
 every socket while that runs, and a timer bounds it, so a credential or bucket lookup fails
 the test instead of hanging it.
 """
+import argparse
 import ast
 import base64
 import contextlib
@@ -25,7 +26,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
 from apache_beam.options.pipeline_options import (
-    GoogleCloudOptions, PipelineOptions, WorkerOptions, _BeamArgumentParser)
+    GoogleCloudOptions, PipelineOptions, WorkerOptions)
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
@@ -34,8 +35,8 @@ from google.protobuf import json_format
 from packaging.requirements import Requirement
 
 from pipeline import run as pipeline_run
-from pipeline.config import (ConfigError, build_config, check_known_flags, machine_vcpus,
-                             with_config_file, worker_processes)
+from pipeline.config import (ConfigError, build_config, machine_vcpus, parse_options,
+                             worker_processes)
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from tests.helpers import labelled_images
@@ -111,10 +112,8 @@ def copy_project(dest) -> str:
 def dataflow_job(tmp_path_factory):
     """configs/dataflow.yaml through DataflowRunner in dry-run mode, offline."""
     setup_file = copy_project(tmp_path_factory.mktemp("project"))
-    argv = with_config_file(["--config", CONFIG, "--dry_run", "True",
+    options = parse_options(["--config", CONFIG, "--dry_run", "True",
                              "--setup_file", setup_file])
-    check_known_flags(argv)
-    options = PipelineOptions(argv)
     config = build_config(options, run_id=RUN_ID)
     with offline() as attempts:
         p = beam.Pipeline(options=options)
@@ -233,6 +232,7 @@ def test_predict_fn_carries_its_process_share_of_qps(dataflow_job):
     # configs/dataflow.yaml: qps 20 over 10 workers x 4 vCPUs = 40 SDK processes.
     assert fn._settings.qps_share == pytest.approx(20 / 40)
     assert fn._settings.client.auth == "adc"
+    assert fn._settings == dataflow_job.config.predict  # the config's, passed on as built
 
 
 def test_options_round_trip_to_the_workers(dataflow_job):
@@ -267,7 +267,7 @@ def load_flex_main():
 
 
 def predict_parser():
-    parser = _BeamArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False)
     PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     return parser
 
@@ -477,7 +477,7 @@ def check_launch(launch: dict):
     env = launch["environment"]
     processes = env["maxWorkers"] * machine_vcpus(env["machineType"])
     assert int(params["qps_worker_processes"]) == processes
-    assert config.qps_share == pytest.approx(float(params["qps"]) / processes)
+    assert config.predict.qps_share == pytest.approx(float(params["qps"]) / processes)
     # The launch's worker pool alone (if the launcher passes it on) gives the same count.
     without = dict(launch, parameters={k: v for k, v in params.items()
                                        if k != "qps_worker_processes"})
@@ -539,7 +539,7 @@ DATAFLOW = ["--runner=DataflowRunner", "--project=p", "--region=us-central1",
 ])
 def test_dataflow_processes_sharing_qps(extra, processes):
     config = build_config(PipelineOptions(DATAFLOW + ["--qps=14"] + extra))
-    assert config.qps_share == pytest.approx(14 / processes)
+    assert config.predict.qps_share == pytest.approx(14 / processes)
 
 
 @pytest.mark.parametrize("extra", [
@@ -551,4 +551,4 @@ def test_dataflow_processes_sharing_qps(extra, processes):
 def test_dataflow_qps_without_a_known_process_count_is_refused(extra):
     with pytest.raises(ConfigError, match="qps_worker_processes"):
         build_config(PipelineOptions(DATAFLOW + ["--qps=14"] + extra))
-    assert build_config(PipelineOptions(DATAFLOW + extra)).qps_share == 0.0
+    assert build_config(PipelineOptions(DATAFLOW + extra)).predict.qps_share == 0.0

@@ -22,7 +22,7 @@ from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images,
                            read_dead_letters, read_predictions)
 from transforms.encode import EncodeInstances
 from transforms.protocols import make_protocol
-from transforms.read import ReadInputs
+from transforms.read import ReadInputs, input_sources
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
@@ -221,7 +221,7 @@ def test_file_that_vanishes_between_listing_and_reading(tmp_path):
         return ref
 
     with TestPipeline(runner=LOCAL_RUNNER) as p:
-        refs = p | ReadInputs([str(tmp_path)])
+        refs = p | ReadInputs(input_sources([str(tmp_path)]))
         encoded = (refs.refs | "Vanish" >> beam.Map(delete_victim)
                    | EncodeInstances(make_protocol("mlengine"), 1_500_000))
         assert_that(encoded.instances | beam.Map(lambda i: i.key), equal_to([survivor]),

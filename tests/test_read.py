@@ -16,9 +16,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests.helpers import LOCAL_RUNNER
 from transforms import metrics
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
-                             glob_root, input_format, list_pattern, parse_rows, pattern_for,
-                             quote_glob, ref_rank, resolve_uri, row_ref, skip_reason,
-                             split_inputs, text_lines)
+                             glob_root, input_format, input_sources, list_pattern, parse_rows,
+                             pattern_for, quote_glob, ref_rank, resolve_uri, row_ref,
+                             skip_reason, split_inputs, text_lines)
 from transforms.records import ImageRef
 
 
@@ -269,7 +269,7 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# all\n{photos / 'B.PNG'}\n")
     p = TestPipeline(runner=LOCAL_RUNNER)
-    out = p | ReadInputs([str(photos), str(rows), str(inline), str(listing)], "auto",
+    out = p | ReadInputs(input_sources([str(photos), str(rows), str(inline), str(listing)]),
                          RowSpec(b64_field="b64"))
     expected_keys = [str(photos / "a.jpg"), str(photos / "B.PNG"),
                      str(photos / "sub dir/ç ü.webp"), str(photos / "missing.jpg"),
@@ -294,7 +294,7 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
 def test_read_inputs_images_only_has_no_row_steps(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     with TestPipeline(runner=LOCAL_RUNNER) as p:
-        out = p | ReadInputs([str(tmp_path), str(tmp_path / "*.jpg")])
+        out = p | ReadInputs(input_sources([str(tmp_path), str(tmp_path / "*.jpg")]))
         assert_that(out.refs | beam.Map(lambda r: (r.key, r.size)),
                     equal_to([(str(tmp_path / "a.jpg"), 1)]))
         assert_that(out.failed, equal_to([]), label="no failures")

@@ -96,16 +96,29 @@ def input_format(given: str, requested: str = "auto") -> str:
     return ROW_EXTENSIONS.get(posixpath.splitext(name)[1], "images")
 
 
+class InputSource(NamedTuple):
+    """One --input as given, the pattern it matches and its format (`input_format`)."""
+    given: str
+    pattern: str
+    format: str
+
+
+def input_sources(inputs: Sequence[str], requested: str = "auto") -> Tuple[InputSource, ...]:
+    """Each --input with its pattern and format, worked out once for the job."""
+    return tuple(InputSource(given, pattern_for(given), input_format(given, requested))
+                 for given in inputs)
+
+
+def split_sources(sources: Sequence[InputSource]):
+    """(image patterns, [(row pattern, format)]) of these sources."""
+    images = [s.pattern for s in sources if s.format == "images"]
+    rows = [(s.pattern, s.format) for s in sources if s.format != "images"]
+    return images, rows
+
+
 def split_inputs(inputs: Sequence[str], requested: str = "auto"):
     """(image patterns, [(row pattern, format)]) for the given --input values."""
-    images, rows = [], []
-    for given in inputs:
-        fmt = input_format(given, requested)
-        if fmt == "images":
-            images.append(pattern_for(given))
-        else:
-            rows.append((pattern_for(given), fmt))
-    return images, rows
+    return split_sources(input_sources(inputs, requested))
 
 
 def pattern_for(path: str) -> str:
@@ -548,9 +561,9 @@ def check_csv_header(path: str, spec: RowSpec):
                          f"(columns: {', '.join(header) or 'none'})")
 
 
-def check_input(given: str, requested: str, first_path: str, spec: RowSpec):
+def check_input(source: InputSource, first_path: str, spec: RowSpec):
     """ValueError when a row input cannot work with these fields (checked on its first file)."""
-    if input_format(given, requested) == "csv":
+    if source.format == "csv":
         check_csv_header(first_path, spec)
 
 
@@ -678,13 +691,13 @@ class UniqueKeys(beam.PTransform):
 
 
 class ReadInputs(beam.PTransform):
-    """Every --input -> ImageRef per record (unique keys), with `failed` (read dead letters);
-    skipped files are counted. Image folders and row files may be mixed in one job."""
+    """Every --input (`input_sources`) -> ImageRef per record (unique keys), with `failed`
+    (read dead letters); skipped files are counted. Image folders and row files may be mixed
+    in one job."""
 
-    def __init__(self, inputs: Sequence[str], requested_format: str = "auto",
-                 spec: RowSpec = RowSpec()):
+    def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec()):
         super().__init__()
-        self._images, self._rows = split_inputs(inputs, requested_format)
+        self._images, self._rows = split_sources(sources)
         self._spec = spec
 
     def expand(self, pbegin):

@@ -138,17 +138,23 @@ class BigQueryTarget:
 
 def parse_bigquery_table(text: Optional[str]) -> str:
     if not text or not _BIGQUERY_TABLE.match(text):
-        raise ValueError(f"--bigquery_table must be project:dataset.table or dataset.table, "
-                         f"not {text!r}")
+        raise ValueError(_bad_table(text))
     return text
 
 
+def _bad_table(text: Optional[str]) -> str:
+    return f"--bigquery_table must be project:dataset.table or dataset.table, not {text!r}"
+
+
 def bigquery_target(table: Optional[str], temp_location: Optional[str]) -> BigQueryTarget:
-    """The validated target of `--output_format bigquery`; ValueError says what is missing."""
+    """The target of `--output_format bigquery` for a table `parse_bigquery_table` accepted
+    (None or empty when not given); ValueError says what is missing."""
     if not temp_location or not temp_location.startswith("gs://"):
         raise ValueError("--output_format bigquery loads through files on GCS: give "
                          "--bigquery_temp_location gs://BUCKET/tmp (or --temp_location gs://...)")
-    return BigQueryTarget(parse_bigquery_table(table), temp_location)
+    if not table:
+        raise ValueError(_bad_table(table))
+    return BigQueryTarget(table, temp_location)
 
 
 # -- transforms ----------------------------------------------------------------------------
