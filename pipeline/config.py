@@ -166,8 +166,8 @@ def read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read --config {path}: {e}")
+    except (OSError, yaml.YAMLError) as e:  # a YAML error spans several lines
+        raise ConfigError(f"cannot read --config {path}: {' '.join(str(e).split())}")
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} must be a mapping of option: value")
     return data

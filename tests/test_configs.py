@@ -106,3 +106,12 @@ def test_no_code_depends_on_private_parser_classes():
         with open(path, encoding="utf-8") as f:
             text = f.read()
         assert not [n for n in PRIVATE_PARSER_NAMES if n in text], path
+
+
+def test_a_config_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: [a\n")
+    with pytest.raises(ConfigError) as raised:
+        parse_options(["--config", str(path)])
+    assert str(raised.value).startswith(f"cannot read --config {path}: ")
+    assert "\n" not in str(raised.value)
