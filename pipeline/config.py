@@ -181,15 +181,31 @@ def yaml_options(parser: argparse.ArgumentParser, data: dict, given: set) -> dic
     known = vars(parser.parse_known_args([])[0])
     values = {}
     for name, value in data.items():
-        if name in given or value is None or value is False:
+        if name in given or value is None:
             continue  # the command line wins, whole (a list included)
+        switched = switch_values(parser, name) if isinstance(value, bool) else None
+        if switched is not None:
+            values.update(switched if value else {})
+            continue
         if name not in known:
             raise ConfigError(f"unknown flag --{name} (see --help)")
-        if value is not True:
-            items = [str(item) for item in (value if isinstance(value, list) else [value])]
-            value = items if is_repeatable(parser, name) else ",".join(items)
-        values[name] = value
+        items = [str(item).lower() if isinstance(item, bool) else str(item)
+                 for item in (value if isinstance(value, list) else [value])]
+        values[name] = items if is_repeatable(parser, name) else ",".join(items)
     return values
+
+
+def switch_values(parser: argparse.ArgumentParser, name: str) -> Optional[dict]:
+    """What the switch `--name` sets (`no_use_public_ips` -> {use_public_ips: False}), or None
+    when `--name` takes a value (Beam's `dry_run: true` is the value "true")."""
+    try:
+        switched, unknown = parser.parse_known_args([f"--{name}"])
+    except argparse.ArgumentError:  # "expected one argument"
+        return None
+    if unknown:
+        raise ConfigError(f"unknown flag --{name} (see --help)")
+    defaults = vars(parser.parse_known_args([])[0])
+    return {dest: v for dest, v in vars(switched).items() if v != defaults[dest]}
 
 
 def is_repeatable(parser: argparse.ArgumentParser, name: str) -> bool:

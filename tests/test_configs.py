@@ -4,7 +4,8 @@ import os
 import re
 
 import pytest
-from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions, SetupOptions,
+                                                  WorkerOptions)
 
 from pipeline.config import ConfigError, build_config, is_dry_run, parse_options
 from pipeline.options import PredictOptions
@@ -79,6 +80,28 @@ def test_yaml_values_are_typed_as_flags_are(tmp_path):
     assert isinstance(own.qps, float)
     assert options.view_as(DebugOptions).experiments == ["use_runner_v2"]  # repeatable: a list
     assert is_dry_run(options)
+
+
+def test_yaml_switches_are_the_command_line_switches(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("no_use_public_ips: true\nsave_main_session: true\nskip_existing: false\n")
+    options = parse_options(["--config", str(path)])
+    assert options.view_as(WorkerOptions).use_public_ips is False
+    assert options.view_as(SetupOptions).save_main_session is True
+    assert options.view_as(PredictOptions).skip_existing is False
+    assert parse_options(["--config", str(path), "--use_public_ips"]).view_as(
+        WorkerOptions).use_public_ips is True  # the command line wins
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("qps: true\n", "argument --qps: invalid float value: 'true'"),
+    ("max_retries: false\n", "argument --max_retries: invalid int value: 'false'"),
+])
+def test_a_yes_or_no_for_an_option_that_takes_a_value_is_refused(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_options(["--config", str(path)])
 
 
 def test_stage_settings_are_built_once_in_the_config(tmp_path):
