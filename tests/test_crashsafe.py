@@ -17,12 +17,16 @@ import time
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import new_run_id
-from pipeline.run import run
+from pipeline.graph import build_pipeline
+from pipeline.run import parse, run
 from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
-from transforms.parts import CommitParts, list_folder, parts_dir, read_parquet_part
+from transforms.parts import (CommitParts, DeleteParts, list_folder, parts_dir,
+                             read_parquet_part)
 from transforms.records import prediction_record, prediction_schema, utc_now
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -269,3 +273,47 @@ def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server
     shards = [r["key"] for r in gcs_rows(gcs, "runs/pred-", ".parquet")]
     assert sorted(shards) == keys
     assert gcs_rows(gcs, "runs/pred-", ".parquet.part") == []
+
+
+def make_folder(path, files):
+    os.makedirs(path)
+    for name in files:
+        with open(os.path.join(path, name), "w") as f:
+            f.write("x")
+    return str(path)
+
+
+def test_delete_parts_removes_its_folders_once_its_inputs_are_done(tmp_path):
+    folders = [make_folder(tmp_path / "a.parts", ["part-1", "part-2"]),
+               make_folder(tmp_path / "b.parts", ["part-3"])]
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        shards = p | "Shards" >> beam.Create(["s-00000-of-00002", "s-00001-of-00002"])
+        parts = p | "Parts" >> beam.Create(["part-1", "part-2", "part-3"])
+        assert_that((shards, parts) | DeleteParts(folders), equal_to([2, 1]))
+    assert not any(os.path.exists(folder) for folder in folders)
+
+
+def test_delete_parts_runs_when_its_inputs_are_empty(tmp_path):
+    folder = make_folder(tmp_path / "a.parts", ["part-1"])
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        empty = p | beam.Create([])
+        assert_that((empty,) | DeleteParts([folder]), equal_to([1]))
+    assert not os.path.exists(folder)
+
+
+def job_steps(tmp_path, *flags):
+    options, config = parse(["--input", str(tmp_path), "--endpoint",
+                             "http://127.0.0.1:9/v1/m:predict", "--output",
+                             str(tmp_path / "pred"), *flags])
+    p = beam.Pipeline(runner=LOCAL_RUNNER, options=PipelineOptions([]))
+    build_pipeline(p, config)
+    transforms = p.to_runner_api().components.transforms.values()
+    return sum(1 for t in transforms if not t.subtransforms)
+
+
+def test_incremental_commits_add_few_steps_to_the_job(tmp_path):
+    """Every step costs each run its construction, translation and stage set-up (the
+    throughput benchmark's commits case measures the time): the commits add two writers and
+    one deleting step, waiting on the sinks through one side input."""
+    added = job_steps(tmp_path) - job_steps(tmp_path, "--commit_every_records", "0")
+    assert added <= 8, added

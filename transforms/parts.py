@@ -177,8 +177,8 @@ def delete_folder(folder: str) -> int:
     return len(paths)
 
 
-def delete_folders_after(_, folders, *written_counts) -> Iterable[int]:
-    """Runs once every write it was given a count of is complete: deletes `folders`."""
+def delete_folders_after(_, folders, done) -> Iterable[int]:
+    """Runs once, when `done` (a side input) is complete: deletes `folders`."""
     for folder in folders:
         removed = delete_folder(folder)
         metrics.counter("parts_removed").inc(removed)
@@ -190,7 +190,9 @@ class DeleteParts(beam.PTransform):
 
     Input: the PCollections that must be finished first — the sinks' outputs (a file sink
     outputs its final shard names only after renaming them into place) and the committed
-    part paths. Outputs how many files each folder held.
+    part paths, all small (one element per file). They are flattened into one side input of a
+    step that runs once (on an `Impulse`), so the wait adds two steps and a side input
+    however many PCollections it waits on. Outputs how many files each folder held.
     """
 
     def __init__(self, folders: Iterable[str]):
@@ -198,9 +200,8 @@ class DeleteParts(beam.PTransform):
         self._folders = tuple(folders)
 
     def expand(self, after):
-        counts = [pcoll | f"Wait{i}" >> beam.combiners.Count.Globally()
-                  for i, pcoll in enumerate(after)]
+        done = after | "Done" >> beam.Flatten()
         return (after[0].pipeline
-                | "Once" >> beam.Create([None])
+                | "Once" >> beam.Impulse()
                 | "Delete" >> beam.FlatMap(delete_folders_after, self._folders,
-                                           *[beam.pvalue.AsSingleton(c) for c in counts]))
+                                           beam.pvalue.AsIter(done)))
