@@ -22,7 +22,8 @@ One run, one image set, one local server per case (`--case` runs one of them):
 4. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
    measured and its quota 429s.
 5. Incremental commits (docs/crash-safety.md): the CPU-bound run with the default commits and
-   with `--commit_every_records 0` (shards only at the end), alternating, median of each.
+   with `--commit_every_records 0` (shards only at the end), alternating (each setting first
+   in half of the pairs: the second run of a pair is slower), median of each.
    Target: overhead under 5 %.
 
 Rates are end to end (wall clock of the whole job, pipeline start-up included) and, for the
@@ -283,21 +284,27 @@ def qps_case(sets, out, args):
 def commits_case(sets, out, args):
     print(f"commits: cpu-bound, default commits vs --commit_every_records 0; "
           f"{args.repeats} runs each, alternating (median)")
-    with_commits, without = [], []
+    settings = {"with": [], "without": []}
+    flags = {"with": (), "without": ("--commit_every_records", "0")}
     with LocalServer(latency_ms=0, capacity=64) as server:
-        for _ in range(args.repeats):
-            server.reset_stats()
-            without.append(ours(sets["commits"], server, os.path.join(out, "nocommit"),
-                                "--commit_every_records", "0"))
-            server.reset_stats()
-            with_commits.append(ours(sets["commits"], server, os.path.join(out, "commit")))
+        for i in range(args.repeats):  # each setting goes first in half of the pairs
+            for name in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                server.reset_stats()
+                settings[name].append(ours(sets["commits"], server, os.path.join(out, name),
+                                           *flags[name]))
+    with_commits, without = settings["with"], settings["without"]
     on, off = median_run(with_commits), median_run(without)
     show("ours, incremental commits", on)
     show("ours, shards only at the end", off)
     rates = {name: " ".join(f"{r['rate']:.0f}" for r in runs)
              for name, runs in (("with", with_commits), ("without", without))}
+    cpu = {name: median([r["cpu"] / r["images"] * 1e6 for r in runs])
+           for name, runs in settings.items()}
     print(f"  overhead {1 - on['rate'] / off['rate']:+.1%} (target: < 5 %); all runs: "
-          f"with {rates['with']}, without {rates['without']} img/s", flush=True)
+          f"with {rates['with']}, without {rates['without']} img/s")
+    print(f"  client CPU per image (median): with {cpu['with']:.0f} us, without "
+          f"{cpu['without']:.0f} us ({cpu['with'] / cpu['without'] - 1:+.1%}); load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
 CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case, "qps": qps_case,
