@@ -2,6 +2,8 @@
 # Installs what the tests need and runs the whole pytest suite (or the tests named:
 # ./run_tests.sh tests/test_read.py -k fifo). The tests start their own
 # servers (the local prediction server, the GCS emulator, KServe and MLServer) on 127.0.0.1.
+# They mostly wait on servers and subprocesses, so pytest-xdist runs whole modules in
+# BATCH_PREDICT_TEST_WORKERS (default 4) processes at once; `-n 0` runs them in this one.
 set -euo pipefail
 cd "$(dirname "$0")"
 # The real model servers' own virtualenvs install meanwhile (the tests wait for them).
@@ -11,7 +13,9 @@ for server in kserve mlserver; do
 done
 source scripts/bootstrap.sh
 set +e
-"$PY" -m pytest -q -p no:cacheprovider "$@"  # pytest.ini: testpaths = tests
+# pytest.ini: testpaths = tests; conftest.py orders the modules for --dist loadfile
+"$PY" -m pytest -q -p no:cacheprovider -n "${BATCH_PREDICT_TEST_WORKERS:-4}" \
+    --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 wait  # for the server installs, when no test needed them
 set -e
