@@ -20,6 +20,24 @@ from localserver import LocalServer
 from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
                            EMULATOR_PROJECT as PROJECT, STUB_CREDENTIALS)
 
+# `./run_tests.sh` runs the modules in parallel (pytest-xdist, --dist loadfile), handing them
+# out in collection order: the longest first, so that none of them starts last and alone, and
+# those needing the KServe/MLServer virtualenvs (installed in the background) last.
+LONGEST_MODULES = ("test_crashsafe.py", "test_backfill.py", "test_qps.py", "test_multiworker.py",
+                   "test_dataflow.py", "test_packaging.py")
+MODEL_SERVER_MODULES = ("test_model_servers.py", "test_faults.py")
+
+
+def module_rank(item) -> int:
+    name = item.path.name
+    if name in LONGEST_MODULES:
+        return LONGEST_MODULES.index(name)
+    return len(LONGEST_MODULES) + (name in MODEL_SERVER_MODULES)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=module_rank)  # stable: a module keeps its own order
+
 
 @pytest.fixture(scope="session")
 def session_server():
@@ -52,6 +70,8 @@ def make_server():
 # -- gs:// against gcp-storage-emulator (see docs/testing.md, "Testing gs:// offline") --------
 
 EMULATOR_STARTUP_TIMEOUT_S = 20.0
+# A port free when picked may be taken by another test process before the emulator binds it.
+EMULATOR_START_ATTEMPTS = 3
 
 
 def free_port() -> int:
@@ -60,37 +80,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_listening(port: int, process: subprocess.Popen):
+def listening(port: int, process: subprocess.Popen) -> bool:
+    """Wait until `process` listens on `port` (True) or exits (False)."""
     deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited with {process.returncode}")
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"gcp-storage-emulator did not listen within {EMULATOR_STARTUP_TIMEOUT_S} s")
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
-    port = free_port()
-    command = [os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator"), "start",
-               "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+def stop(process: subprocess.Popen):
+    process.terminate()
     try:
-        wait_until_listening(port, process)
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def start_emulator():
+    """A gcp-storage-emulator process listening on 127.0.0.1 (in memory), and its port."""
+    program = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+    for _ in range(EMULATOR_START_ATTEMPTS):
+        port = free_port()
+        process = subprocess.Popen([program, "start", "--host=127.0.0.1", f"--port={port}",
+                                    "--in-memory", "--quiet"], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if listening(port, process):
+                return process, port
+        except BaseException:
+            stop(process)
+            raise
+    raise RuntimeError(f"gcp-storage-emulator exited {EMULATOR_START_ATTEMPTS} times "
+                       f"(last: {process.returncode})")
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """gcp-storage-emulator on 127.0.0.1 (in memory); yields its URL."""
+    process, port = start_emulator()
+    try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop(process)
 
 
 @pytest.fixture
