@@ -3,7 +3,7 @@
 # ./run_tests.sh tests/test_read.py -k fifo). The tests start their own
 # servers (the local prediction server, the GCS emulator, KServe and MLServer) on 127.0.0.1.
 # They mostly wait on servers and subprocesses, so pytest-xdist runs whole modules in
-# BATCH_PREDICT_TEST_WORKERS (default 4) processes at once; `-n 0` runs them in this one.
+# BATCH_PREDICT_TEST_WORKERS (default 3) processes at once; `-n 0` runs them in this one.
 set -euo pipefail
 cd "$(dirname "$0")"
 # The real model servers' own virtualenvs install meanwhile (the tests wait for them).
@@ -14,7 +14,7 @@ done
 source scripts/bootstrap.sh
 set +e
 # pytest.ini: testpaths = tests; conftest.py orders the modules for --dist loadfile
-"$PY" -m pytest -q -p no:cacheprovider -n "${BATCH_PREDICT_TEST_WORKERS:-4}" \
+"$PY" -m pytest -q -p no:cacheprovider -n "${BATCH_PREDICT_TEST_WORKERS:-3}" \
     --dist loadfile --no-loadscope-reorder "$@"
 status=$?
 wait  # for the server installs, when no test needed them
