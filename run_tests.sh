@@ -3,7 +3,7 @@
 # ./run_tests.sh tests/test_read.py -k fifo). The tests start their own
 # servers (the local prediction server, the GCS emulator, KServe and MLServer) on 127.0.0.1.
 # They mostly wait on servers and subprocesses, so pytest-xdist runs whole modules in
-# BATCH_PREDICT_TEST_WORKERS (default 3) processes at once; `-n 0` runs them in this one.
+# BATCH_PREDICT_TEST_WORKERS (default 3) processes at once (0: in this one).
 set -euo pipefail
 cd "$(dirname "$0")"
 # The real model servers' own virtualenvs install meanwhile (the tests wait for them).
@@ -13,14 +13,22 @@ for server in kserve mlserver; do
 done
 source scripts/bootstrap.sh
 set +e
-# pytest.ini: testpaths = tests; conftest.py orders the modules for --dist loadfile
+# pytest.ini: testpaths = tests; conftest.py orders the modules for --dist loadfile.
+# Tests marked `alone` (a per-second quota) run afterwards, with nothing beside them.
 "$PY" -m pytest -q -p no:cacheprovider -n "${BATCH_PREDICT_TEST_WORKERS:-3}" \
-    --dist loadfile --no-loadscope-reorder "$@"
-status=$?
+    --dist loadfile --no-loadscope-reorder -m "not alone" "$@"
+parallel=$?
+"$PY" -m pytest -q -p no:cacheprovider -m alone "$@"
+alone=$?
 wait  # for the server installs, when no test needed them
 set -e
-if [ "$status" -eq 5 ]; then
+if [ "$parallel" -eq 5 ] && [ "$alone" -eq 5 ]; then
     echo "run_tests: pytest collected no tests: failing" >&2
     exit 1
 fi
-exit "$status"
+for status in "$parallel" "$alone"; do
+    if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then
+        exit "$status"
+    fi
+done
+exit 0
