@@ -23,8 +23,8 @@ from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
 # `./run_tests.sh` runs the modules in parallel (pytest-xdist, --dist loadfile), handing them
 # out in collection order: the longest first, so that none of them starts last and alone, and
 # those needing the KServe/MLServer virtualenvs (installed in the background) last.
-LONGEST_MODULES = ("test_crashsafe.py", "test_backfill.py", "test_odd_inputs.py", "test_multiworker.py",
-                   "test_dataflow.py", "test_packaging.py")
+LONGEST_MODULES = ("test_crashsafe.py", "test_backfill.py", "test_odd_inputs.py",
+                   "test_multiworker.py", "test_dataflow.py", "test_packaging.py")
 MODEL_SERVER_MODULES = ("test_model_servers.py", "test_faults.py")
 
 
