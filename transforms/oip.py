@@ -11,17 +11,18 @@ score tensor, or a numeric score tensor (named by --label_names / --label_names_
 named and checked by `transforms.labels`; an image whose rows cannot be read is refused
 alone. Every output's first dimension must be the image count (a ResponseError otherwise).
 """
-import copy
+import dataclasses
 import json
 import math
 import re
 import struct
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
                                is_triton_classes, triton_classes)
 from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64,
-                                  error_message, read_prediction, with_model_id)
+                                  error_message, parameters_field, read_prediction,
+                                  with_model_id)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TENSOR_DTYPES = ("UINT8", "FP32")
@@ -39,30 +40,29 @@ class Tensor(NamedTuple):
     data: list  # flat, row-major; BYTES elements as str
 
 
+@dataclasses.dataclass(frozen=True)
 class V2(Protocol):
     """`POST .../v2/models/NAME[/versions/V]/infer` with one image input tensor."""
 
-    name = "v2"
+    name: ClassVar[str] = "v2"
+    input_name: str = ""
+    binary: bool = False
+    tensor_dtype: Optional[str] = None
+    image_size: Optional[Tuple[int, int]] = None
+    labels: LabelSpec = LabelSpec()
+    keep_prediction: bool = True
+    parameters: Dict[str, Any] = parameters_field()
+    outputs: Sequence[str] = ()
+    classification: int = 0
 
-    def __init__(self, input_name: str = "", binary: bool = False,
-                 tensor_dtype: Optional[str] = None, image_size: Optional[Tuple[int, int]] = None,
-                 labels: LabelSpec = LabelSpec(), keep_prediction: bool = True,
-                 parameters: Optional[dict] = None,
-                 outputs: Sequence[str] = (), classification: int = 0):
-        if tensor_dtype is not None and tensor_dtype not in TENSOR_DTYPES:
-            raise ValueError(f"unknown tensor datatype {tensor_dtype!r} "
+    def __post_init__(self):
+        if self.tensor_dtype is not None and self.tensor_dtype not in TENSOR_DTYPES:
+            raise ValueError(f"unknown tensor datatype {self.tensor_dtype!r} "
                              f"(choose from {', '.join(TENSOR_DTYPES)})")
-        if tensor_dtype and not image_size:
+        if self.tensor_dtype and not self.image_size:
             raise ValueError("--instance_format tensor needs --image_size WxH")
-        self.input_name = input_name
-        self.binary = binary
-        self.tensor_dtype = tensor_dtype
-        self.image_size = tuple(image_size) if image_size else None
-        self.labels = labels
-        self.keep_prediction = keep_prediction
-        self.parameters = dict(parameters or {})
-        self.outputs = tuple(outputs)
-        self.classification = classification
+        self._set(image_size=tuple(self.image_size) if self.image_size else None,
+                  parameters=dict(self.parameters or {}), outputs=tuple(self.outputs))
 
     @property
     def instance_format(self) -> str:
@@ -70,9 +70,7 @@ class V2(Protocol):
 
     def with_model(self, input_name: str, outputs: Sequence[str]) -> "V2":
         """This protocol with the input and output names read from the model metadata."""
-        completed = copy.copy(self)
-        completed.input_name, completed.outputs = input_name, tuple(outputs)
-        return completed
+        return dataclasses.replace(self, input_name=input_name, outputs=tuple(outputs))
 
     # Request -----------------------------------------------------------------------------
 

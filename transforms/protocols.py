@@ -6,9 +6,10 @@ and is safe to pickle onto Dataflow workers. See `transforms.labels` for how one
 becomes labels (docs/predictions.md).
 """
 import base64
+import dataclasses
 import json
 import re
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms.labels import (LabelError, Labels, LabelSpec, read_labels, score, snippet,
                                warn_if_indexed)
@@ -72,21 +73,22 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def parameters_field():
+    """A `parameters` field: a JSON object (a dict, so left out of the hash; still compared)."""
+    return dataclasses.field(default_factory=dict, hash=False)
+
+
 class Protocol:
-    """One endpoint protocol. Subclasses say how instances and bodies look."""
+    """One endpoint protocol. Subclasses (frozen dataclasses: values, compared and pickled
+    by their fields) say how instances and bodies look."""
 
-    name = ""
-    max_instances: Optional[int] = None  # the protocol's own cap, if any
+    name: ClassVar[str] = ""
+    max_instances: ClassVar[Optional[int]] = None  # the protocol's own cap, if any
 
-    def _identity(self) -> str:
-        return type(self).__name__ + json.dumps(vars(self), sort_keys=True, default=repr)
-
-    def __eq__(self, other):
-        return type(other) is type(self) and other._identity() == self._identity()
-
-    def __hash__(self):
-        # By value: a worker's unpickled copies of one protocol share one predict engine.
-        return hash(self._identity())
+    def _set(self, **fields):
+        """Normalise fields in `__post_init__` (the dataclass is frozen)."""
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     def instance(self, key: str, data: bytes, mime_type: str, pixels=None) -> bytes:
         raise NotImplementedError
@@ -126,19 +128,20 @@ class Protocol:
         return resource_name(endpoint)
 
 
+@dataclasses.dataclass(frozen=True)
 class MLEngine(Protocol):
     """Cloud ML Engine / AI Platform `{"instances": [...]}` with b64, named or tensor instances."""
 
-    name = "mlengine"
+    name: ClassVar[str] = "mlengine"
+    instance_format: str = "b64"
+    labels: LabelSpec = LabelSpec()
+    keep_prediction: bool = True
+    parameters: Dict[str, Any] = parameters_field()
 
-    def __init__(self, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
-                 keep_prediction: bool = True, parameters: Optional[dict] = None):
-        if instance_format not in INSTANCE_FORMATS:
-            raise ValueError(f"unknown instance format {instance_format!r}")
-        self.instance_format = instance_format
-        self.labels = labels
-        self.keep_prediction = keep_prediction
-        self.parameters = dict(parameters or {})
+    def __post_init__(self):
+        if self.instance_format not in INSTANCE_FORMATS:
+            raise ValueError(f"unknown instance format {self.instance_format!r}")
+        self._set(parameters=dict(self.parameters or {}))
 
     def instance(self, key, data, mime_type, pixels=None):
         if self.instance_format == "tensor":
@@ -157,16 +160,17 @@ class MLEngine(Protocol):
                 for p in _predictions(response, count)]
 
 
+@dataclasses.dataclass(frozen=True)
 class Vertex(Protocol):
     """Vertex AI endpoint with `{content, mimeType}` image instances."""
 
-    name = "vertex"
+    name: ClassVar[str] = "vertex"
+    parameters: Dict[str, Any] = parameters_field()
+    labels: LabelSpec = LabelSpec()
+    keep_prediction: bool = True
 
-    def __init__(self, parameters: Optional[dict] = None, labels: LabelSpec = LabelSpec(),
-                 keep_prediction: bool = True):
-        self.parameters = dict(parameters or {})
-        self.labels = labels
-        self.keep_prediction = keep_prediction
+    def __post_init__(self):
+        self._set(parameters=dict(self.parameters or {}))
 
     def instance(self, key, data, mime_type, pixels=None):
         return _dumps({"content": b64(data), "mimeType": mime_type})
@@ -179,15 +183,14 @@ class Vertex(Protocol):
                 for p in _predictions(response, count)]
 
 
+@dataclasses.dataclass(frozen=True)
 class AutoML(Protocol):
     """AutoML Vision v1beta1: one image per request as `payload.image.imageBytes`."""
 
-    name = "automl"
-    max_instances = 1
-
-    def __init__(self, score_threshold: Optional[float] = None, keep_prediction: bool = True):
-        self.score_threshold = score_threshold
-        self.keep_prediction = keep_prediction
+    name: ClassVar[str] = "automl"
+    max_instances: ClassVar[Optional[int]] = 1
+    score_threshold: Optional[float] = None
+    keep_prediction: bool = True
 
     def instance(self, key, data, mime_type, pixels=None):
         return _dumps({"image": {"imageBytes": b64(data)}})
