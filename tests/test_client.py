@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch
 from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
-from transforms.client import (ClientSettings, PredictClient, Reply, classify, culprit,
-                               splittable)
+from transforms.client import (Answer, ClientSettings, PredictClient, RequestFailed, culprit,
+                               read_answer, sort_response, splittable)
 from transforms.oip import V2
 from transforms.protocols import MLEngine, make_protocol
 from transforms.ratelimit import RateLimiter, Throttler
@@ -63,35 +63,54 @@ def split_outcomes(outcomes):
 
 # -- pure pieces ---------------------------------------------------------------------------
 
-def test_classify_answers():
+def test_responses_are_sorted_into_success_retryable_and_final():
     policy = RetryPolicy()
-    assert classify(200, b'{"predictions": []}', None, policy).cause is None
-    assert classify(200, b"<html>oops</html>", None, policy).cause == "non_json"
-    assert classify(200, b"", None, policy).cause == "non_json"
-    assert classify(200, b"\xff\xfe", None, policy).cause == "non_json"
-    answer = classify(503, b"<html>busy</html>", 2.0, policy)
+    assert sort_response(200, b'{"predictions": []}', None, policy).cause is None
+    assert sort_response(200, b"<html>oops</html>", None, policy).cause == "non_json"
+    assert sort_response(200, b"", None, policy).cause == "non_json"
+    assert sort_response(200, b"\xff\xfe", None, policy).cause == "non_json"
+    answer = sort_response(503, b"<html>busy</html>", 2.0, policy)
     assert (answer.cause, answer.retry_after) == ("http_503", 2.0)
     assert "busy" in answer.error
-    answer = classify(400, b'{"error": {"code": 400, "message": "bad"}}', None, policy)
+    answer = sort_response(400, b'{"error": {"code": 400, "message": "bad"}}', None, policy)
     assert answer.cause is None and answer.error == "HTTP 400: bad"
     for status in (401, 403, 404):
-        assert classify(status, b"{}", None, policy).cause is None
+        assert sort_response(status, b"{}", None, policy).cause is None
 
 
 def test_what_is_split_and_who_is_blamed():
-    assert splittable(Reply(400, None, "x", 1, False))
-    assert splittable(Reply(413, None, "x", 1, False))
-    assert splittable(Reply(200, None, "x", 1, False))
-    assert not splittable(Reply(200, None, "x", 4, True))  # non-JSON until retries ran out
-    for status in (None, 401, 403, 404, 429):
-        assert not splittable(Reply(status, None, "x", 1, status in (None, 429)))
+    # A request's last answer: one still carrying a retryable cause ran out of retries.
+    assert splittable(Answer(400, None, "x"))
+    assert splittable(Answer(413, None, "x"))
+    assert splittable(Answer(200, None, "x"))
+    assert not splittable(Answer(200, None, "x", "non_json"))  # until retries ran out
+    assert not splittable(Answer(None, None, "x", "connection"))
+    for status in (None, 401, 403, 404):
+        assert not splittable(Answer(status, None, "x"))
+    assert not splittable(Answer(429, None, "x", "http_429"))
     for status in (500, 502, 503, 504):  # a server error that persisted through its retries
-        assert splittable(Reply(status, None, "x", 4, True))
-        assert not splittable(Reply(status, None, "x", 1, False))
+        assert splittable(Answer(status, None, "x", f"http_{status}"))
+        assert not splittable(Answer(status, None, "x"))
     assert culprit("HTTP 400: Invalid image content at instances[2]: x", 400, 4) == 2
     assert culprit("HTTP 400: Prediction failed: instance 9: x", 400, 4) is None  # out of range
     assert culprit("HTTP 400: Request payload size exceeds the limit: 9 bytes.", 400, 4) is None
     assert culprit("HTTP 413: instance 1 too large", 413, 4) is None
+
+
+def test_an_answer_is_read_into_one_outcome_per_key():
+    protocol, endpoint = MLEngine(), "http://127.0.0.1:1/v1/projects/p/models/m:predict"
+    body = {"predictions": [{"labels": ["cat"], "scores": [0.9]}, {"scores": "x"}]}
+    good, bad = read_answer(protocol, endpoint, ["a", "b"], Answer(200, body, None), 3)
+    assert good.ok and (good.record["key"], good.record["top_label"]) == ("a", "cat")
+    assert good.record["model"] == "projects/p/models/m"
+    assert not bad.ok and (bad.record["stage"], bad.record["attempts"]) == ("parse", 3)
+    for answer, stage in [(Answer(503, None, "HTTP 503: busy", "http_503"), "predict"),
+                          (Answer(200, {"error": "instance 1: bad"}, None), "predict"),
+                          (Answer(200, {"predictions": [1]}, None), "parse"),
+                          (Answer(200, [], None), "parse")]:
+        with pytest.raises(RequestFailed) as raised:
+            read_answer(protocol, endpoint, ["a", "b"], answer, 1)
+        assert raised.value.stage == stage, answer
 
 
 def test_auth_modes():

@@ -69,21 +69,25 @@ class Stats:
 
 
 class Answer(NamedTuple):
-    """One attempt's result. `cause` names a retryable failure (None: final either way)."""
+    """What one attempt got. `cause` names a retryable failure (None: final either way), so
+    the last Answer of a request that still has a cause ran out of retries."""
     status: Optional[int]  # None when no HTTP answer came
     body: object  # parsed JSON, or None
     error: Optional[str]  # why it is no success, when it is not
     cause: Optional[str] = None
     retry_after: Optional[float] = None
 
+    @property
+    def exhausted(self) -> bool:
+        return self.cause is not None
 
-class Reply(NamedTuple):
-    """The last answer to one request after its retries."""
-    status: Optional[int]
-    body: object
-    error: Optional[str]
-    attempts: int
-    exhausted: bool  # a retryable failure that ran out of retries
+
+class RequestFailed(Exception):
+    """No answer to read predictions from: the whole request failed at `stage`."""
+
+    def __init__(self, message: str, stage: str):
+        super().__init__(message)
+        self.message, self.stage = message, stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +110,11 @@ def _json(raw: bytes, headers: Mapping[str, str]):
     return json.loads(raw) if raw else None
 
 
-def classify(status: int, raw: bytes, retry_after: Optional[float],
-             policy: RetryPolicy, decode=_json,
-             headers: Optional[Mapping[str, str]] = None) -> Answer:
-    """An HTTP answer as an Answer: decoded (by the protocol), described, and marked
-    retryable or not."""
+def sort_response(status: int, raw: bytes, retry_after: Optional[float],
+                  policy: RetryPolicy, decode=_json,
+                  headers: Optional[Mapping[str, str]] = None) -> Answer:
+    """An HTTP response sorted into success, retryable failure or final failure, as an
+    Answer: its body decoded (by the protocol), its failure described."""
     try:
         parsed = decode(raw, headers or {})
     except ValueError:  # includes UnicodeDecodeError
@@ -137,16 +141,16 @@ def _snippet(raw: bytes) -> str:
     return text + ("..." if len(raw) > ERROR_SNIPPET else "")
 
 
-def splittable(reply: Reply) -> bool:
-    """Could one bad instance be to blame? A 400/413, a 200 that is no good answer, or a 5xx
-    that persisted through its retries."""
-    if reply.exhausted:
-        return persistent_server_error(reply)
-    return reply.status in SPLIT_STATUSES or reply.status == 200
+def splittable(answer: Answer) -> bool:
+    """Could one bad instance be to blame for a request's last answer? A 400/413, a 200 that
+    is no good answer, or a 5xx that persisted through its retries."""
+    if answer.exhausted:
+        return persistent_server_error(answer)
+    return answer.status in SPLIT_STATUSES or answer.status == 200
 
 
-def persistent_server_error(reply: Reply) -> bool:
-    return reply.exhausted and reply.status is not None and 500 <= reply.status <= 599
+def persistent_server_error(answer: Answer) -> bool:
+    return answer.exhausted and answer.status is not None and 500 <= answer.status <= 599
 
 
 def body_decoder(content_encoding: Optional[str]):
@@ -219,6 +223,29 @@ def outcome(key: str, parsed: Parsed, model: str, now, status: Optional[int],
                                            parsed.prediction))
 
 
+def failed(keys: Sequence[str], stage: str, error: str, status: Optional[int],
+           attempts: int) -> List[Outcome]:
+    """A dead letter for each key."""
+    return [Outcome(False, dead_letter(k, stage, error, status, attempts)) for k in keys]
+
+
+def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: Answer,
+                attempts: int) -> List[Outcome]:
+    """One Outcome per key out of a request's last answer (a `parse` dead letter for each
+    prediction that cannot be read); RequestFailed when it carries no predictions to read."""
+    if answer.error is not None:
+        raise RequestFailed(answer.error, "predict")
+    try:
+        parsed = protocol.parse(answer.body, len(keys))
+    except ResponseError as e:
+        raise RequestFailed(str(e), "predict" if error_message(answer.body) else "parse")
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", "parse")
+    model = protocol.model_name(answer.body, endpoint)
+    now = utc_now()
+    return [outcome(k, p, model, now, answer.status, attempts) for k, p in zip(keys, parsed)]
+
+
 class PredictClient:
     """One per worker process and event loop: a connection pool, a limiter and a throttler."""
 
@@ -263,30 +290,18 @@ class PredictClient:
     async def _predict(self, keys, instances, prior_attempts: int, stats: Stats,
                        retries: int) -> List[Outcome]:
         body, headers = self._protocol.request(instances)
-        reply = await self._send(body, headers, len(keys), stats, retries)
-        attempts = prior_attempts + reply.attempts
-        if reply.error is None:
-            try:
-                parsed = self._protocol.parse(reply.body, len(keys))
-            except ResponseError as e:
-                failure = str(e)
-                stage = "predict" if error_message(reply.body) else "parse"
-            except (TypeError, ValueError, KeyError, AttributeError) as e:
-                failure, stage = f"unreadable response: {type(e).__name__}: {e}", "parse"
-            else:
-                model = self._protocol.model_name(reply.body, self._settings.endpoint)
-                now = utc_now()
-                return [outcome(k, p, model, now, reply.status, attempts)
-                        for k, p in zip(keys, parsed)]
-        else:
-            failure, stage = reply.error, "predict"
-        if len(keys) > 1 and splittable(reply):
-            if persistent_server_error(reply):
+        answer, tries = await self._send(body, headers, len(keys), stats, retries)
+        attempts = prior_attempts + tries
+        try:
+            return read_answer(self._protocol, self._settings.endpoint, keys, answer, attempts)
+        except RequestFailed as e:
+            failure = e
+        if len(keys) > 1 and splittable(answer):
+            if persistent_server_error(answer):
                 retries = min(retries, SPLIT_RETRIES)
-            return await self._isolate(keys, instances, failure, reply.status, attempts,
-                                       stats, retries)
-        return [Outcome(False, dead_letter(k, stage, failure, reply.status, attempts))
-                for k in keys]
+            return await self._isolate(keys, instances, failure.message, answer.status,
+                                       attempts, stats, retries)
+        return failed(keys, failure.stage, failure.message, answer.status, attempts)
 
     async def _isolate(self, keys, instances, failure, status, attempts, stats, retries):
         """Fail only the instance the endpoint named, or bisect until the bad ones are alone."""
@@ -307,8 +322,9 @@ class PredictClient:
         return halves[0] + halves[1]
 
     async def _send(self, body: bytes, headers: Dict[str, str], count: int, stats: Stats,
-                    retries: int) -> Reply:
-        """POST one body, retrying what is worth retrying; the final Reply either way."""
+                    retries: int) -> Tuple[Answer, int]:
+        """POST one body, retrying what is worth retrying: the last Answer and the number of
+        attempts (an Answer with a `cause` left ran out of retries)."""
         refused_token = None
         refreshed = False
         attempt = 0
@@ -321,10 +337,10 @@ class PredictClient:
                 stats.retries["unauthorized"] += 1
                 continue
             if answer.cause is None:
-                return Reply(answer.status, answer.body, answer.error, attempt, False)
+                return answer, attempt
             if attempt > retries:
-                return Reply(answer.status, answer.body,
-                             f"{answer.error} (gave up after {attempt} attempts)", attempt, True)
+                return answer._replace(
+                    error=f"{answer.error} (gave up after {attempt} attempts)"), attempt
             stats.retries[answer.cause] += 1
             await asyncio.sleep(self._policy.delay(attempt - 1, answer.retry_after, self._rng))
 
@@ -379,8 +395,8 @@ class PredictClient:
                               "connection"), token
         stats.latencies_ms.append(int((time.monotonic() - started) * 1000))
         self._throttler.answered(status != 429)
-        return classify(status, raw, retry_after, self._policy, self._protocol.decode,
-                        answered_headers), token
+        return sort_response(status, raw, retry_after, self._policy, self._protocol.decode,
+                             answered_headers), token
 
     async def _hold_back_if_throttled(self, stats: Stats):
         """Adaptive throttling (after sustained 429s)."""
