@@ -3,11 +3,15 @@ composite with TestPipeline, and whole jobs against the local server's fault swi
 (the job-wide qps limit, and a run with 429s, 503s, resets and poison images)."""
 import collections
 import dataclasses
+import gc
 import logging
 import pickle
+import time
+import weakref
 
 import apache_beam as beam
 import pytest
+from apache_beam.internal import pickler
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -18,6 +22,7 @@ from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, asse
                            batch, labelled_images, read_dead_letters, read_predictions)
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
+from transforms.labels import LabelSpec
 from transforms.predict import (FAILED, FailureThreshold, JobStopped, Predict,
                                 PredictSettings, Tally, _PredictFn)
 from transforms.progress import Progress
@@ -43,21 +48,45 @@ def requests_of(count, per_request, poison=()):
 
 
 def test_copies_of_a_dofn_share_one_engine_per_process(server):
-    settings = predict_settings(server)
-    copies = [pickle.loads(pickle.dumps(_PredictFn(settings))) for _ in range(3)]
-    for fn in copies:
-        fn.setup()
+    fn = _PredictFn(predict_settings(server))
+    copies = [pickler.loads(pickler.dumps(fn)) for _ in range(3)]  # as a worker gets them
+    for copy in copies:
+        copy.setup()
+    engine = copies[0]._engine
+    assert all(copy._engine is engine for copy in copies)
+    loop_thread, released = engine._thread, weakref.ref(engine)
+    del engine
+    for copy in copies:
+        copy.teardown()
+    other = pickler.loads(pickler.dumps(_PredictFn(predict_settings(server))))
+    other.setup()  # another DoFn's engine: Beam's Shared lets go of the first one
     try:
-        assert len({id(fn._engine) for fn in copies}) == 1
+        assert other._engine is not released()
+        gc.collect()
+        assert released() is None
+        loop_thread.join(timeout=10)
+        assert not loop_thread.is_alive()  # the released engine closed its pool and loop
     finally:
-        for fn in copies:
-            fn.teardown()
-    fresh = pickle.loads(pickle.dumps(_PredictFn(settings)))
-    fresh.setup()
-    try:
-        assert fresh._engine is not copies[0]._engine  # the last teardown closed the old one
-    finally:
-        fresh.teardown()
+        other.teardown()
+
+
+@pytest.mark.parametrize("protocol", [
+    make_protocol("mlengine", "named", LabelSpec(("a", "b"), None, "out.scores")),
+    make_protocol("vertex", score_threshold=0.5, parameters={"maxPredictions": 5}),
+    make_protocol("automl", score_threshold=0.5),
+    make_protocol("v2", "tensor", image_size=(4, 3), tensor_dtype="FP32", binary=True,
+                  parameters={"top_k": {"n": 2}}).with_model("image", ("scores",))])
+def test_settings_are_values_that_survive_beams_pickling(protocol):
+    settings = PredictSettings(
+        ClientSettings("http://127.0.0.1:1/v1/x:predict", protocol, retry=FAST_RETRIES),
+        qps_share=2.5, failure_threshold=FailureThreshold(0.25, 10, 3))
+    fn = pickler.loads(pickler.dumps(_PredictFn(settings)))
+    assert fn._settings == settings and fn._settings is not settings
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert hash(pickle.loads(pickle.dumps(settings))) == hash(settings)
+    assert dataclasses.replace(settings, qps_share=1.0) != settings
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        protocol.keep_prediction = False
 
 
 def test_bundles_reuse_the_engine_and_emit_every_key_once(server):
@@ -82,6 +111,30 @@ def test_bundles_reuse_the_engine_and_emit_every_key_once(server):
     assert keys == collections.Counter(list(truth))
     predicted = {o["key"]: o["top_label"] for o in unwrapped if "top_label" in o}
     assert predicted == {k: v for k, v in truth.items() if v is not None}
+
+
+def test_a_request_handed_over_while_every_slot_is_busy_starts_when_one_frees(server):
+    server.configure(latency_ms=1000)
+    requests, truth = requests_of(3, 1)
+    fn = pickle.loads(pickle.dumps(_PredictFn(predict_settings(server,
+                                                               max_concurrent_requests=1))))
+    fn.setup()
+    try:
+        fn.start_bundle()
+        outputs = list(fn.process(requests[0]))
+        for _ in range(500):  # until the first request holds the only slot (at most 5 s)
+            if fn._engine._client.attempting:
+                break
+            time.sleep(0.01)
+        assert fn._engine._client.attempting == 1
+        for request in requests[1:]:  # no wake-up: they wait for the first one to finish
+            outputs.extend(fn.process(request))
+        assert fn._engine._wake_pending is False and len(fn._engine._inbox) == 2
+        outputs.extend(fn.finish_bundle())
+    finally:
+        fn.teardown()
+    records = [getattr(o, "value", o) for o in outputs]
+    assert {r["key"]: r["top_label"] for r in records} == truth
 
 
 def tally_of(requests):

@@ -261,7 +261,9 @@ class PredictClient:
         self.tokens = TokenSource(settings.auth, settings.endpoint)
         self._slots: Optional[asyncio.Semaphore] = None
         self._session: Optional[aiohttp.ClientSession] = None
-        self.attempting = 0  # attempts holding or waiting for a slot (read by the Engine)
+        # Attempts holding or waiting for a slot. Written on the loop thread only; the Engine
+        # reads it from its bundle threads as a hint (see Engine.submit).
+        self.attempting = 0
 
     async def open(self):
         """Create the pool; call on the loop the client will run on."""

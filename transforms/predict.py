@@ -2,8 +2,9 @@
 
 Each worker process runs one `Engine`: an asyncio event loop on a background thread with
 one PredictClient (aiohttp connection pool, `--max_concurrent_requests` slots, the process's
-share of `--qps`). Every DoFn instance of the process with equal settings (compared by value,
-so unpickled copies match) shares it, across bundles, until the last one is torn down.
+share of `--qps`). The copies of the DoFn in a process share it across bundles through
+Beam's `Shared` handle (as RunInference holds its model); it closes when it is no longer
+referenced.
 `process()` hands a request to the loop and returns at once, so many requests are in flight
 while Beam keeps feeding the DoFn; finished requests are emitted by the next `process()` call
 as they complete, and `finish_bundle()` waits for the rest of its bundle.
@@ -25,10 +26,12 @@ import dataclasses
 import functools
 import queue
 import threading
-from typing import Dict, Iterable, Optional
+import weakref
+from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.shared import Shared
 
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, PredictClient, Stats
@@ -42,6 +45,7 @@ FAILED = "failed"
 # that memory does not grow with the job.
 QUEUED_PER_SLOT = 4
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
+CLOSE_TIMEOUT_S = 10.0
 
 # Every message of a JobStopped starts so, which lets the launcher find it however the runner
 # wrapped the worker's exception.
@@ -134,7 +138,13 @@ class _Budget:
 
 
 class Engine:
-    """An event loop thread with one PredictClient, shared by a process's DoFn instances."""
+    """An event loop thread with one PredictClient, shared by a process's DoFn copies.
+
+    Threads: `submit` runs on bundle threads; everything else on the loop thread. The inbox
+    and `_active`, `_wake_pending` are shared between them under `_lock`. `stopped` and the
+    client's `attempting` are written on the loop thread only and read elsewhere as they
+    are at that moment (see `submit`).
+    """
 
     def __init__(self, settings: PredictSettings):
         self._settings = settings
@@ -144,7 +154,9 @@ class Engine:
         self._thread.start()
         limiter = RateLimiter(settings.qps_share)
         self._client = PredictClient(settings.client, limiter)
-        self._run(self._client.open())
+        asyncio.run_coroutine_threadsafe(self._client.open(), self._loop).result()
+        # Closes the pool and stops the loop once the engine is garbage (or at exit).
+        weakref.finalize(self, _close, self._loop, self._thread, self._client)
         self._slots = settings.client.max_concurrent_requests
         self._queued = _Budget(self._slots * QUEUED_PER_SLOT, MAX_QUEUED_BYTES)
         self._lock = threading.Lock()
@@ -156,25 +168,25 @@ class Engine:
         self.stopped: Optional[str] = None  # set once, on the loop thread: why the job stops
         self.progress = PROGRESS
 
-    def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
     def submit(self, request: PredictRequest, done: "queue.Queue"):
         """Start a request; blocks while too many are queued. Its result lands in `done`.
 
         The loop is woken only when it may have a free slot: while every slot is taken, new
         requests wait in the inbox and the next request to finish takes them in, which
-        saves a cross-thread wake-up (and a GIL hand-off) per request.
+        saves a cross-thread wake-up (and a GIL hand-off) per request. "Every slot taken"
+        is a hint read from the loop's own counter, unsynchronised (it can change right
+        after any read anyway). The request is sure to start because of `_active`, read
+        under the lock: while a task is active, its end drains the inbox. So an outdated
+        "busy" only delays the start to the next finish, an outdated "free" costs a wake-up.
         """
         if self.stopped:
             raise JobStopped(self.stopped)
         size = sum(len(i) for i in request.instances)
         self._queued.take(size)
+        slots_busy = self._client.attempting >= self._slots
         with self._lock:
             self._inbox.append((request, size, done))
-            # Skipping the wake is safe only while a task is active: its end drains the inbox.
-            wake = not self._wake_pending and (
-                self._active == 0 or self._client.attempting < self._slots)
+            wake = not self._wake_pending and (self._active == 0 or not slots_busy)
             self._wake_pending = self._wake_pending or wake
         if wake:
             self._loop.call_soon_threadsafe(self._drain)
@@ -217,50 +229,31 @@ class Engine:
             for task in list(self._tasks):
                 task.cancel()
 
-    def close(self):
+
+def _close(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: PredictClient):
+    """Close the client's pool on the loop, then stop the loop; wait for that unless this
+    is the loop's own thread (an engine can become garbage there)."""
+    async def close_and_stop():
         try:
-            self._run(self._client.close())
+            await client.close()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            loop.stop()
 
-
-class _Engines:
-    """One Engine per settings per process, reference counted across DoFn instances."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._engines: Dict[PredictSettings, list] = {}
-
-    def acquire(self, settings: PredictSettings) -> Engine:
-        with self._lock:
-            entry = self._engines.get(settings)
-            if entry is None:
-                entry = self._engines[settings] = [Engine(settings), 0]
-            entry[1] += 1
-            return entry[0]
-
-    def release(self, settings: PredictSettings):
-        with self._lock:
-            entry = self._engines.get(settings)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._engines[settings]
-                entry[0].close()
-
-
-ENGINES = _Engines()
+    if not thread.is_alive():
+        return
+    asyncio.run_coroutine_threadsafe(close_and_stop(), loop)
+    if threading.current_thread() is not thread:
+        thread.join(timeout=CLOSE_TIMEOUT_S)
 
 
 class _PredictFn(beam.DoFn):
     def __init__(self, settings: PredictSettings):
         self._settings = settings
+        self._shared = Shared()  # pickled with the DoFn: its copies in a process share one
         self._engine: Optional[Engine] = None
 
     def setup(self):
-        self._engine = ENGINES.acquire(self._settings)
+        self._engine = self._shared.acquire(functools.partial(Engine, self._settings))
 
     def start_bundle(self):
         self._done = queue.Queue()
@@ -282,9 +275,7 @@ class _PredictFn(beam.DoFn):
                 yield GlobalWindows.windowed_value(output)
 
     def teardown(self):
-        if self._engine is not None:
-            ENGINES.release(self._settings)
-            self._engine = None
+        self._engine = None  # the engine closes once no copy and no `Shared` keeps it
 
     def _raise_if_stopped(self):
         if self._engine.stopped:
