@@ -154,9 +154,9 @@ class Engine:
         self._thread.start()
         limiter = RateLimiter(settings.qps_share)
         self._client = PredictClient(settings.client, limiter)
-        asyncio.run_coroutine_threadsafe(self._client.open(), self._loop).result()
         # Closes the pool and stops the loop once the engine is garbage (or at exit).
         weakref.finalize(self, _close, self._loop, self._thread, self._client)
+        asyncio.run_coroutine_threadsafe(self._client.open(), self._loop).result()
         self._slots = settings.client.max_concurrent_requests
         self._queued = _Budget(self._slots * QUEUED_PER_SLOT, MAX_QUEUED_BYTES)
         self._lock = threading.Lock()
