@@ -75,6 +75,14 @@ def test_automl_empty_payload_is_no_labels(response):
     assert record["top_label"] is None and record["top_score"] is None and record["labels"] == []
 
 
+@pytest.mark.parametrize("response, message", [
+    ({"error": {"code": 3, "message": "image too large"}}, "image too large"),
+    ({"error": "quota"}, "quota")])
+def test_automl_error_body_is_an_error_not_an_empty_prediction(response, message):
+    with pytest.raises(ResponseError, match=message):
+        AutoML().parse(response, 1)
+
+
 @pytest.mark.parametrize("response", [{"payload": "roses"}, [1, 2]])
 def test_automl_malformed_response_is_an_error(response):
     with pytest.raises(ResponseError):

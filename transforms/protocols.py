@@ -204,6 +204,9 @@ class AutoML(Protocol):
     def parse(self, response, count):
         if count != 1:
             raise ResponseError(f"AutoML answers one image per request, not {count}")
+        message = error_message(response)
+        if message is not None:
+            raise ResponseError(message)
         if not isinstance(response, dict) or not isinstance(response.get("payload", []), list):
             raise ResponseError(f"unexpected AutoML response: {_snippet(response)}")
         payload = response.get("payload", [])
