@@ -3,36 +3,25 @@ import apache_beam as beam
 
 from pipeline.config import JobConfig
 from transforms.encode import EncodeInstances
-from transforms.existing import AdoptParts, SelectTodo
-from transforms.limit import CountForEstimate, FirstN
+from transforms.existing import AdoptParts
+from transforms.limit import CountForEstimate
 from transforms.pack import PackRequests
-from transforms.passthrough import JoinPassthrough
 from transforms.predict import Predict
 from transforms.progress import NoteTotal
 from transforms.read import ReadInputs
 from transforms.parts import CommitParts, DeleteParts, parts_dir
 from transforms.records import prediction_schema
+from transforms.todo import SelectTodo
 from transforms.write import WriteDeadLetters, WriteResults
 
 
-def select_todo(refs, config: JobConfig):
-    """The refs to predict: all, or (backfill) those not yet written / in the dead letters,
-    of the first --limit inputs."""
-    if config.limit:
-        refs = (refs | "Limit" >> FirstN(config.limit)).refs
-    if not (config.skip_existing or config.retry_dead_letters):
-        return refs
-    return (refs | "SelectTodo" >> SelectTodo(
+def select_todo(inputs, config: JobConfig):
+    """One record per key to predict, with its --passthrough_fields values: of the first
+    --limit keys, and (backfill) those not yet written / in the dead letters."""
+    return inputs | "SelectTodo" >> SelectTodo(
+        config.passthrough_fields, config.limit,
         config.output_template if config.skip_existing else None,
-        config.retry_dead_letters)).refs
-
-
-def with_passthrough(predictions, refs, config: JobConfig):
-    """Predictions with their rows' --passthrough_fields joined back by key."""
-    if not config.passthrough_fields:
-        return predictions
-    return (predictions, refs) | "JoinPassthrough" >> JoinPassthrough(
-        config.passthrough_fields)
+        config.retry_dead_letters)
 
 
 def commit_parts(predictions, failures, config: JobConfig):
@@ -41,7 +30,7 @@ def commit_parts(predictions, failures, config: JobConfig):
         return []
     return [
         predictions | "CommitPredictions" >> CommitParts(
-            parts_dir(config.output_run_prefix), prediction_schema(),
+            parts_dir(config.output_run_prefix), prediction_schema(config.passthrough_fields),
             config.commit_records, config.commit_seconds),
         failures | "CommitDeadLetters" >> CommitParts(
             parts_dir(config.errors_run_prefix), None,
@@ -49,8 +38,10 @@ def commit_parts(predictions, failures, config: JobConfig):
     ]
 
 
-def with_missing_fields(row: dict, names) -> dict:
-    return {**{name: None for name in names}, **row}
+def in_columns(row: dict, columns) -> dict:
+    """An adopted row with this run's columns: null for passed-through columns its run did
+    not have, without those this run does not pass through."""
+    return {name: row.get(name) for name in columns}
 
 
 def with_adopted(results, p, config: JobConfig, adopt_parts):
@@ -59,7 +50,8 @@ def with_adopted(results, p, config: JobConfig, adopt_parts):
         return results
     adopted = (p
                | "AdoptParts" >> AdoptParts(adopt_parts, config.output_template)
-               | "AdoptedFields" >> beam.Map(with_missing_fields, config.passthrough_fields))
+               | "AdoptedFields" >> beam.Map(
+                   in_columns, prediction_schema(config.passthrough_fields).names))
     return (results, adopted) | "WithAdopted" >> beam.Flatten()
 
 
@@ -73,11 +65,11 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
     `count_only` (--dry_run): read and select the inputs, count them, nothing more.
     """
     inputs = p | "ReadInputs" >> ReadInputs(config.sources, config.row_spec)
-    todo = select_todo(inputs.refs, config)
+    selected = select_todo(inputs, config)
     if count_only:
-        todo | "CountForEstimate" >> CountForEstimate()
+        selected.refs | "CountForEstimate" >> CountForEstimate()
         return p
-    todo = todo | "NoteTotal" >> NoteTotal(config.run_id, config.single_process)
+    todo = selected.refs | "NoteTotal" >> NoteTotal(config.run_id, config.single_process)
     encoded = todo | "EncodeInstances" >> EncodeInstances(
         config.protocol, config.max_request_bytes, config.image_size)
     predicted = (encoded.instances
@@ -85,11 +77,10 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
                      config.protocol, config.max_instances_per_request,
                      config.max_request_bytes)
                  | "Predict" >> Predict(config.predict))
-    failures = ((inputs.failed, encoded.failed, predicted.failed)
+    failures = ((inputs.failed, selected.failed, encoded.failed, predicted.failed)
                 | "MergeFailures" >> beam.Flatten())
     committed = commit_parts(predicted.predictions, failures, config)
-    results = with_adopted(with_passthrough(predicted.predictions, todo, config), p, config,
-                           adopt_parts)
+    results = with_adopted(predicted.predictions, p, config, adopt_parts)
     written = results | "WriteResults" >> WriteResults(
         config.output_run_prefix, config.output_format, config.passthrough_fields,
         config.bigquery)

@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+from apache_beam.metrics.metric import MetricsFilter
 
 from localserver.demo import LABEL_COLOURS, color_image, write_image
 from localserver.server import Config as ServerConfig
+from transforms import metrics
 from transforms.protocols import MLEngine
 from transforms.retry import RetryPolicy
 
@@ -37,6 +39,15 @@ def labelled_images(folder, labels, fmt_cycle=("jpg", "png", "jpeg", "webp"), si
         write_image(path, label, seed=i, size=size)
         truth[path] = label
     return truth
+
+
+def counters(result) -> dict:
+    """The pipeline's committed counters of a finished TestPipeline run, summed over steps."""
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    totals = {}
+    for c in query["counters"]:
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
+    return totals
 
 
 def read_predictions(output_prefix, fmt="parquet"):

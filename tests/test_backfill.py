@@ -21,9 +21,10 @@ from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
 from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
-                           labelled_images, read_dead_letters, read_predictions)
-from transforms.existing import SelectTodo
+                           counters, labelled_images, read_dead_letters, read_predictions)
+from transforms.read import Outputs
 from transforms.records import ImageRef, prediction_schema
+from transforms.todo import SelectTodo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"]
@@ -48,6 +49,14 @@ def exactly_once(keys):
 
 # -- SelectTodo, as a composite ------------------------------------------------------------
 
+def select(p, refs, **kwargs):
+    """SelectTodo over row refs as ReadRows makes them (no image entries, no read failures)."""
+    inputs = Outputs(images=p | "NoImages" >> beam.Create([]),
+                     rows=p | "Rows" >> beam.Create(refs),
+                     failed=p | "NoFailures" >> beam.Create([]))
+    return inputs | SelectTodo(**kwargs)
+
+
 def test_select_todo_reads_only_complete_prediction_shards(tmp_path):
     out = str(tmp_path / "pred")
     run_id = new_run_id()
@@ -65,11 +74,12 @@ def test_select_todo_reads_only_complete_prediction_shards(tmp_path):
     with open(f"{out}-{run_id}-summary.json", "w") as f:
         f.write(json.dumps({"key": "f"}))
     refs = [ImageRef(k, f"/i/{k}.jpg") for k in "abcdefg"]
-    with TestPipeline(runner=LOCAL_RUNNER) as p:
-        todo = p | beam.Create(refs) | SelectTodo(existing_output=out)
-        assert_that(todo.refs, equal_to([r for r in refs if r.key in "defg"]), label="refs")
-        assert_that(todo.skipped, equal_to([(k, "skipped_existing") for k in "abc"]),
-                    label="skipped")
+    p = TestPipeline(runner=LOCAL_RUNNER)
+    todo = select(p, refs, existing_output=out)
+    assert_that(todo.refs, equal_to([r for r in refs if r.key in "defg"]), label="refs")
+    result = p.run()
+    result.wait_until_finish()
+    assert counters(result) == {"skipped_existing": 3, "skipped": 3}
 
 
 def test_select_todo_for_dead_letters_and_existing(tmp_path):
@@ -81,13 +91,13 @@ def test_select_todo_for_dead_letters_and_existing(tmp_path):
     pq.write_table(pa.table({"key": ["c"]}),
                    str(tmp_path / f"pred-{new_run_id()}-00000-of-00001.parquet"))
     refs = [ImageRef(k, None, inline_b64="AA==") for k in "abcd"]
-    with TestPipeline(runner=LOCAL_RUNNER) as p:
-        todo = (p | beam.Create(refs)
-                | SelectTodo(existing_output=str(tmp_path / "pred"), dead_letters=errors))
-        assert_that(todo.refs, equal_to(refs[:2]), label="refs")
-        assert_that(todo.skipped, equal_to([("c", "skipped_existing"),
-                                            ("d", "skipped_not_dead_letter")]),
-                    label="skipped")
+    p = TestPipeline(runner=LOCAL_RUNNER)
+    todo = select(p, refs, existing_output=str(tmp_path / "pred"), dead_letters=errors)
+    assert_that(todo.refs, equal_to(refs[:2]), label="refs")
+    result = p.run()
+    result.wait_until_finish()
+    assert counters(result) == {"skipped_existing": 1, "skipped_not_dead_letter": 1,
+                                "skipped": 2}
 
 
 # -- jobs ----------------------------------------------------------------------------------

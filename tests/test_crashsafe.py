@@ -5,6 +5,7 @@ Real pipeline processes are killed with SIGKILL at several points of a 2,000-ima
 the re-runs send is measured with the local server's instance counter.
 """
 import collections
+import csv
 import glob
 import io
 import json
@@ -22,7 +23,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import new_run_id
-from pipeline.graph import build_pipeline
+from pipeline.graph import build_pipeline, in_columns
 from pipeline.run import parse, run
 from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
 from transforms.parts import (CommitParts, DeleteParts, list_folder, parts_dir,
@@ -189,6 +190,40 @@ def test_several_crashes_in_a_row_then_one_finish(tmp_path, make_server, subset)
     assert finished["adopted"] == finished["skipped"] > 0
     assert sorted(shard_keys(out)) == keys
     assert glob.glob(f"{out}-*.parts") == []
+
+
+def test_parts_adopted_after_a_kill_keep_their_passthrough_columns(tmp_path, make_server,
+                                                                  subset):
+    folder, keys = subset
+    rows = tmp_path / "rows.csv"
+    with open(rows, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["uri", "customer"])
+        writer.writerows([key, f"c-{os.path.basename(key)}"] for key in keys)
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=50)
+    flags = ("--passthrough_fields", "customer", "--commit_every_s", "0.05")
+    kill_when(job_command(rows, slow.endpoint("mlengine"), out, *flags),
+              lambda: committed_rows(out) >= len(keys) // 4, "a quarter committed")
+    committed = part_rows(out)
+    assert [r["key"] for r in committed if r.get("customer") !=
+            f"c-{os.path.basename(r['key'])}"] == []
+    resumed = run(job_command(rows, slow.endpoint("mlengine"), out, *flags,
+                              "--parts_stale_after_s", "0")[3:])
+    assert_accounted(resumed)
+    assert resumed["adopted"] == len(committed) > 0
+    written = read_predictions(str(out))
+    assert sorted(r["key"] for r in written) == keys
+    assert [r["key"] for r in written if r["customer"] !=
+            f"c-{os.path.basename(r['key'])}"] == []
+
+
+def test_adopted_rows_take_this_runs_columns():
+    [record] = records(["k"])
+    row = {**record, "customer": "acme", "region": "eu"}  # a part of a run with other flags
+    adopted = in_columns(row, prediction_schema(("customer", "batch")).names)
+    assert adopted == {**record, "customer": "acme", "batch": None}
+    assert list(adopted) == prediction_schema(("customer", "batch")).names
 
 
 def records(keys):

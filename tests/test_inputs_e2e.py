@@ -23,6 +23,7 @@ from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images,
 from transforms.encode import EncodeInstances
 from transforms.protocols import make_protocol
 from transforms.read import ReadInputs, input_sources
+from transforms.todo import SelectTodo
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 
@@ -221,7 +222,7 @@ def test_file_that_vanishes_between_listing_and_reading(tmp_path):
         return ref
 
     with TestPipeline(runner=LOCAL_RUNNER) as p:
-        refs = p | ReadInputs(input_sources([str(tmp_path)]))
+        refs = p | ReadInputs(input_sources([str(tmp_path)])) | SelectTodo()
         encoded = (refs.refs | "Vanish" >> beam.Map(delete_victim)
                    | EncodeInstances(make_protocol("mlengine"), 1_500_000))
         assert_that(encoded.instances | beam.Map(lambda i: i.key), equal_to([survivor]),

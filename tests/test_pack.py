@@ -70,3 +70,13 @@ def test_partial_requests_are_flushed_at_each_bundle_end():
         out.extend(v.value for v in fn.finish_bundle())
     assert [len(r.keys) for r in out] == [4, 2, 4, 1]
     assert [k for r in out for k in r.keys] == [i.key for i in items]
+
+
+def test_passthrough_values_stay_aligned_with_their_keys():
+    items = [i._replace(fields={"n": str(n)}) for n, i in enumerate(instances([10] * 7))]
+    requests = list(pack(items, make_protocol("mlengine"), 3, 10_000))
+    assert [dict(zip(r.keys, r.fields)) for r in requests] == [
+        {f"k{n}": {"n": str(n)} for n in range(start, min(start + 3, 7))}
+        for start in (0, 3, 6)]
+    assert all(r.fields is None for r in pack(instances([10] * 4), make_protocol("mlengine"),
+                                              3, 10_000))

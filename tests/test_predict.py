@@ -289,3 +289,25 @@ def test_faults_and_poison_every_key_exactly_once(tmp_path, server):
     assert summary["splits"] >= 3
     assert summary["failed"] == 3 and summary["failed_by_stage"] == {"predict": 3}
     assert_accounted(summary)
+
+
+def test_passthrough_values_ride_with_the_request_into_the_prediction_records(server):
+    requests, truth = requests_of(12, 4, poison={5})  # the poison image splits its request
+    with_values = [request._replace(fields=tuple({"customer": f"c-{key}"}
+                                                 for key in request.keys))
+                   for request in requests]
+    fn = pickle.loads(pickle.dumps(_PredictFn(predict_settings(server))))
+    fn.setup()
+    try:
+        fn.start_bundle()
+        outputs = [o for request in with_values for o in fn.process(request)]
+        outputs.extend(v.value if isinstance(v, beam.pvalue.TaggedOutput) else v
+                       for v in fn.finish_bundle())
+    finally:
+        fn.teardown()
+    unwrapped = [getattr(o, "value", o) for o in outputs]  # tagged, windowed: the record
+    predictions = [o for o in unwrapped if "top_label" in o]
+    failed = [o for o in unwrapped if "stage" in o]
+    assert sorted(o["key"] for o in predictions) == sorted(k for k, v in truth.items() if v)
+    assert all(o["customer"] == f"c-{o['key']}" for o in predictions)
+    assert [sorted(o) for o in failed] == [sorted(dead_letter("k", "predict", "x"))]

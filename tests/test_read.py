@@ -9,29 +9,20 @@ import sys
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.helpers import LOCAL_RUNNER
-from transforms import metrics
+from tests.helpers import LOCAL_RUNNER, counters
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
                              glob_root, input_format, input_sources, list_pattern, parse_rows,
                              pattern_for, quote_glob, ref_rank, resolve_uri, row_ref,
                              skip_reason, split_inputs, text_lines)
 from transforms.records import ImageRef
+from transforms.todo import SelectTodo
 
 
 def lines_of(text: str):
     return text_lines(text.encode("utf-8").splitlines(keepends=True))
-
-
-def counters(result) -> dict:
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
-    totals = {}
-    for c in query["counters"]:  # one counter per step: add them up
-        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + c.committed
-    return totals
 
 
 # -- formats and patterns ----------------------------------------------------------------------
@@ -269,16 +260,18 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"# all\n{photos / 'B.PNG'}\n")
     p = TestPipeline(runner=LOCAL_RUNNER)
-    out = p | ReadInputs(input_sources([str(photos), str(rows), str(inline), str(listing)]),
-                         RowSpec(b64_field="b64"))
+    read = p | ReadInputs(input_sources([str(photos), str(rows), str(inline), str(listing)]),
+                          RowSpec(b64_field="b64"))
+    out = read | SelectTodo(passthrough=("id",))
     expected_keys = [str(photos / "a.jpg"), str(photos / "B.PNG"),
                      str(photos / "sub dir/ç ü.webp"), str(photos / "missing.jpg"),
                      f"{inline}:1"]
     assert_that(out.refs | beam.Map(lambda r: r.key), equal_to(expected_keys), label="keys")
     assert_that(out.refs | beam.Filter(lambda r: r.key == str(photos / "a.jpg"))
                 | beam.Map(lambda r: r.fields),
-                equal_to([{"uri": "photos/a.jpg", "id": "1"}]), label="row wins over folder")
-    assert_that(out.failed | beam.Map(lambda r: (r["key"], r["stage"])),
+                equal_to([{"id": "1"}]), label="row wins over folder")
+    assert_that(out.failed, equal_to([]), label="no folder failed")
+    assert_that(read.failed | beam.Map(lambda r: (r["key"], r["stage"])),
                 equal_to([(f"{rows}:4", "read"), (f"{inline}:2", "read")]), label="failed")
     result = p.run()
     result.wait_until_finish()
@@ -293,8 +286,12 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
 
 def test_read_inputs_images_only_has_no_row_steps(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
-    with TestPipeline(runner=LOCAL_RUNNER) as p:
-        out = p | ReadInputs(input_sources([str(tmp_path), str(tmp_path / "*.jpg")]))
-        assert_that(out.refs | beam.Map(lambda r: (r.key, r.size)),
-                    equal_to([(str(tmp_path / "a.jpg"), 1)]))
-        assert_that(out.failed, equal_to([]), label="no failures")
+    p = TestPipeline(runner=LOCAL_RUNNER)
+    out = p | ReadInputs(input_sources([str(tmp_path), str(tmp_path / "*.jpg")])) | SelectTodo()
+    assert_that(out.refs | beam.Map(lambda r: (r.key, r.size)),
+                equal_to([(str(tmp_path / "a.jpg"), 1)]))
+    assert_that(out.failed, equal_to([]), label="no failures")
+    result = p.run()
+    result.wait_until_finish()
+    assert counters(result)["inputs"] == 1  # matched by both patterns: one record
+    assert "skipped" not in counters(result)

@@ -20,9 +20,9 @@ from pipeline.graph import build_pipeline
 from pipeline.run import parse
 from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
                            check_row, labelled_images)
-from transforms.passthrough import JoinPassthrough
+from transforms.passthrough import chosen, with_values
 from transforms.read import as_text
-from transforms.records import (ImageRef, PREDICTION_SCHEMA, bigquery_field, bigquery_schema,
+from transforms.records import (PREDICTION_SCHEMA, bigquery_field, bigquery_schema,
                                 prediction_record, prediction_schema, to_json_row)
 from transforms.write import (WriteResults, bq_load_command, parse_bigquery_table,
                               parse_passthrough_fields, render_path, shard_glob, shard_regex,
@@ -300,18 +300,14 @@ def test_passthrough_values_as_text():
         [None, "x", "3", "2.5", "true", '[1,"a"]', '{"k":1}']
 
 
-def test_join_passthrough_adds_row_fields_by_key():
-    predictions = [prediction_record(k, [("red", 0.9)], "m", AT) for k in ("a", "b", "img")]
-    refs = [ImageRef("a", "gs://x/a.jpg", fields={"customer": "acme", "n": "1", "other": "z"}),
-            ImageRef("b", "gs://x/b.jpg", fields={"customer": "bolt"}),
-            ImageRef("img", "/images/img.jpg")]  # an image input: no row fields
-    expected = [{**predictions[0], "customer": "acme", "n": "1"},
-                {**predictions[1], "customer": "bolt", "n": None},
-                {**predictions[2], "customer": None, "n": None}]
-    with TestPipeline(runner=LOCAL_RUNNER) as p:
-        out = ((p | "P" >> beam.Create(predictions), p | "R" >> beam.Create(refs))
-               | JoinPassthrough(("customer", "n")))
-        assert_that(out, equal_to(expected))
+def test_passthrough_values_of_a_row_and_of_an_image_join_the_record():
+    record = prediction_record("a", [("red", 0.9)], "m", AT)
+    row = chosen({"customer": "acme", "n": 1, "other": "z"}, ("customer", "n"))
+    assert row == {"customer": "acme", "n": "1"}
+    assert chosen(None, ("customer", "n")) == {"customer": None, "n": None}  # an image input
+    assert chosen({"customer": "acme"}, ()) is None
+    assert with_values(record, row) == {**record, "customer": "acme", "n": "1"}
+    assert with_values(record, None) == record
 
 
 def test_the_run_prints_the_bq_load_command_after_the_summary(tmp_path, server):

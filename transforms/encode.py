@@ -333,8 +333,9 @@ class _EncodeFn(beam.DoFn):
     def process(self, ref: ImageRef):
         try:
             data = read_bytes(ref)
-            yield encode_instance(ref.key, data, self._protocol, self._max_request_bytes,
-                                  self._image_size)
+            instance = encode_instance(ref.key, data, self._protocol,
+                                       self._max_request_bytes, self._image_size)
+            yield instance._replace(fields=ref.fields) if ref.fields else instance
             self._counts.inc("encoded")
         except ImageError as e:
             self._counts.inc(f"failed_{e.stage}")

@@ -1,9 +1,8 @@
-"""Backfill: which input records still need a prediction.
+"""Backfill: the keys earlier runs wrote, and those of their dead letters.
 
-`SelectTodo` joins the input refs, by key, with the keys already present in earlier runs'
-outputs (`--skip_existing`) and/or the keys of earlier dead letters (`--retry_dead_letters`),
-inside the pipeline: a CoGroupByKey, so no key set is held in memory on the launcher or on
-a worker. Every ref it drops is counted as skipped, by reason.
+`ReadExistingKeys` (`--skip_existing`) and `ReadDeadLetterKeys` (`--retry_dead_letters`)
+read them inside the pipeline; `transforms.todo.SelectTodo` groups them with the input
+records by key, so no key set is held in memory on the launcher or on a worker.
 
 Which files are trusted: only complete prediction shards,
 `<output>-<run_id>-SSSSS-of-NNNNN.parquet|.jsonl` (`transforms.write.shard_regex`). Beam's
@@ -15,7 +14,7 @@ summaries are not prediction shards and are never read as such.
 import json
 import logging
 import re
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Iterator, Tuple
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -26,12 +25,8 @@ from apache_beam.io.textio import ReadAllFromText
 
 from transforms import metrics
 from transforms.parts import read_parquet_part
-from transforms.records import ImageRef
 from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 
-SKIPPED = "skipped"
-SKIPPED_EXISTING = "skipped_existing"
-SKIPPED_NOT_DEAD_LETTER = "skipped_not_dead_letter"
 UNREADABLE_SHARDS = "unreadable_shards"
 
 _LOG = logging.getLogger("batch_predict")
@@ -72,10 +67,6 @@ def key_of_dead_letter(line: str) -> Iterable[str]:
         return
     if isinstance(row, dict) and isinstance(row.get("key"), str) and "stage" in row:
         yield row["key"]
-
-
-def key_ref(ref: ImageRef) -> Tuple[str, ImageRef]:
-    return ref.key, ref
 
 
 def key_marker(key: str) -> Tuple[str, None]:
@@ -132,7 +123,7 @@ def shard_keys(path: str, count: bool = True) -> Iterator[str]:
     """The keys of one earlier prediction shard (Parquet or JSONL) or committed part (Parquet).
     One that cannot be read (truncated, corrupt) is skipped: the keys only it holds are
     predicted again, and the job goes on. `count`: it is counted as `unreadable_shards` and
-    logged (once per job: the one reading that feeds `SelectTodo` counts)."""
+    logged (once per job: the reading that feeds `SelectTodo` counts)."""
     read = jsonl_keys if path.endswith(".jsonl") else parquet_keys
     try:
         keys = list(read(path))
@@ -181,54 +172,6 @@ class ReadDeadLetterKeys(beam.PTransform):
                 | "Paths" >> beam.Map(metadata_path)
                 | "Read" >> ReadAllFromText(compression_type=CompressionTypes.UNCOMPRESSED)
                 | "Keys" >> beam.FlatMap(key_of_dead_letter))
-
-
-def select(joined: Tuple[str, dict]):
-    """Refs of one key that still need predicting; the others as (key, reason), counted."""
-    key, groups = joined
-    refs = groups["refs"]
-    reason = None
-    if "retry" in groups and not groups["retry"]:
-        reason = SKIPPED_NOT_DEAD_LETTER
-    elif groups.get("done"):
-        reason = SKIPPED_EXISTING
-    for ref in refs:
-        if reason is None:
-            yield ref
-        else:
-            metrics.counter(reason).inc()
-            metrics.counter("skipped").inc()
-            yield beam.pvalue.TaggedOutput(SKIPPED, (key, reason))
-
-
-class SelectTodo(beam.PTransform):
-    """ImageRefs -> those still to predict (main) and (key, reason) of the rest (`skipped`).
-
-    `existing_output`: an output prefix (may hold `{date}`/`{run_id}`) whose predictions, from
-    any run, are skipped. `dead_letters`: a dead-letter prefix; only its keys are predicted.
-    """
-
-    def __init__(self, existing_output: Optional[str] = None,
-                 dead_letters: Optional[str] = None):
-        super().__init__()
-        if not existing_output and not dead_letters:
-            raise ValueError("SelectTodo needs an output prefix, a dead-letter prefix or both")
-        self._existing_output = existing_output
-        self._dead_letters = dead_letters
-
-    def expand(self, refs):
-        groups = {"refs": refs | "KeyRefs" >> beam.Map(key_ref)}
-        if self._existing_output:
-            groups["done"] = (refs.pipeline
-                              | "ReadExistingKeys" >> ReadExistingKeys(self._existing_output)
-                              | "MarkDone" >> beam.Map(key_marker))
-        if self._dead_letters:
-            groups["retry"] = (refs.pipeline
-                               | "ReadDeadLetterKeys" >> ReadDeadLetterKeys(self._dead_letters)
-                               | "MarkRetry" >> beam.Map(key_marker))
-        return (groups
-                | "JoinByKey" >> beam.CoGroupByKey()
-                | "Select" >> beam.FlatMap(select).with_outputs(SKIPPED, main="refs"))
 
 
 def first_unless_done(joined: Tuple[str, dict]) -> Iterable[dict]:

@@ -1,8 +1,9 @@
 """`--limit N` (the first N inputs by key, the same N on every run) and `--dry_run` counting.
 
-`FirstN` keeps the N smallest keys: a global Top combine of keys (N strings held per
-combiner), then a filter with that set as a side input. The rest are skipped, counted as
-`skipped_over_limit`, so `inputs == predicted + failed + skipped` still holds.
+`SmallestKeys` finds the N smallest distinct keys (a global combine holding at most 2N
+strings per combiner); `transforms.todo.SelectTodo` takes that set as a side input and
+skips the records whose keys are not in it, counted as `skipped_over_limit`, so
+`inputs == predicted + failed + skipped` still holds.
 """
 import math
 from typing import Iterable, List
@@ -12,44 +13,48 @@ import apache_beam as beam
 from transforms import metrics
 from transforms.records import ImageRef
 
-SKIPPED = "skipped"
 BASE64_GROWTH = 4 / 3
 
 
-def ref_key(ref: ImageRef) -> str:
-    return ref.key
+def smallest(keys: Iterable[str], n: int) -> List[str]:
+    """The n smallest distinct keys, in order."""
+    return sorted(set(keys))[:n]
 
 
-def within(ref: ImageRef, first: frozenset):
-    """`ref` if its key is among the first N; else a skipped (key, reason), counted."""
-    if ref.key in first:
-        yield ref
-        return
-    metrics.counter("skipped_over_limit").inc()
-    metrics.counter("skipped").inc()
-    yield beam.pvalue.TaggedOutput(SKIPPED, (ref.key, "skipped_over_limit"))
-
-
-def as_set(keys: List[str]) -> frozenset:
-    return frozenset(keys)
-
-
-class FirstN(beam.PTransform):
-    """ImageRefs -> the N with the smallest keys (main) and (key, reason) of the rest."""
+class _SmallestKeysFn(beam.CombineFn):
+    """The N smallest distinct keys. A key may come many times (one record per input that
+    names it), so Top.Smallest, which keeps repeats, would find fewer than N keys."""
 
     def __init__(self, n: int):
-        super().__init__()
         if n < 1:
             raise ValueError("--limit must be at least 1")
         self._n = n
 
-    def expand(self, refs):
-        first = (refs
-                 | "Keys" >> beam.Map(ref_key)
-                 | "Smallest" >> beam.combiners.Top.Smallest(self._n)
-                 | "AsSet" >> beam.Map(as_set))
-        return refs | "Within" >> beam.FlatMap(
-            within, beam.pvalue.AsSingleton(first)).with_outputs(SKIPPED, main="refs")
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, keys, key):
+        keys.append(key)
+        if len(keys) >= 2 * self._n + 64:
+            keys[:] = smallest(keys, self._n)
+        return keys
+
+    def merge_accumulators(self, accumulators):
+        return smallest((k for keys in accumulators for k in keys), self._n)
+
+    def extract_output(self, keys):
+        return frozenset(smallest(keys, self._n))
+
+
+class SmallestKeys(beam.PTransform):
+    """Keys -> one frozenset of the N smallest distinct ones (a singleton)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self._fn = _SmallestKeysFn(n)
+
+    def expand(self, keys):
+        return keys | "Smallest" >> beam.CombineGlobally(self._fn)
 
 
 def count_for_estimate(ref: ImageRef) -> Iterable[ImageRef]:

@@ -26,6 +26,7 @@ class Packer:
         self._protocol = protocol
         self._keys: List[str] = []
         self._bodies: List[bytes] = []
+        self._fields: List[Optional[dict]] = []
         self._size = 0
 
     def add(self, instance: Instance) -> Optional[PredictRequest]:
@@ -36,14 +37,16 @@ class Packer:
             closed = self.flush()
         self._keys.append(instance.key)
         self._bodies.append(instance.body)
+        self._fields.append(instance.fields)
         self._size += len(instance.body)
         return closed
 
     def flush(self) -> Optional[PredictRequest]:
         if not self._keys:
             return None
-        request = PredictRequest(tuple(self._keys), tuple(self._bodies))
-        self._keys, self._bodies, self._size = [], [], 0
+        fields = tuple(self._fields) if any(self._fields) else None
+        request = PredictRequest(tuple(self._keys), tuple(self._bodies), fields)
+        self._keys, self._bodies, self._fields, self._size = [], [], [], 0
         return request
 
     def _size_with(self, instance: Instance) -> int:

@@ -35,6 +35,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, PredictClient, Stats
+from transforms.passthrough import with_values
 from transforms.progress import PROGRESS
 from transforms.ratelimit import RateLimiter
 from transforms.records import PredictRequest
@@ -258,9 +259,12 @@ class _PredictFn(beam.DoFn):
     def start_bundle(self):
         self._done = queue.Queue()
         self._pending = 0
+        self._fields = {}  # key -> --passthrough_fields values, for the requests in flight
 
     def process(self, request: PredictRequest):
         self._raise_if_stopped()
+        if request.fields:
+            self._fields.update(zip(request.keys, request.fields))
         self._engine.submit(request, self._done)
         self._pending += 1
         yield from self._emit(block=False)
@@ -295,8 +299,9 @@ class _PredictFn(beam.DoFn):
             outcomes, stats = result
             _count(outcomes, stats)
             for outcome in outcomes:
+                values = self._fields.pop(outcome.record["key"], None) if self._fields else None
                 if outcome.ok:
-                    yield outcome.record
+                    yield with_values(outcome.record, values)
                 else:
                     yield beam.pvalue.TaggedOutput(FAILED, outcome.record)
 
@@ -333,7 +338,8 @@ def _count(outcomes, stats: Stats):
 
 
 class Predict(beam.PTransform):
-    """PredictRequest -> prediction records (main) and dead-letter rows (`failed`)."""
+    """PredictRequest -> prediction records, with their --passthrough_fields values (main),
+    and dead-letter rows (`failed`)."""
 
     def __init__(self, settings: PredictSettings):
         super().__init__()

@@ -1,4 +1,5 @@
-"""ReadInputs: every --input -> one ImageRef per record, without reading any image bytes.
+"""ReadInputs: every --input -> its records (image entries, row refs), without reading any
+image bytes.
 
 Two kinds of input:
 - images (`ReadImages`): folders, globs and `gs://` prefixes, matched through Beam's
@@ -12,8 +13,10 @@ a link or a FIFO from a file, nor take a folder whose name holds glob characters
 `docs/inputs-odd-files.md` gives the rules (links, non-regular files, names not in UTF-8).
 
 Only references (URI, size, a row's other columns) travel on from here; the bytes are read
-next to the request (EncodeInstances), so memory does not grow with the job. Every record
-counts once in `inputs`; bad rows become `read` dead letters naming their file and line.
+next to the request (EncodeInstances), so memory does not grow with the job. Keys are not
+unique yet: `transforms.todo.SelectTodo`, the job's one keyed step, keeps one record per key.
+Every row counts once in `inputs` here, every image entry there; bad rows become `read` dead
+letters naming their file and line.
 """
 import csv
 import json
@@ -31,6 +34,7 @@ from transforms import metrics
 from transforms.records import ImageRef, dead_letter
 
 FAILED = "failed"
+IMAGE, ROW = 0, 1  # the kinds of value SelectTodo groups by key (transforms.todo)
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 GLOB_CHARS = frozenset("*?[")
@@ -270,13 +274,14 @@ def skip_reason(path: str, root: str) -> Optional[str]:
 
 
 def match_pattern(pattern: str) -> Iterable[Tuple[str, tuple]]:
-    """(key, Listed as a plain tuple) for every entry the pattern matches, with why it is
-    skipped: small values, as these cross the dedupe shuffle (a named tuple is pickled)."""
+    """(key, (IMAGE, Listed as a plain tuple)) for every entry the pattern matches, with why
+    it is skipped: small values, as these cross the job's keyed step (a named tuple is
+    pickled)."""
     root = glob_root(pattern)
     for key, listed in list_pattern(pattern):
         if listed.reason is None:
             listed = listed._replace(reason=skip_reason(key, root))
-        yield key, tuple(listed)
+        yield key, (IMAGE, tuple(listed))
 
 
 def match_row_files(pattern: str) -> Iterable[Tuple[str, tuple]]:
@@ -286,7 +291,7 @@ def match_row_files(pattern: str) -> Iterable[Tuple[str, tuple]]:
 
 
 def first(values: Iterable):
-    """The first of several matches of one path (several --input patterns may overlap)."""
+    """The first of several matches of one row file (several --input patterns may overlap)."""
     return next(iter(values), None)
 
 
@@ -300,29 +305,14 @@ def _skipped(reason: str):
     metrics.counter("skipped").inc()
 
 
-class _RefFn(beam.DoFn):
-    def start_bundle(self):
-        self._counts = metrics.BundleCounts()
-
-    def process(self, match):
-        key, listed = match[0], Listed(*match[1])
-        self._counts.inc("inputs")
-        if listed.reason is None:
-            yield ImageRef(key=key, uri=open_path(key, listed), size=listed.size)
-        elif listed.reason == UNREADABLE_FOLDER:
-            self._counts.inc("failed_read")
-            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", listed.error))
-        else:
-            self._counts.inc(listed.reason)
-            self._counts.inc("skipped")
-
-    def finish_bundle(self):
-        self._counts.flush()
+def image_ref(key: str, listed: Listed, fields: Optional[dict] = None) -> ImageRef:
+    """The ImageRef of a listed image file (`fields`: its --passthrough_fields values)."""
+    return ImageRef(key=key, uri=open_path(key, listed), size=listed.size, fields=fields)
 
 
 class ReadImages(beam.PTransform):
-    """Patterns -> ImageRef per image file (deduplicated), with a `failed` output (folders
-    that cannot be listed); other files are counted skips."""
+    """Patterns -> (key, (IMAGE, Listed tuple)) per matched entry. An entry two patterns
+    match comes twice: `transforms.todo.SelectTodo` keeps one, and counts it there."""
 
     def __init__(self, patterns: List[str]):
         super().__init__()
@@ -331,18 +321,24 @@ class ReadImages(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> beam.FlatMap(match_pattern)
-                | "Dedupe" >> beam.CombinePerKey(first)
-                | "ToRefs" >> beam.ParDo(_RefFn()).with_outputs(FAILED, main="refs"))
+                | "Match" >> beam.FlatMap(match_pattern))
 
 
 # ----------------------------------------------------------------------------------------------
 # Rows: CSV, JSONL, file lists
 
 
-class Outputs(NamedTuple):
-    """What ReadRows and ReadInputs produce: refs and read dead letters."""
+class Rows(NamedTuple):
+    """What ReadRows produces: an ImageRef per row, and read dead letters."""
     refs: beam.PCollection
+    failed: beam.PCollection
+
+
+class Outputs(NamedTuple):
+    """What ReadInputs produces: matched image entries (`ReadImages`), row refs (`ReadRows`)
+    and read dead letters; keys are not unique yet (`transforms.todo.SelectTodo`)."""
+    images: beam.PCollection
+    rows: beam.PCollection
     failed: beam.PCollection
 
 
@@ -627,8 +623,8 @@ class ReadRows(beam.PTransform):
                       .with_outputs(FAILED, main="refs"))
             refs.append(parsed.refs)
             failed.append(parsed.failed)
-        return Outputs(refs | "Refs" >> beam.Flatten(pipeline=pbegin.pipeline),
-                       failed | "Failed" >> beam.Flatten(pipeline=pbegin.pipeline))
+        return Rows(refs | "Refs" >> beam.Flatten(pipeline=pbegin.pipeline),
+                    failed | "Failed" >> beam.Flatten(pipeline=pbegin.pipeline))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,59 +637,10 @@ def ref_rank(ref: ImageRef) -> tuple:
     return (ref.fields is None, source, int(line) if line.isdigit() else 0)
 
 
-def key_with_rank(ref: ImageRef):
-    return ref.key, (ref_rank(ref), ref)
-
-
-class _FirstAndCount(beam.CombineFn):
-    """The best-ranked (rank, ref) of a key and how many records had that key."""
-
-    def create_accumulator(self):
-        return None, 0
-
-    def add_input(self, accumulator, value):
-        best, count = accumulator
-        return (value if best is None or value[0] < best[0] else best), count + 1
-
-    def merge_accumulators(self, accumulators):
-        best, count = None, 0
-        for other, n in accumulators:
-            if other is not None and (best is None or other[0] < best[0]):
-                best = other
-            count += n
-        return best, count
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-class _UniqueFn(beam.DoFn):
-    def process(self, keyed):
-        key, ((_, ref), count) = keyed
-        if count > 1:
-            metrics.counter("skipped").inc(count - 1)
-            metrics.counter("skipped_duplicate_key").inc(count - 1)
-        yield ref
-
-
-class UniqueKeys(beam.PTransform):
-    """ImageRefs -> one per key (the others counted as skipped `duplicate_key`).
-
-    Only refs cross this shuffle: URI rows carry no bytes. Inline base64 rows do (their
-    bytes are in the row); a job of millions of those is better given as URIs.
-    """
-
-    def expand(self, refs):
-        return (refs
-                | "KeyByKey" >> beam.Map(key_with_rank)
-                | "FirstPerKey" >> beam.CombinePerKey(_FirstAndCount())
-                | "Unique" >> beam.ParDo(_UniqueFn()))
-
-
 class ReadInputs(beam.PTransform):
-    """Every --input (`input_sources`) -> ImageRef per record (unique keys), with `failed`
-    (read dead letters); skipped files are counted. Image folders and row files may be mixed
-    in one job."""
+    """Every --input (`input_sources`) -> image entries, row refs and read dead letters. Image
+    folders and row files may be mixed in one job; one keyed step after this (`SelectTodo`)
+    keeps one record per key and counts the image entries."""
 
     def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec()):
         super().__init__()
@@ -702,16 +649,13 @@ class ReadInputs(beam.PTransform):
 
     def expand(self, pbegin):
         p = pbegin.pipeline
-        refs, failed = [], []
+        images, rows, failed = [], [], []
         if self._images:
-            images = pbegin | "ReadImages" >> ReadImages(self._images)
-            refs.append(images.refs)
-            failed.append(images.failed)
+            images.append(pbegin | "ReadImages" >> ReadImages(self._images))
         if self._rows:
-            rows = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
-            failed.append(rows.failed)
-            refs = [(refs + [rows.refs])
-                    | "AllRefs" >> beam.Flatten(pipeline=p)
-                    | "UniqueKeys" >> UniqueKeys()]
-        return Outputs(refs | "Refs" >> beam.Flatten(pipeline=p),
+            read = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
+            rows.append(read.refs)
+            failed.append(read.failed)
+        return Outputs(images | "Images" >> beam.Flatten(pipeline=p),
+                       rows | "Rows" >> beam.Flatten(pipeline=p),
                        failed | "Failed" >> beam.Flatten(pipeline=p))

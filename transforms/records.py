@@ -49,20 +49,26 @@ class ImageRef(NamedTuple):
     uri: Optional[str]  # where to read the bytes from; None when they are inline
     inline_b64: Optional[str] = None  # base64 bytes carried by a CSV/JSONL row
     size: Optional[int] = None
-    fields: Optional[dict] = None  # a row's other columns (str or None), for pass-through
+    # A row's other columns (str or None); after SelectTodo only the --passthrough_fields
+    # values ({name: value}; None when no field is passed through).
+    fields: Optional[dict] = None
     origin: Optional[str] = None  # where a row came from (`rows.csv:12`), for error messages
 
 
 class Instance(NamedTuple):
-    """One encoded instance: its key and its serialized JSON, ready to be joined into a body."""
+    """One encoded instance: its key and its serialized JSON, ready to be joined into a body;
+    `fields` the --passthrough_fields values that go into its prediction record."""
     key: str
     body: bytes
+    fields: Optional[dict] = None
 
 
 class PredictRequest(NamedTuple):
-    """A packed request: the keys and serialized instances it carries, in order."""
+    """A packed request: the keys and serialized instances it carries, in order; `fields`
+    their --passthrough_fields values (None when no field is passed through)."""
     keys: Tuple[str, ...]
     instances: Tuple[bytes, ...]
+    fields: Optional[Tuple[Optional[dict], ...]] = None
 
 
 def utc_now() -> datetime.datetime:

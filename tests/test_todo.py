@@ -1,0 +1,73 @@
+"""SelectTodo, the job's one keyed step: one record per key, --limit, backfill selection and
+the --passthrough_fields trim together, every record counted once."""
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline.config import new_run_id
+from tests.helpers import LOCAL_RUNNER, counters
+from transforms.limit import _SmallestKeysFn
+from transforms.read import IMAGE, UNREADABLE_FOLDER, Listed, Outputs
+from transforms.records import ImageRef
+from transforms.todo import SelectTodo
+
+
+def entry(key, listed):
+    """An image entry as ReadImages matches it."""
+    return key, (IMAGE, tuple(listed))
+
+
+def test_one_record_per_key_then_limit_then_existing_with_only_passthrough_values(tmp_path):
+    out = str(tmp_path / "pred")
+    pq.write_table(pa.table({"key": ["d"]}), f"{out}-{new_run_id()}-00000-of-00001.parquet")
+    rows = [ImageRef("a", "/i/a.jpg", fields={"id": "a", "c": "late", "big": "x" * 1000},
+                     origin="/r.csv:3"),
+            ImageRef("a", "/i/a2.jpg", fields={"c": "early"}, origin="/r.csv:2"),
+            ImageRef("d", "/i/d.jpg", fields={"c": "dd"}, origin="/r.csv:4"),
+            ImageRef("e", "/i/e.jpg", fields={"c": "ee"}, origin="/r.csv:5")]
+    images = [entry("b", Listed(7)), entry("b", Listed(7)),  # two patterns matched it
+              entry("a", Listed(5)),  # a row names it too: the row wins
+              entry("c", Listed(None, "skipped_hidden")),
+              entry("f", Listed(None, UNREADABLE_FOLDER, error="cannot list folder"))]
+    p = TestPipeline(runner=LOCAL_RUNNER)
+    inputs = Outputs(images=p | "Images" >> beam.Create(images),
+                     rows=p | "Rows" >> beam.Create(rows),
+                     failed=p | "NoFailures" >> beam.Create([]))
+    todo = inputs | SelectTodo(passthrough=("c", "n"), limit=3, existing_output=out)
+    # record keys a, b, d, e: the first 3 are a, b, d; d is already written
+    assert_that(todo.refs, equal_to([
+        ImageRef("a", "/i/a2.jpg", fields={"c": "early", "n": None}, origin="/r.csv:2"),
+        ImageRef("b", "b", size=7, fields={"c": None, "n": None})]), label="refs")
+    assert_that(todo.failed | beam.Map(lambda d: (d["key"], d["stage"], d["error"])),
+                equal_to([("f", "read", "cannot list folder")]), label="failed")
+    result = p.run()
+    result.wait_until_finish()
+    counts = counters(result)
+    assert counts == {"inputs": 4, "skipped_hidden": 1, "failed_read": 1,
+                      "skipped_duplicate_key": 2, "skipped_over_limit": 1,
+                      "skipped_existing": 1, "skipped": 5}
+    # 4 image entries (b, a, c, f) + 4 rows, of which 2 are predicted
+    assert counts["inputs"] + len(rows) == 2 + counts["failed_read"] + counts["skipped"]
+
+
+def test_without_passthrough_fields_nothing_of_the_row_is_kept(tmp_path):
+    rows = [ImageRef("a", "/i/a.jpg", fields={"c": "x"}, origin="/r.csv:2")]
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        inputs = Outputs(images=p | "NoImages" >> beam.Create([]),
+                         rows=p | "Rows" >> beam.Create(rows),
+                         failed=p | "NoFailures" >> beam.Create([]))
+        todo = inputs | SelectTodo()
+        assert_that(todo.refs, equal_to([ImageRef("a", "/i/a.jpg", origin="/r.csv:2")]))
+
+
+def test_smallest_keys_are_distinct_however_often_a_key_comes():
+    fn = _SmallestKeysFn(3)
+    parts = []
+    for keys in (["b", "b", "b", "a"], ["a", "b", "z"], ["c"] * 200 + ["y"]):
+        acc = fn.create_accumulator()
+        for key in keys:
+            acc = fn.add_input(acc, key)
+        parts.append(acc)
+    assert fn.extract_output(fn.merge_accumulators(parts)) == frozenset("abc")
