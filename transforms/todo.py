@@ -25,7 +25,7 @@ from transforms import metrics
 from transforms.existing import ReadDeadLetterKeys, ReadExistingKeys
 from transforms.limit import SmallestKeys
 from transforms.passthrough import chosen
-from transforms.read import (FAILED, IMAGE, ROW, UNREADABLE_FOLDER, Listed, Outputs,
+from transforms.read import (FAILED, IMAGE, ROW, UNREADABLE_FOLDER, Listed,
                              image_ref, ref_rank)
 from transforms.records import ImageRef, dead_letter
 
@@ -163,7 +163,7 @@ class SelectTodo(beam.PTransform):
         self._existing_output = existing_output
         self._dead_letters = dead_letters
 
-    def expand(self, inputs: Outputs):
+    def expand(self, inputs):
         p = inputs.images.pipeline
         values = [inputs.images,
                   inputs.rows | "KeyRows" >> beam.Map(row_value, self._names)]
