@@ -49,7 +49,8 @@ def marker(key: str, kind: int) -> Tuple[str, tuple]:
 
 
 def record_key(element: Tuple[str, tuple]) -> Iterable[str]:
-    """The key of a value that is a record to predict (not a skipped or failed entry)."""
+    """The key of a value that is a record to predict: a row, or an image entry whose Listed
+    (size, reason, raw, error) gives no reason to skip or fail it."""
     key, value = element
     if value[0] == ROW or (value[0] == IMAGE and value[1][1] is None):
         yield key
