@@ -13,6 +13,7 @@ for server in kserve mlserver; do
 done
 source scripts/bootstrap.sh
 set +e
+trap 'exit 130' INT  # Ctrl-C: stop here, not go on to the second pass
 # pytest.ini: testpaths = tests; conftest.py orders the modules for --dist loadfile.
 # Tests marked `alone` (a per-second quota) run afterwards, with nothing beside them.
 "$PY" -m pytest -q -p no:cacheprovider -n "${BATCH_PREDICT_TEST_WORKERS:-3}" \

@@ -174,44 +174,50 @@ def read_yaml(path: str) -> dict:
 
 
 def yaml_options(parser: argparse.ArgumentParser, data: dict, given: set) -> dict:
-    """The YAML options the command line leaves to the file, in the form argparse takes as
-    defaults (a string is typed and checked by the parser as a flag's value would be): a
-    list for a repeatable option (`input`, Beam's `experiments`, ...), else one value, a list
-    comma-separated (`passthrough_fields: [a, b]`)."""
-    known = vars(parser.parse_known_args([])[0])
+    """The YAML options the command line leaves to the file, by option (dest), in the form
+    argparse takes as defaults (a string is typed and checked by the parser as a flag's value
+    would be): true/false for a switch, a list for a repeatable option (`input`, Beam's
+    `experiments`, ...), else one value, a list comma-separated (`passthrough_fields: [a, b]`).
+    A key may be any of an option's flag names (Beam's `worker_machine_type`)."""
+    actions = option_actions(parser)
+    given = {actions[flag].dest for flag in given if flag in actions}
     values = {}
     for name, value in data.items():
-        if name in given or value is None:
-            continue  # the command line wins, whole (a list included)
-        switched = switch_values(parser, name) if isinstance(value, bool) else None
-        if switched is not None:
-            values.update(switched if value else {})
-            continue
-        if name not in known:
+        action = actions.get(name)
+        if action is None:
             raise ConfigError(f"unknown flag --{name} (see --help)")
+        if value is None or action.dest in given:
+            continue  # the command line wins, whole (a list included)
+        if action.nargs == 0:
+            values.update(switch_value(name, action, value))
+            continue
         items = [str(item).lower() if isinstance(item, bool) else str(item)
                  for item in (value if isinstance(value, list) else [value])]
-        values[name] = items if is_repeatable(parser, name) else ",".join(items)
+        values[action.dest] = items if is_repeatable(parser, action) else ",".join(items)
     return values
 
 
-def switch_values(parser: argparse.ArgumentParser, name: str) -> Optional[dict]:
-    """What the switch `--name` sets (`no_use_public_ips` -> {use_public_ips: False}), or None
-    when `--name` takes a value (Beam's `dry_run: true` is the value "true")."""
-    try:
-        switched, unknown = parser.parse_known_args([f"--{name}"])
-    except argparse.ArgumentError:  # "expected one argument"
-        return None
-    if unknown:
-        raise ConfigError(f"unknown flag --{name} (see --help)")
-    defaults = vars(parser.parse_known_args([])[0])
-    return {dest: v for dest, v in vars(switched).items() if v != defaults[dest]}
+def option_actions(parser: argparse.ArgumentParser) -> dict:
+    """Each long flag's name (`worker_machine_type`) -> its argparse action."""
+    flags = parser._option_string_actions  # pylint: disable=protected-access
+    return {flag[2:]: action for flag, action in flags.items() if flag.startswith("--")}
 
 
-def is_repeatable(parser: argparse.ArgumentParser, name: str) -> bool:
-    """Whether `--name` collects its values into a list (argparse's action="append")."""
+def switch_value(name: str, action: argparse.Action, value) -> dict:
+    """{dest: value} of a switch given true or false (`no_use_public_ips: true` and
+    `use_public_ips: false` both set use_public_ips False)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"--{name} is a switch: give true or false, not {value!r}")
+    if value:
+        return {action.dest: action.const}
+    return {action.dest: not action.const} if isinstance(action.const, bool) else {}
+
+
+def is_repeatable(parser: argparse.ArgumentParser, action: argparse.Action) -> bool:
+    """Whether the option collects its values into a list (argparse's action="append")."""
     try:
-        return isinstance(getattr(parser.parse_known_args([f"--{name}=x"])[0], name), list)
+        parsed = parser.parse_known_args([f"{action.option_strings[0]}=x"])[0]
+        return isinstance(getattr(parsed, action.dest), list)
     except argparse.ArgumentError:  # a switch, or a type that does not take "x"
         return False
 

@@ -95,6 +95,24 @@ def test_yaml_switches_are_the_command_line_switches(tmp_path):
         WorkerOptions).use_public_ips is True  # the command line wins
 
 
+def test_yaml_takes_every_flag_name_and_the_command_line_wins_by_option(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("worker_machine_type: n2-standard-4\nuse_public_ips: false\n"
+                    "experiments: [a]\n")
+    options = parse_options(["--config", str(path), "--experiment", "b"])
+    assert options.view_as(WorkerOptions).machine_type == "n2-standard-4"  # Beam's alias flag
+    assert options.view_as(WorkerOptions).use_public_ips is False
+    assert options.view_as(DebugOptions).experiments == ["b"]
+
+
+@pytest.mark.parametrize("value", ["0", "'no'", "[true]"])
+def test_a_switch_in_yaml_takes_only_true_or_false(tmp_path, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"skip_existing: {value}\n")
+    with pytest.raises(ConfigError, match="--skip_existing is a switch: give true or false"):
+        parse_options(["--config", str(path)])
+
+
 def test_stage_settings_are_built_once_in_the_config(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
