@@ -11,7 +11,7 @@ from tests.helpers import LOCAL_RUNNER, counters
 from transforms.limit import _SmallestKeysFn
 from transforms.read import IMAGE, UNREADABLE_FOLDER, Listed, Outputs
 from transforms.records import ImageRef
-from transforms.todo import SelectTodo
+from transforms.todo import SelectTodo, _Key
 
 
 def entry(key, listed):
@@ -71,3 +71,14 @@ def test_smallest_keys_are_distinct_however_often_a_key_comes():
             acc = fn.add_input(acc, key)
         parts.append(acc)
     assert fn.extract_output(fn.merge_accumulators(parts)) == frozenset("abc")
+
+
+def test_an_entry_two_patterns_matched_differently_is_read_whichever_comes_first():
+    hidden, read = (IMAGE, tuple(Listed(None, "skipped_hidden"))), (IMAGE, tuple(Listed(5)))
+    for first, second in ((hidden, read), (read, hidden)):
+        combine = _Key()
+        one = combine.add_input(combine.create_accumulator(), first)
+        other = combine.add_input(combine.create_accumulator(), second)
+        assert combine.add_input(one, second)[0] == tuple(Listed(5))
+        assert combine.merge_accumulators([other, combine.add_input(
+            combine.create_accumulator(), first)])[0] == tuple(Listed(5))

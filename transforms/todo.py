@@ -56,6 +56,15 @@ def record_key(element: Tuple[str, tuple]) -> Iterable[str]:
         yield key
 
 
+def better_entry(entry: Optional[tuple], other: Optional[tuple]) -> Optional[tuple]:
+    """Of two image entries of one key (two patterns matched the file, from different roots),
+    the one to read if either is, else the first reason by name: the same whatever the
+    order."""
+    if entry is None or other is None:
+        return entry or other
+    return min(entry, other, key=lambda e: (e[1] is not None, e[1] or ""))
+
+
 class _Key(beam.CombineFn):
     """Per key: [image entry, best (rank, row), rows, done, retry]."""
 
@@ -65,7 +74,7 @@ class _Key(beam.CombineFn):
     def add_input(self, acc, value):
         kind = value[0]
         if kind == IMAGE:
-            acc[0] = acc[0] or value[1]
+            acc[0] = better_entry(acc[0], value[1])
         elif kind == ROW:
             if acc[1] is None or value[1] < acc[1][0]:
                 acc[1] = value[1:]
@@ -79,7 +88,7 @@ class _Key(beam.CombineFn):
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for image, best, rows, done, retry in accumulators:
-            merged[0] = merged[0] or image
+            merged[0] = better_entry(merged[0], image)
             if best is not None and (merged[1] is None or best[0] < merged[1][0]):
                 merged[1] = best
             merged[2] += rows
