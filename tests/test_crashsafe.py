@@ -28,7 +28,7 @@ from pipeline.run import parse, run
 from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
 from transforms.parts import (CommitParts, DeleteParts, list_folder, parts_dir,
                              read_parquet_part)
-from transforms.records import prediction_record, prediction_schema, utc_now
+from transforms.records import dead_letter, prediction_record, prediction_schema, utc_now
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"]
@@ -352,3 +352,20 @@ def test_incremental_commits_add_few_steps_to_the_job(tmp_path):
     one deleting step, waiting on the sinks through one side input."""
     added = job_steps(tmp_path) - job_steps(tmp_path, "--commit_every_records", "0")
     assert added <= 8, added
+
+
+@pytest.mark.parametrize("schema", [prediction_schema(("customer",)), None])
+def test_committed_parts_hold_every_record_once_across_chunks(tmp_path, schema):
+    now = utc_now()
+    records = [prediction_record(f"k{i:05d}", [("cat", i / 3000)], "m", now)
+               | {"customer": f"c{i}"} if schema else dead_letter(f"k{i:05d}", "decode", "bad")
+               for i in range(2500)]
+    folder = str(tmp_path / "parts")
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        _ = (p | beam.Create(records, reshuffle=False)
+             | CommitParts(folder, schema, max_records=2000, max_seconds=3600))
+    rows = [row for path in glob.glob(f"{folder}/*")
+            for row in (read_parquet_part(path) if schema else
+                        (json.loads(line) for line in open(path, encoding="utf-8")))]
+    field = "customer" if schema else "error"
+    assert sorted((r["key"], r[field]) for r in rows) == [(r["key"], r[field]) for r in records]

@@ -22,7 +22,7 @@ import io
 import json
 import time
 import uuid
-from typing import Callable, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -39,6 +39,7 @@ PART_NAME_PATTERN = r"part-[0-9a-f]+-[0-9]{5,}\."
 
 DEFAULT_COMMIT_RECORDS = 10_000
 DEFAULT_COMMIT_SECONDS = 30.0
+CHUNK_RECORDS = 1000
 
 
 def parts_dir(run_prefix: str) -> str:
@@ -63,13 +64,6 @@ def write_bytes_atomically(path: str, data: bytes):
     FileSystems.rename([temp], [path])
 
 
-def parquet_bytes(records: List[dict], schema: pa.Schema) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), buffer,
-                   compression="snappy", use_compliant_nested_type=True)
-    return buffer.getvalue()
-
-
 def jsonl_bytes(rows: List[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
                    for r in rows).encode("utf-8")
@@ -83,13 +77,14 @@ def read_parquet_part(path: str) -> Iterable[dict]:
 
 
 class _CommitPartsFn(beam.DoFn):
-    """Buffers records and writes them as parts; outputs each part's path once it is durable."""
+    """Buffers records and writes them as parts; outputs each part's path once it is durable.
+    The buffer holds records encoded `CHUNK_RECORDS` at a time (far smaller than dicts)."""
 
-    def __init__(self, folder: str, extension: str, encode: Callable[[List[dict]], bytes],
-                 max_records: int, max_seconds: float, clock=time.monotonic):
+    def __init__(self, folder: str, extension: str, encoding, max_records: int,
+                 max_seconds: float, clock=time.monotonic):
         self._folder = folder
         self._extension = extension
-        self._encode = encode
+        self._encoding = encoding
         self._max_records = max_records
         self._max_seconds = max_seconds
         self._clock = clock
@@ -97,28 +92,36 @@ class _CommitPartsFn(beam.DoFn):
     def start_bundle(self):
         self._writer = uuid.uuid4().hex[:16]
         self._seq = 0
-        self._buffer = []
-        self._oldest = None
+        self._reset()
+
+    def _reset(self):
+        self._chunks, self._pending, self._count, self._oldest = [], [], 0, None
 
     def process(self, record):
-        if not self._buffer:
+        if not self._count:
             self._oldest = self._clock()
-        self._buffer.append(record)
-        if (len(self._buffer) >= self._max_records
+        self._pending.append(record)
+        self._count += 1
+        if len(self._pending) >= CHUNK_RECORDS:
+            self._chunks.append(self._encoding.chunk(self._pending))
+            self._pending = []
+        if (self._count >= self._max_records
                 or self._clock() - self._oldest >= self._max_seconds):
             yield self._flush()
 
     def finish_bundle(self):
-        if self._buffer:
+        if self._count:
             yield GlobalWindows.windowed_value(self._flush())
 
     def _flush(self) -> str:
+        if self._pending:
+            self._chunks.append(self._encoding.chunk(self._pending))
         path = part_path(self._folder, self._writer, self._seq, self._extension)
-        write_bytes_atomically(path, self._encode(self._buffer))
+        write_bytes_atomically(path, self._encoding.join(self._chunks))
         metrics.counter("parts_committed").inc()
-        metrics.counter("records_committed").inc(len(self._buffer))
+        metrics.counter("records_committed").inc(self._count)
         self._seq += 1
-        self._buffer = []
+        self._reset()
         return path
 
 
@@ -141,22 +144,37 @@ class CommitParts(beam.PTransform):
 
     def expand(self, records):
         if self._schema is not None:
-            extension = PREDICTION_PART_EXTENSION
-            encode = _ParquetEncoder(self._schema)
+            extension, encoding = PREDICTION_PART_EXTENSION, _ParquetParts(self._schema)
         else:
-            extension, encode = DEAD_LETTER_PART_EXTENSION, jsonl_bytes
+            extension, encoding = DEAD_LETTER_PART_EXTENSION, _JsonLinesParts()
         return records | "Commit" >> beam.ParDo(_CommitPartsFn(
-            self._folder, extension, encode, self._max_records, self._max_seconds))
+            self._folder, extension, encoding, self._max_records, self._max_seconds))
 
 
-class _ParquetEncoder:
-    """Picklable `records -> Parquet bytes` for one schema."""
+class _ParquetParts:
+    """Picklable encoding of prediction parts: Arrow record batches, one Parquet file."""
 
     def __init__(self, schema: pa.Schema):
         self._schema = schema
 
-    def __call__(self, records: List[dict]) -> bytes:
-        return parquet_bytes(records, self._schema)
+    def chunk(self, records: List[dict]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist(records, schema=self._schema)
+
+    def join(self, batches: List[pa.RecordBatch]) -> bytes:
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_batches(batches, schema=self._schema), buffer,
+                       compression="snappy", use_compliant_nested_type=True)
+        return buffer.getvalue()
+
+
+class _JsonLinesParts:
+    """Picklable encoding of dead-letter parts: JSON lines."""
+
+    def chunk(self, records: List[dict]) -> bytes:
+        return jsonl_bytes(records)
+
+    def join(self, chunks: List[bytes]) -> bytes:
+        return b"".join(chunks)
 
 
 # -- removing parts once the shards are in place -------------------------------------------
