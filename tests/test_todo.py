@@ -8,7 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import new_run_id
 from tests.helpers import LOCAL_RUNNER, counters
-from transforms.limit import _SmallestKeysFn
+from transforms.limit import _LastKeyFn
 from transforms.read import IMAGE, UNREADABLE_FOLDER, Listed, Outputs
 from transforms.records import ImageRef
 from transforms.todo import SelectTodo, _Key
@@ -62,15 +62,23 @@ def test_without_passthrough_fields_nothing_of_the_row_is_kept(tmp_path):
         assert_that(todo.refs, equal_to([ImageRef("a", "/i/a.jpg", origin="/r.csv:2")]))
 
 
-def test_smallest_keys_are_distinct_however_often_a_key_comes():
-    fn = _SmallestKeysFn(3)
+def test_the_limit_is_the_nth_smallest_distinct_key_however_often_a_key_comes():
+    fn = _LastKeyFn(3)
     parts = []
     for keys in (["b", "b", "b", "a"], ["a", "b", "z"], ["c"] * 200 + ["y"]):
         acc = fn.create_accumulator()
         for key in keys:
             acc = fn.add_input(acc, key)
         parts.append(acc)
-    assert fn.extract_output(fn.merge_accumulators(parts)) == frozenset("abc")
+    assert fn.extract_output(fn.merge_accumulators(parts)) == "c"
+    assert fn.extract_output(fn.add_input(fn.create_accumulator(), "q")) == "q"  # fewer than N
+    assert fn.extract_output(fn.create_accumulator()) is None
+
+
+def test_merging_many_accumulators_keeps_the_smallest():
+    fn = _LastKeyFn(2)
+    merged = fn.merge_accumulators([[f"{b:04d}-{i}" for i in range(2)] for b in range(5000)])
+    assert merged == ["0000-0", "0000-1"]
 
 
 def test_an_entry_two_patterns_matched_differently_is_read_whichever_comes_first():

@@ -1,8 +1,8 @@
 """`--limit N` (the first N inputs by key, the same N on every run) and `--dry_run` counting.
 
-`SmallestKeys` finds the N smallest distinct keys (a global combine holding at most 2N
-strings per combiner); `transforms.todo.SelectTodo` takes that set as a side input and
-skips the records whose keys are not in it, counted as `skipped_over_limit`, so
+`LastKey` finds the N-th smallest distinct key (a global combine holding at most 3N + 64
+strings at a time); `transforms.todo.SelectTodo` takes that one key as a side input and
+skips the records whose keys sort after it, counted as `skipped_over_limit`, so
 `inputs == predicted + failed + skipped` still holds.
 """
 import math
@@ -21,9 +21,10 @@ def smallest(keys: Iterable[str], n: int) -> List[str]:
     return sorted(set(keys))[:n]
 
 
-class _SmallestKeysFn(beam.CombineFn):
-    """The N smallest distinct keys. A key may come many times (one record per input that
-    names it), so Top.Smallest, which keeps repeats, would find fewer than N keys."""
+class _LastKeyFn(beam.CombineFn):
+    """The N-th smallest distinct key (the largest when there are fewer; None when none). A
+    key may come many times (one record per input that names it), so Top.Smallest, which
+    keeps repeats, would find fewer than N keys."""
 
     def __init__(self, n: int):
         if n < 1:
@@ -40,21 +41,25 @@ class _SmallestKeysFn(beam.CombineFn):
         return keys
 
     def merge_accumulators(self, accumulators):
-        return smallest((k for keys in accumulators for k in keys), self._n)
+        merged = []
+        for keys in accumulators:
+            merged = smallest(merged + list(keys), self._n)
+        return merged
 
     def extract_output(self, keys):
-        return frozenset(smallest(keys, self._n))
+        keys = smallest(keys, self._n)
+        return keys[-1] if keys else None
 
 
-class SmallestKeys(beam.PTransform):
-    """Keys -> one frozenset of the N smallest distinct ones (a singleton)."""
+class LastKey(beam.PTransform):
+    """Keys -> the last key within the first N (a singleton; None when there are no keys)."""
 
     def __init__(self, n: int):
         super().__init__()
-        self._fn = _SmallestKeysFn(n)
+        self._fn = _LastKeyFn(n)
 
     def expand(self, keys):
-        return keys | "Smallest" >> beam.CombineGlobally(self._fn)
+        return keys | "LastKey" >> beam.CombineGlobally(self._fn)
 
 
 def count_for_estimate(ref: ImageRef) -> Iterable[ImageRef]:

@@ -23,7 +23,7 @@ import apache_beam as beam
 
 from transforms import metrics
 from transforms.existing import ReadDeadLetterKeys, ReadExistingKeys
-from transforms.limit import SmallestKeys
+from transforms.limit import LastKey
 from transforms.passthrough import chosen
 from transforms.read import (FAILED, IMAGE, ROW, UNREADABLE_FOLDER, Listed,
                              image_ref, ref_rank)
@@ -110,9 +110,10 @@ def pick(key: str, image: Optional[ImageRef], best: Optional[tuple]) -> ImageRef
 class _ChooseFn(beam.DoFn):
     """(key, combined) -> the one record of a key to predict; every other outcome counted."""
 
-    def __init__(self, names: Sequence[str], retry_only: bool):
+    def __init__(self, names: Sequence[str], retry_only: bool, limited: bool):
         self._names = tuple(names)
         self._retry_only = retry_only
+        self._limited = limited
 
     def start_bundle(self):
         self._counts = metrics.BundleCounts()
@@ -120,7 +121,7 @@ class _ChooseFn(beam.DoFn):
     def finish_bundle(self):
         self._counts.flush()
 
-    def process(self, element, first: Optional[frozenset] = None):
+    def process(self, element, last_key: Optional[str] = None):
         key, (entry, best, rows, done, retry) = element
         image = None
         if entry is not None:
@@ -138,14 +139,14 @@ class _ChooseFn(beam.DoFn):
             return
         for _ in range(records - 1):
             self._skip(SKIPPED_DUPLICATE)
-        reason = self._reason(key, first, done, retry)
+        reason = self._reason(key, last_key, done, retry)
         if reason:
             self._skip(reason)
         else:
             yield pick(key, image, best)
 
-    def _reason(self, key, first, done, retry) -> Optional[str]:
-        if first is not None and key not in first:
+    def _reason(self, key, last_key, done, retry) -> Optional[str]:
+        if self._limited and (last_key is None or key > last_key):
             return SKIPPED_OVER_LIMIT
         if self._retry_only and not retry:
             return SKIPPED_NOT_DEAD_LETTER
@@ -188,11 +189,11 @@ class SelectTodo(beam.PTransform):
         values = values | "AllValues" >> beam.Flatten()
         side = {}
         if self._limit:
-            side["first"] = beam.pvalue.AsSingleton(
+            side["last_key"] = beam.pvalue.AsSingleton(
                 values
                 | "RecordKeys" >> beam.FlatMap(record_key)
-                | "FirstKeys" >> SmallestKeys(self._limit))
+                | "LastKey" >> LastKey(self._limit))
+        choose = _ChooseFn(self._names, bool(self._dead_letters), bool(self._limit))
         return (values
                 | "OnePerKey" >> beam.CombinePerKey(_Key())
-                | "Choose" >> beam.ParDo(_ChooseFn(self._names, bool(self._dead_letters)),
-                                         **side).with_outputs(FAILED, main="refs"))
+                | "Choose" >> beam.ParDo(choose, **side).with_outputs(FAILED, main="refs"))
