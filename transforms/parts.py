@@ -64,6 +64,12 @@ def write_bytes_atomically(path: str, data: bytes):
     FileSystems.rename([temp], [path])
 
 
+def parquet_bytes(records: List[dict], schema: pa.Schema) -> bytes:
+    """The bytes of one prediction part holding `records`."""
+    encoding = _ParquetParts(schema)
+    return encoding.join([encoding.chunk(records)])
+
+
 def jsonl_bytes(rows: List[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
                    for r in rows).encode("utf-8")
