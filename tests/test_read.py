@@ -16,7 +16,7 @@ from tests.helpers import LOCAL_RUNNER, counters
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
                              glob_root, input_format, input_sources, list_pattern, parse_rows,
                              pattern_for, quote_glob, ref_rank, resolve_uri, row_ref,
-                             skip_reason, split_inputs, text_lines)
+                             skip_reason, split_sources, text_lines)
 from transforms.records import ImageRef
 from transforms.todo import SelectTodo
 
@@ -46,8 +46,9 @@ def test_input_format_folder_and_override(tmp_path):
         input_format("x", "xml")
 
 
-def test_split_inputs(tmp_path):
-    images, rows = split_inputs([str(tmp_path), "a.csv", "gs://b/l.txt"])  # a.csv: no file
+def test_split_sources(tmp_path):
+    sources = input_sources([str(tmp_path), "a.csv", "gs://b/l.txt"])  # a.csv: no file
+    images, rows = split_sources(sources)
     assert images == [os.path.join(str(tmp_path), "**")]
     assert rows == [(os.path.abspath("a.csv"), "csv"), ("gs://b/l.txt", "filelist")]
 

@@ -120,11 +120,6 @@ def split_sources(sources: Sequence[InputSource]):
     return images, rows
 
 
-def split_inputs(inputs: Sequence[str], requested: str = "auto"):
-    """(image patterns, [(row pattern, format)]) for the given --input values."""
-    return split_sources(input_sources(inputs, requested))
-
-
 def pattern_for(path: str) -> str:
     """The pattern of one --input. A local path that exists is taken literally (glob
     characters in its name quoted); a folder becomes every file under it (`/**`)."""
