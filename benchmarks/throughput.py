@@ -273,8 +273,8 @@ def overhead_case(sets, out, args):
 def qps_case(sets, out, args):
     print(f"qps: --qps {QPS} against a server quota of {QPS}/s, one image per request")
     with LocalServer(quota_qps=QPS) as server:
-        limited = ours(sets["qps"], server, os.path.join(out, "qps"), "--qps", str(QPS),
-                       "--max_instances_per_request", "1")
+        ours(sets["qps"], server, os.path.join(out, "qps"), "--qps", str(QPS),
+             "--max_instances_per_request", "1")
         stats = server.stats()
         rate = steady_rate(stats, 1)
         print(f"  measured {rate:.2f} requests/s over the full seconds ({rate / QPS - 1:+.1%}), "

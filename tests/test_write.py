@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.config import ConfigError, new_run_id
 from pipeline.graph import build_pipeline
