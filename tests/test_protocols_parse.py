@@ -1,4 +1,5 @@
 """Wire formats and response parsing of the three protocols (pure functions)."""
+import base64
 import datetime
 import json
 import pickle
@@ -15,6 +16,21 @@ NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 
 
 # -- bodies --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [b"", b"\xff", b"\xfb\xef", bytes(range(256)) * 3])
+def test_b64_instances_are_the_json_encoder_s_bytes(data):
+    """Instances are built without the JSON encoder: byte for byte what it would give."""
+    def dumps(obj):
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    text = base64.b64encode(data).decode("ascii")
+    assert make_protocol("mlengine").instance("k", data, "image/png") == dumps({"b64": text})
+    assert make_protocol("vertex").instance("k", data, "image/png") == dumps(
+        {"content": text, "mimeType": "image/png"})
+    assert make_protocol("automl").instance("k", data, "image/png") == dumps(
+        {"image": {"imageBytes": text}})
+    assert make_protocol("v2").instance("k", data, "image/png") == dumps(text)
+
 
 @pytest.mark.parametrize("protocol", [
     make_protocol("mlengine"), make_protocol("mlengine", "named"),

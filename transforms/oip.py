@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Seq
 
 from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
                                is_triton_classes, triton_classes)
-from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64,
+from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64_json,
                                   error_message, parameters_field, read_prediction,
                                   with_model_id)
 
@@ -87,7 +87,7 @@ class V2(Protocol):
             return _dumps(flat)[1:-1]
         if self.binary:
             return struct.pack("<I", len(data)) + data
-        return _dumps(b64(data))
+        return b64_json(data)
 
     def _input(self, count: int) -> dict:
         if self.tensor_dtype:

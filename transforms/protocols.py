@@ -73,6 +73,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def b64_json(data: bytes) -> bytes:
+    """The bytes' base64 as a JSON string (the same bytes `_dumps(b64(data))` gives: the
+    base64 alphabet needs no escaping), without the JSON encoder's cost."""
+    return b'"' + base64.b64encode(data) + b'"'
+
+
 def parameters_field():
     """A `parameters` field: a JSON object (a dict, so left out of the hash; still compared)."""
     return dataclasses.field(default_factory=dict, hash=False)
@@ -150,7 +156,7 @@ class MLEngine(Protocol):
             return _dumps(pixels)
         if self.instance_format == "named":
             return _dumps({"key": key, "image": {"b64": b64(data)}})
-        return _dumps({"b64": b64(data)})
+        return b'{"b64":' + b64_json(data) + b"}"
 
     def body_parts(self):
         return b'{"instances":[', _instances_suffix(self.parameters)
@@ -173,7 +179,7 @@ class Vertex(Protocol):
         self._set(parameters=dict(self.parameters or {}))
 
     def instance(self, key, data, mime_type, pixels=None):
-        return _dumps({"content": b64(data), "mimeType": mime_type})
+        return b'{"content":' + b64_json(data) + b',"mimeType":' + _dumps(mime_type) + b"}"
 
     def body_parts(self):
         return b'{"instances":[', _instances_suffix(self.parameters)
@@ -193,7 +199,7 @@ class AutoML(Protocol):
     keep_prediction: bool = True
 
     def instance(self, key, data, mime_type, pixels=None):
-        return _dumps({"image": {"imageBytes": b64(data)}})
+        return b'{"image":{"imageBytes":' + b64_json(data) + b"}}"
 
     def body_parts(self):
         suffix = b"}"
