@@ -126,6 +126,6 @@ class NoteTotal(beam.PTransform):
         self._whole_job = whole_job
 
     def expand(self, records):
-        total = records | "Count" >> beam.combiners.Count.Globally()
+        total = records | "Count" >> beam.combiners.Count.Globally().without_defaults()
         return records | "Note" >> beam.ParDo(_NoteTotalFn(self._job, self._whole_job),
-                                              beam.pvalue.AsSingleton(total))
+                                              beam.pvalue.AsSingleton(total, default_value=0))
