@@ -3,6 +3,7 @@ re-encoding for oversize images, and every protocol's encoding accepted by the l
 import base64
 import io
 import json
+import os
 import random
 import struct
 import urllib.request
@@ -231,6 +232,41 @@ def test_read_bytes_refuses_a_file_too_large_to_be_an_image(tmp_path):
             read_bytes(ImageRef(str(huge), str(huge), size=size))
         assert error.value.stage == "read"
         assert f"file of {encode.MAX_FILE_BYTES + 1} bytes is over" in str(error.value)
+
+
+def test_read_fd_reads_what_fstat_said_or_what_the_file_has_now(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert encode.read_fd(fd, 100) == b"x" * 100
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert encode.read_fd(fd, 10, chunk_bytes=4) == b"x" * 100  # it grew after fstat
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert encode.read_fd(fd, 200) == b"x" * 100  # it shrank
+    finally:
+        os.close(fd)
+
+
+def test_read_fd_goes_on_after_a_short_read_before_the_size_fstat_said():
+    read_end, write_end = os.pipe()  # a pipe's read returns what is there: a short read
+    try:
+        os.write(write_end, b"abc")
+        os.close(write_end)
+        assert encode.read_fd(read_end, 6) == b"abc"
+    finally:
+        os.close(read_end)
+
+
+def test_read_fd_stops_past_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(encode, "MAX_FILE_BYTES", 10)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert encode.read_fd(fd, 5, chunk_bytes=4) == b"x" * 11
+    finally:
+        os.close(fd)
 
 
 def test_encode_instances_composite(tmp_path):

@@ -51,6 +51,7 @@ MIN_SIDE = 224
 # Files larger than this are not read at all (AutoML's image limit is 30 MB; a request holds
 # 1.5 MB): a stray multi-GB file must not cost a worker that much memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 
 
 class ImageError(ValueError):
@@ -274,15 +275,33 @@ def read_local(path: str) -> bytes:
     Beam's FileSystems. Opened without blocking and checked to be a regular file before any
     read: a FIFO, socket or device is never read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb", buffering=0) as f:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ImageError("read", "not a regular file (a FIFO, socket or device): "
                                      "never read")
-        return f.read() if info.st_size <= MAX_FILE_BYTES else _read_capped(f)
+        return read_fd(fd, info.st_size)
+    finally:
+        os.close(fd)
 
 
-def _read_capped(f, chunk_bytes: int = 64 * 1024) -> bytes:
+def read_fd(fd: int, size: int, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
+    """A file's bytes from `fd`, at most MAX_FILE_BYTES + 1; `size` is what fstat said.
+    One read when the file still has that size: a read that returns less than asked once
+    `size` bytes are in is the file's end (before that, it may be a short read)."""
+    chunks, total = [], 0
+    while total <= MAX_FILE_BYTES:
+        want = min(size + 1 - total if total <= size else chunk_bytes,
+                   MAX_FILE_BYTES + 1 - total)
+        chunk = os.read(fd, want)
+        chunks.append(chunk)
+        total += len(chunk)
+        if not chunk or (len(chunk) < want and total >= size):
+            break
+    return b"".join(chunks)
+
+
+def _read_capped(f, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
     """A file of unknown size (a row's URI), read no further than MAX_FILE_BYTES + 1."""
     chunks, total = [], 0
     while total <= MAX_FILE_BYTES:
