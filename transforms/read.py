@@ -232,7 +232,7 @@ def list_pattern(pattern: str) -> Iterator[Tuple[str, Listed]]:
     entries = list_local(pattern) if "://" not in pattern else list_remote(pattern)
     for path, listed in entries:
         key = escaped_key(path)
-        yield key, listed._replace(raw=os.fsencode(path) if key != path else None)
+        yield key, listed._replace(raw=os.fsencode(path)) if key != path else listed
 
 
 def first_match(pattern: str) -> Optional[Tuple[str, Listed]]:
@@ -256,7 +256,7 @@ def is_image_path(path: str) -> bool:
 def is_hidden(path: str, root: str) -> bool:
     """A file whose name, or a folder of whose path below `root`, starts with a dot."""
     relative = path[len(root):] if path.startswith(root) else posixpath.basename(path)
-    return any(part.startswith(".") for part in relative.split("/") if part)
+    return "/." in "/" + relative  # a part of it starts with a dot
 
 
 def skip_reason(path: str, root: str) -> Optional[str]:
@@ -273,10 +273,8 @@ def match_pattern(pattern: str) -> Iterable[Tuple[str, tuple]]:
     it is skipped: small values, as these cross the job's keyed step (a named tuple is
     pickled)."""
     root = glob_root(pattern)
-    for key, listed in list_pattern(pattern):
-        if listed.reason is None:
-            listed = listed._replace(reason=skip_reason(key, root))
-        yield key, (IMAGE, tuple(listed))
+    for key, (size, reason, raw, error) in list_pattern(pattern):
+        yield key, (IMAGE, (size, reason or skip_reason(key, root), raw, error))
 
 
 def match_row_files(pattern: str) -> Iterable[Tuple[str, tuple]]:
