@@ -2,9 +2,12 @@
 (`scripts/server_venv.sh`: model servers pin protobuf, grpcio, fastapi... apart from Beam) and
 run as a subprocess on 127.0.0.1.
 
-    python = server_python("kserve")
-    with ServerProcess([python, script, "--http_port", str(port)], ready_url) as server:
-        ...
+    def command():  # a fresh port each time: the server may be started again
+        port = free_port()
+        return [server_python("kserve"), script, "--http_port", str(port)], \
+            f"http://127.0.0.1:{port}"
+    with ServerProcess(command, "/v2/health/ready") as server:
+        ...  # server.url: the base URL it answers on
 """
 import json
 import os
@@ -25,6 +28,9 @@ MODEL_SERVERS = os.path.join(ROOT, "tests", "model_servers")
 INSTALL_TIMEOUT_S = 900
 STARTUP_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
+# A port free when picked may be bound by another process (any outgoing connection takes
+# one) before the server binds it: the server then exits, and starts again on fresh ports.
+START_ATTEMPTS = 3
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -53,25 +59,41 @@ def answers(url: str) -> bool:
 
 
 class ServerProcess:
-    """A server subprocess, ready once `ready_url` answers 200; stopped on exit."""
+    """A server subprocess, ready once `<url><ready_path>` answers 200; stopped on exit.
+    `command()` gives (argv, base URL) for a fresh pick of ports; it is called again, up to
+    START_ATTEMPTS times in all, when the server exits before it is ready."""
 
-    def __init__(self, argv, ready_url: str, env=None):
-        self.argv, self.ready_url, self.env = list(argv), ready_url, env
+    def __init__(self, command, ready_path: str, env=None):
+        self.command, self.ready_path, self.env = command, ready_path, env
         self.process = None
+        self.url = None
         self._log = None
 
     def __enter__(self):
-        self._log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=ROOT,
-                                        env=self.env)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            argv, self.url = self.command()
+            self._log = tempfile.TemporaryFile()
+            self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, cwd=ROOT, env=self.env)
+            if self._ready():
+                return self
+            log, exited = self.log(), self.process.poll() is not None
+            self.__exit__(None, None, None)
+            if not exited or attempt == START_ATTEMPTS:
+                raise RuntimeError(f"{argv[1]} did not start: {log[-3000:]}")
+        raise AssertionError("unreachable")
+
+    def _ready(self) -> bool:
+        """True once the server answers while still running; False if it exits first or
+        does not answer within STARTUP_TIMEOUT_S."""
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not answers(self.ready_url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"{self.argv[1]} did not start: {self.log()[-3000:]}")
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            if answers(self.url + self.ready_path):
+                return self.process.poll() is None
             time.sleep(0.2)
-        return self
+        return False
 
     def log(self) -> str:
         self._log.seek(0)
@@ -96,24 +118,21 @@ def _env() -> dict:
 def kserve_server(model_name: str = "colour") -> ServerProcess:
     """KServe's ModelServer with the colour model (`tests/model_servers/kserve_colour.py`)
     as MODEL (BYTES input) and MODEL-pixels (UINT8 input); `.url` is its base URL."""
-    port = free_port()
     script = os.path.join(MODEL_SERVERS, "kserve_colour.py")
-    server = ServerProcess([server_python("kserve"), script, "--model_name", model_name,
-                            "--http_port", str(port)],
-                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
-    server.url = f"http://127.0.0.1:{port}"
-    return server
+
+    def command():
+        port = free_port()
+        return ([server_python("kserve"), script, "--model_name", model_name,
+                 "--http_port", str(port)], f"http://127.0.0.1:{port}")
+
+    return ServerProcess(command, f"/v2/models/{model_name}/ready", _env())
 
 
 def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
     """MLServer with the colour runtime (`tests/model_servers/mlserver_colour.py`) as
     MODEL, its settings written under `folder`; `.url` is its base URL."""
-    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     model_dir = os.path.join(folder, model_name)
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
-        json.dump({"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
-                   "metrics_port": metrics_port, "parallel_workers": 0}, f)
     tensors = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
                "outputs": [{"name": "labels", "datatype": "BYTES", "shape": [-1, 8]},
                            {"name": "scores", "datatype": "FP32", "shape": [-1, 8]}]}
@@ -121,10 +140,15 @@ def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
         json.dump({"name": model_name, "implementation": "mlserver_colour.ColourRuntime",
                    **tensors}, f)
     mlserver = os.path.join(os.path.dirname(server_python("mlserver")), "mlserver")
-    server = ServerProcess([mlserver, "start", folder],
-                           f"http://127.0.0.1:{port}/v2/models/{model_name}/ready", _env())
-    server.url = f"http://127.0.0.1:{port}"
-    return server
+
+    def command():  # the settings name fresh ports each time
+        port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        with open(os.path.join(folder, "settings.json"), "w", encoding="utf-8") as f:
+            json.dump({"host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port,
+                       "metrics_port": metrics_port, "parallel_workers": 0}, f)
+        return [mlserver, "start", folder], f"http://127.0.0.1:{port}"
+
+    return ServerProcess(command, f"/v2/models/{model_name}/ready", _env())
 
 
 if __name__ == "__main__":

@@ -200,12 +200,14 @@ def write_truncated_jpeg(path, seed=0):
 @pytest.fixture(scope="module")
 def kserve_endpoint():
     """KServe's ModelServer (the `kserve` package from PyPI) with tests/kserve_model.py."""
-    port = free_port()
-    argv = [server_python("kserve"), os.path.join(ROOT, "tests", "kserve_model.py"),
-            "--model_name", "colours", "--http_port", str(port)]
-    base = f"http://127.0.0.1:{port}/v1/models/colours"
-    with ServerProcess(argv, base):
-        yield base + ":predict"
+    def command():
+        port = free_port()
+        return ([server_python("kserve"), os.path.join(ROOT, "tests", "kserve_model.py"),
+                 "--model_name", "colours", "--http_port", str(port)],
+                f"http://127.0.0.1:{port}")
+
+    with ServerProcess(command, "/v1/models/colours") as server:
+        yield server.url + "/v1/models/colours:predict"
 
 
 def test_a_persistent_500_from_kserve_is_split_until_the_bad_image_is_alone(
