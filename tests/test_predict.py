@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import logging
 import pickle
+import threading
 import time
 import weakref
 
@@ -23,7 +24,7 @@ from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, asse
 from transforms import metrics
 from transforms.client import ClientSettings, Outcome, Stats
 from transforms.labels import LabelSpec
-from transforms.predict import (FAILED, FailureThreshold, JobStopped, Predict,
+from transforms.predict import (FAILED, Engine, FailureThreshold, JobStopped, Predict,
                                 PredictSettings, Tally, _PredictFn)
 from transforms.progress import Progress
 from transforms.protocols import make_protocol
@@ -37,6 +38,15 @@ def predict_settings(server, qps_share=0.0, **client):
                   max_concurrent_requests=4, retry=FAST_RETRIES)
     values.update(client)
     return PredictSettings(ClientSettings(**values), qps_share)
+
+
+def test_an_engine_whose_client_cannot_be_made_leaves_no_loop_thread():
+    settings = PredictSettings(ClientSettings(
+        "http://example.com/v1/m:predict", make_protocol("mlengine"), auth="adc"), 0.0)
+    before = {t for t in threading.enumerate() if t.name == "batch-predict-loop"}
+    with pytest.raises(ValueError, match="plain http"):
+        Engine(settings)
+    assert {t for t in threading.enumerate() if t.name == "batch-predict-loop"} == before
 
 
 def requests_of(count, per_request, poison=()):

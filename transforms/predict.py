@@ -149,12 +149,11 @@ class Engine:
 
     def __init__(self, settings: PredictSettings):
         self._settings = settings
+        self._client = PredictClient(settings.client, RateLimiter(settings.qps_share))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                          name="batch-predict-loop")
         self._thread.start()
-        limiter = RateLimiter(settings.qps_share)
-        self._client = PredictClient(settings.client, limiter)
         # Closes the pool and stops the loop once the engine is garbage (or at exit).
         weakref.finalize(self, _close, self._loop, self._thread, self._client)
         asyncio.run_coroutine_threadsafe(self._client.open(), self._loop).result()
