@@ -67,30 +67,39 @@ class _HideStopTraceback(logging.Filter):
 
 #: Allocations between Python's young-generation collections while a job runs (default 700).
 YOUNG_GC_THRESHOLD = 20_000
-_GC_LOCK = threading.Lock()
-_gc_jobs = [0, None]  # jobs running in this process, and the GC thresholds before the first
+
+
+class _Collector:
+    """The GC settings jobs in this process share: how many run, and what was before."""
+    lock = threading.Lock()
+    jobs = 0
+    thresholds = None
+    froze = False  # whether the first job froze the objects (not if the caller already had)
 
 
 @contextlib.contextmanager
 def fewer_collections():
     """Python's cyclic GC while a job runs in this process: the objects alive before it
-    (Beam's modules, the job graph) are frozen out of its full passes, and the youngest
-    generation is collected every YOUNG_GC_THRESHOLD allocations. Undone when the last of
-    the jobs running here ends."""
-    with _GC_LOCK:
-        if not _gc_jobs[0]:
-            _gc_jobs[1] = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(YOUNG_GC_THRESHOLD, *_gc_jobs[1][1:])
-        _gc_jobs[0] += 1
+    (Beam's modules, the job graph) are frozen out of its full passes, unless the caller
+    froze objects itself, and the youngest generation is collected every
+    YOUNG_GC_THRESHOLD allocations. Undone when the last of the jobs running here ends."""
+    with _Collector.lock:
+        if not _Collector.jobs:
+            _Collector.thresholds = gc.get_threshold()
+            _Collector.froze = gc.get_freeze_count() == 0
+            if _Collector.froze:
+                gc.freeze()
+            gc.set_threshold(YOUNG_GC_THRESHOLD, *_Collector.thresholds[1:])
+        _Collector.jobs += 1
     try:
         yield
     finally:
-        with _GC_LOCK:
-            _gc_jobs[0] -= 1
-            if not _gc_jobs[0]:
-                gc.set_threshold(*_gc_jobs[1])
-                gc.unfreeze()
+        with _Collector.lock:
+            _Collector.jobs -= 1
+            if not _Collector.jobs:
+                gc.set_threshold(*_Collector.thresholds)
+                if _Collector.froze:
+                    gc.unfreeze()
 
 
 def run_and_wait(p: beam.Pipeline):

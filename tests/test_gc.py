@@ -47,12 +47,27 @@ def test_overlapping_jobs_undo_the_settings_when_the_last_one_ends():
     assert gc.get_freeze_count() == 0
 
 
-def test_a_whole_run_leaves_the_collector_as_it_was(server, tmp_path):
+def test_objects_the_caller_froze_stay_frozen():
+    gc.freeze()
+    try:
+        with fewer_collections():
+            assert gc.get_threshold()[0] == YOUNG_GC_THRESHOLD
+        assert gc.get_freeze_count() > 0  # unfreeze() would have emptied it
+    finally:
+        gc.unfreeze()
+
+
+def test_a_whole_run_has_fewer_collections_and_leaves_them_as_they_were(
+        server, tmp_path, monkeypatch):
     labelled_images(tmp_path / "images", ["red", "blue"])
     before = gc.get_threshold()
+    set_to = []
+    real = gc.set_threshold
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: (set_to.append(t), real(*t)))
     summary = run(["--input", str(tmp_path / "images"),
                    "--endpoint", server.endpoint("mlengine"),
                    "--output", str(tmp_path / "out")])
     assert summary["predicted"] == 2
+    assert set_to == [(YOUNG_GC_THRESHOLD, *before[1:]), before]
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
