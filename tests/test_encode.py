@@ -248,7 +248,49 @@ def test_read_fd_reads_what_fstat_said_or_what_the_file_has_now(tmp_path):
         os.close(fd)
 
 
-def test_read_fd_goes_on_after_a_short_read_before_the_size_fstat_said():
+def counted_reads(monkeypatch, at_most=None):
+    """os.read as encode calls it, counted; returning at most `at_most` bytes a call."""
+    calls = []
+    real = os.read
+
+    def read(fd, n):
+        calls.append(n)
+        return real(fd, n if at_most is None else min(n, at_most))
+
+    monkeypatch.setattr(encode.os, "read", read)
+    return calls
+
+
+def test_read_fd_reads_a_file_of_the_size_fstat_said_in_one_read(tmp_path, monkeypatch):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    calls = counted_reads(monkeypatch)
+    assert encode.read_local(str(path)) == b"x" * 100
+    assert calls == [101]
+
+
+def test_read_fd_goes_on_after_short_reads(tmp_path, monkeypatch):
+    data = bytes(range(256)) * 4
+    path = tmp_path / "a.jpg"
+    path.write_bytes(data)
+    calls = counted_reads(monkeypatch, at_most=3)  # as a FUSE mount or a signal may
+    assert encode.read_local(str(path)) == data
+    assert len(calls) > len(data) // 3
+
+
+def test_read_fd_reads_on_when_fstat_said_less(tmp_path, monkeypatch):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        calls = counted_reads(monkeypatch, at_most=3)  # short reads past the size, too
+        assert encode.read_fd(fd, 0, chunk_bytes=4) == b"x" * 100  # /proc-like: size 0
+    finally:
+        os.close(fd)
+    assert calls[-1] == 4  # ended on an empty read
+
+
+def test_read_fd_goes_on_after_a_short_read_from_a_pipe():
     read_end, write_end = os.pipe()  # a pipe's read returns what is there: a short read
     try:
         os.write(write_end, b"abc")

@@ -287,8 +287,8 @@ def read_local(path: str) -> bytes:
 
 def read_fd(fd: int, size: int, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
     """A file's bytes from `fd`, at most MAX_FILE_BYTES + 1; `size` is what fstat said.
-    One read when the file still has that size: a read that returns less than asked once
-    `size` bytes are in is the file's end (before that, it may be a short read)."""
+    One read when the file still has that size (a read that stops at `size` bytes when
+    asked for one more is its end); a file that grew is read on to an empty read."""
     chunks, total = [], 0
     while total <= MAX_FILE_BYTES:
         want = min(size + 1 - total if total <= size else chunk_bytes,
@@ -296,7 +296,7 @@ def read_fd(fd: int, size: int, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
         chunk = os.read(fd, want)
         chunks.append(chunk)
         total += len(chunk)
-        if not chunk or (len(chunk) < want and total >= size):
+        if not chunk or (len(chunk) < want and total == size):
             break
     return b"".join(chunks)
 
