@@ -11,6 +11,7 @@ run as a subprocess on 127.0.0.1.
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -29,8 +30,10 @@ INSTALL_TIMEOUT_S = 900
 STARTUP_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 10
 # A port free when picked may be bound by another process (any outgoing connection takes
-# one) before the server binds it: the server then exits, and starts again on fresh ports.
+# one) before the server binds it: the server then exits saying so, and starts again on
+# fresh ports.
 START_ATTEMPTS = 3
+PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -61,7 +64,7 @@ def answers(url: str) -> bool:
 class ServerProcess:
     """A server subprocess, ready once `<url><ready_path>` answers 200; stopped on exit.
     `command()` gives (argv, base URL) for a fresh pick of ports; it is called again, up to
-    START_ATTEMPTS times in all, when the server exits before it is ready."""
+    START_ATTEMPTS times in all, when the server exits because its port was taken."""
 
     def __init__(self, command, ready_path: str, env=None):
         self.command, self.ready_path, self.env = command, ready_path, env
@@ -79,7 +82,7 @@ class ServerProcess:
                 return self
             log, exited = self.log(), self.process.poll() is not None
             self.__exit__(None, None, None)
-            if not exited or attempt == START_ATTEMPTS:
+            if not (exited and PORT_TAKEN.search(log)) or attempt == START_ATTEMPTS:
                 raise RuntimeError(f"{argv[1]} did not start: {log[-3000:]}")
         raise AssertionError("unreachable")
 

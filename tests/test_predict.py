@@ -46,7 +46,8 @@ def test_an_engine_whose_client_cannot_be_made_leaves_no_loop_thread():
     before = {t for t in threading.enumerate() if t.name == "batch-predict-loop"}
     with pytest.raises(ValueError, match="plain http"):
         Engine(settings)
-    assert {t for t in threading.enumerate() if t.name == "batch-predict-loop"} == before
+    # (an earlier test's engine may close meanwhile: only new threads count)
+    assert not {t for t in threading.enumerate() if t.name == "batch-predict-loop"} - before
 
 
 def requests_of(count, per_request, poison=()):

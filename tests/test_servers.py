@@ -19,7 +19,7 @@ def http_server(ports):
     return command
 
 
-def test_a_server_whose_port_was_taken_starts_again_on_a_fresh_one(tmp_path):
+def test_a_server_whose_port_was_taken_starts_again_on_a_fresh_one():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         command = http_server([taken.getsockname()[1]])
@@ -45,3 +45,15 @@ def test_a_server_that_never_comes_up_fails_after_the_last_attempt():
     finally:
         for s in sockets:
             s.close()
+
+
+def test_a_server_that_fails_for_another_reason_is_not_started_again():
+    def command():
+        command.calls += 1
+        return [sys.executable, "-c", "raise SystemExit('no model here')"], \
+            f"http://127.0.0.1:{free_port()}"
+    command.calls = 0
+    with pytest.raises(RuntimeError, match="no model here"):
+        with ServerProcess(command, "/"):
+            pass
+    assert command.calls == 1
