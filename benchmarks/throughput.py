@@ -266,14 +266,17 @@ def cpu_case(sets, out, args):
 def overhead_case(sets, out, args):
     print(f"per-image overhead: constant answers, 8x8 JPEGs, {OVERHEAD_PER_REQUEST} per "
           f"request, no latency; {args.repeats} runs each, alternating (median)")
+    runs = {"bare": [], "ours": [], "bare_small": [], "ours_small": []}
     with LocalServer(latency_ms=0, capacity=64, constant=1) as server:
-        loops, mines = alternate(sets["overhead"], server, os.path.join(out, "overhead"),
-                                 args.repeats, OVERHEAD_PER_REQUEST)
-        small_loops, small_mines = alternate(sets["startup"], server,
-                                             os.path.join(out, "startup"), args.repeats,
-                                             OVERHEAD_PER_REQUEST)
-    compare(loops, mines, ">= 33 %")
-    per_image(loops, mines, small_loops, small_mines)
+        for _ in range(args.repeats):  # the start-up runs beside the full ones: the same drift
+            for name, folder in (("", sets["overhead"]), ("_small", sets["startup"])):
+                server.reset_stats()
+                runs["bare" + name].append(bare(folder, server, OVERHEAD_PER_REQUEST))
+                server.reset_stats()
+                runs["ours" + name].append(ours(folder, server, os.path.join(out, "overhead"),
+                                                per_request=OVERHEAD_PER_REQUEST))
+    compare(runs["bare"], runs["ours"], ">= 33 %")
+    per_image(runs["bare"], runs["ours"], runs["bare_small"], runs["ours_small"])
 
 
 def per_image(loops, mines, small_loops, small_mines):
@@ -282,7 +285,12 @@ def per_image(loops, mines, small_loops, small_mines):
     rates = {}
     for name, full, small in (("bare", loops, small_loops), ("ours", mines, small_mines)):
         extra_s = median([r["seconds"] for r in full]) - median([r["seconds"] for r in small])
-        rates[name] = (full[0]["images"] - small[0]["images"]) / extra_s
+        extra_images = full[0]["images"] - small[0]["images"]
+        if extra_s <= 0 or extra_images <= 0:
+            print(f"  per image beyond start-up: not measurable ({name}: {extra_images} more "
+                  f"images in {extra_s:+.2f} s); use more --overhead_images")
+            return
+        rates[name] = extra_images / extra_s
     startup = {name: median([r["seconds"] for r in runs])
                for name, runs in (("bare", small_loops), ("ours", small_mines))}
     print(f"  start-up ({STARTUP_IMAGES}-image runs, median): bare {startup['bare']:.2f} s, "
