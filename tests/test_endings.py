@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import apache_beam as beam
 import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline.run import run
-from tests.helpers import cli, labelled_images, one_error_line
+from tests.helpers import LOCAL_RUNNER, cli, labelled_images, one_error_line
 from transforms import progress
 
 
@@ -110,6 +113,17 @@ def test_progress_line_format():
                                      requests=8, retries=0)
     assert unknown.startswith("progress: 30 done, 0 failed, 3.0 img/s")
     assert progress.eta_text(3725) == "1h02m"
+
+
+@pytest.mark.parametrize("count", [0, 1, progress.NOTE_BATCH, 2 * progress.NOTE_BATCH + 3])
+def test_note_total_passes_every_record_on_and_notes_their_count(count):
+    progress.PROGRESS.start("an earlier job", 7, True)
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        out = (p
+               | beam.Create([f"k{i}" for i in range(count)])
+               | progress.NoteTotal(f"job with {count}", whole_job=True))
+        assert_that(out, equal_to([f"k{i}" for i in range(count)]))
+    assert progress.PROGRESS.total == (count if count else 7)  # no record: nothing to note
 
 
 def test_progress_line_shows_the_listed_total(make_server, tmp_path, monkeypatch, caplog):

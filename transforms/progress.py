@@ -1,13 +1,14 @@
 """The progress line: done / total, percent, rate and ETA, logged every few seconds.
 
 The total is the number of records the job has to settle (predicted or failed) after
-listing, de-duplication and backfill selection. `NoteTotal` counts them in the pipeline
-(`Count.Globally`) and hands the count to each worker process as a side input, so the line
-shows it once the inputs are listed. Done is what this process settled: encode/decode/read
-failures (`settled`) and the outcomes of its requests (`add`). When the job runs in one
-process (DirectRunner's default) that is the whole job; when several processes share it
-(Dataflow, multi-processing), each logs its own done count beside the job's total, without
-a percent or an ETA it cannot know.
+listing, de-duplication and backfill selection. `NoteTotal` counts them in the pipeline and
+hands the count to each worker process as a side input, so the line shows it once the
+inputs are listed; the records wait for it in lists of NOTE_BATCH (one element per list
+where they are held, not one per record). Done is what this process settled:
+encode/decode/read failures (`settled`) and the outcomes of its requests (`add`). When the
+job runs in one process (DirectRunner's default) that is the whole job; when several
+processes share it (Dataflow, multi-processing), each logs its own done count beside the
+job's total, without a percent or an ETA it cannot know.
 """
 import logging
 import threading
@@ -17,6 +18,7 @@ from typing import Optional
 import apache_beam as beam
 
 PROGRESS_EVERY_S = 5.0
+NOTE_BATCH = 256
 
 _LOG = logging.getLogger("batch_predict")
 
@@ -108,11 +110,11 @@ class _NoteTotalFn(beam.DoFn):
         self._whole_job = whole_job
         self._noted = False
 
-    def process(self, element, total):
+    def process(self, records, total):
         if not self._noted:
             PROGRESS.start(self._job, total, self._whole_job)
             self._noted = True
-        yield element
+        yield from records
 
 
 class NoteTotal(beam.PTransform):
@@ -126,6 +128,10 @@ class NoteTotal(beam.PTransform):
         self._whole_job = whole_job
 
     def expand(self, records):
-        total = records | "Count" >> beam.combiners.Count.Globally().without_defaults()
-        return records | "Note" >> beam.ParDo(_NoteTotalFn(self._job, self._whole_job),
+        batches = records | "Batch" >> beam.BatchElements(min_batch_size=NOTE_BATCH,
+                                                          max_batch_size=NOTE_BATCH)
+        total = (batches
+                 | "Sizes" >> beam.Map(len)
+                 | "Count" >> beam.CombineGlobally(sum).without_defaults())
+        return batches | "Note" >> beam.ParDo(_NoteTotalFn(self._job, self._whole_job),
                                               beam.pvalue.AsSingleton(total, default_value=0))
