@@ -290,6 +290,19 @@ def test_read_fd_reads_on_when_fstat_said_less(tmp_path, monkeypatch):
     assert calls[-1] == 4  # ended on an empty read
 
 
+def test_a_local_file_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:  # sparse
+        f.truncate(encode.MAX_FILE_BYTES + 5)
+    calls = counted_reads(monkeypatch)
+    with pytest.raises(ImageError) as error:
+        read_bytes(ImageRef(str(huge), str(huge), origin="rows.csv:2"))  # size not listed
+    assert str(error.value) == (f"file of {encode.MAX_FILE_BYTES + 5} bytes is over "
+                                f"{encode.MAX_FILE_BYTES} bytes, larger than any image an "
+                                f"endpoint takes: {huge} (row rows.csv:2)")
+    assert calls == []
+
+
 def test_read_fd_goes_on_after_a_short_read_from_a_pipe():
     read_end, write_end = os.pipe()  # a pipe's read returns what is there: a short read
     try:

@@ -280,6 +280,8 @@ def read_local(path: str) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise ImageError("read", "not a regular file (a FIFO, socket or device): "
                                      "never read")
+        if info.st_size > MAX_FILE_BYTES:  # refused unread (its listing may not have sized it)
+            raise ImageError("read", _over_the_cap(info.st_size))
         return read_fd(fd, info.st_size)
     finally:
         os.close(fd)
@@ -314,8 +316,12 @@ def _read_capped(f, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
 
 
 def _too_large(ref: ImageRef, size: int, where: str) -> str:
+    return f"{_over_the_cap(size)}: {_shown(ref)}{where}"
+
+
+def _over_the_cap(size: int) -> str:
     return (f"file of {size} bytes is over {MAX_FILE_BYTES} bytes, larger than any image an "
-            f"endpoint takes: {_shown(ref)}{where}")
+            f"endpoint takes")
 
 
 def _shown(ref: ImageRef) -> str:
