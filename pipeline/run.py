@@ -436,7 +436,10 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(estimate_line(summary), file=sys.stderr)
         return 0
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
-    print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
+    if summary["failed"]:
+        print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
+    else:
+        print("dead letters: none (nothing failed)", file=sys.stderr)
     if summary.get("unreadable_shards"):
         print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) or "
               f"committed part(s) under --output could not be read (truncated or corrupt); "

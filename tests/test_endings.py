@@ -102,6 +102,7 @@ def test_a_normal_run_prints_no_stray_warnings(images, tmp_path, server):
     assert "Warning" not in result.stderr and "PIL" not in result.stderr, result.stderr
     assert all(line.startswith(("predictions:", "dead letters:", "load the JSONL"))
                for line in result.stderr.splitlines()), result.stderr
+    assert "dead letters: none (nothing failed)" in result.stderr.splitlines()
 
 
 def test_progress_line_format():
