@@ -121,7 +121,7 @@ class PredictOptions(PipelineOptions):
             help="Requests per second for the whole job, shared across workers; 0 = no limit.")
         add("--qps_worker_processes", type=int, default=None,
             help="How many worker processes share --qps (default: derived from the runner "
-                 "options, see README).")
+                 "options; docs/dataflow.md, \"How --qps is shared across workers\").")
         add("--max_retries", type=int, default=5, help="Retries per request.")
         add("--request_timeout_s", type=float, default=60.0, help="Per-attempt timeout.")
         add("--max_response_bytes", type=int, default=64 * 1024 * 1024,

@@ -28,7 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import StandardOptions, GoogleCloudOptions, PipelineOptions
 
-from pipeline.config import ConfigError, JobConfig, build_config, parse_options
+from pipeline.config import DRY_RUN_FLAG, ConfigError, JobConfig, build_config, parse_options
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
@@ -348,16 +348,30 @@ def dry_run(options: PipelineOptions, config: JobConfig, test_pipeline=None) -> 
     return dry_run_summary(result, config, options.view_as(PredictOptions).qps)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, unless it has none (its help then says why)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def print_help():
     """This pipeline's own flags with their defaults (Beam's own flags are listed by Beam)."""
     parser = argparse.ArgumentParser(
-        prog="batch-predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="batch-predict", formatter_class=_HelpFormatter,
         description="Batch image prediction on Apache Beam. Every Beam pipeline option "
                     "(--runner, --project, --region, --temp_location, --direct_num_workers, "
                     "...) is accepted too. `batch-predict report <run prefix>` writes a run's "
                     "HTML report from its files. --dry_run lists and counts the inputs and "
                     "estimates requests and time, sending nothing.")
     PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+    beam_flags = parser.add_argument_group("a Beam flag this pipeline reads")
+    beam_flags.add_argument(
+        DRY_RUN_FLAG, action="store_true",
+        help="with the job's own flags: list and count the inputs, print the requests at the "
+             "current caps and the time at --qps; send and write nothing")
     parser.print_help()
 
 

@@ -68,6 +68,14 @@ def test_help_lists_the_pipelines_own_flags_first():
     assert "--runner" in result.stdout  # named in the description: Beam's flags pass through
 
 
+def test_help_lists_dry_run_and_says_each_default_once():
+    result = cli("--help")
+    assert result.returncode == 0
+    assert "  --dry_run " in result.stdout  # Beam's flag, which this pipeline reads
+    assert "(default: None)" not in result.stdout
+    assert "(default <output>-errors)" in " ".join(result.stdout.split())
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--input", "b.jpg"], "unexpected argument 'b.jpg'"),  # an unquoted glob, expanded
     (["--errors", "{out}"], "--errors must differ from --output"),
