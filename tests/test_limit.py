@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.run import run
 from tests.helpers import assert_accounted, labelled_images, read_predictions
-from transforms.limit import estimate
+from transforms.limit import estimate, estimate_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"] * 5
@@ -62,7 +62,7 @@ def test_dry_run_from_the_command_line_prints_one_estimate_line(tmp_path, server
          "--endpoint", server.endpoint("mlengine"), "--output", str(tmp_path / "o" / "p"),
          "--dry_run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "dry run: 6 images, about 1 requests" in done.stderr
+    assert "dry run: 6 images, about 1 request at the current caps" in done.stderr
     assert server.stats()["requests"] == 0
 
 
@@ -71,6 +71,17 @@ def test_estimate_takes_the_larger_of_count_and_bytes():
     assert by_bytes["requests"] == 4  # 3 MB of images -> 4 MB of base64 -> 4 bodies of 1 MB
     assert by_bytes["estimated_s_at_qps"] is None and by_bytes["requests_in_flight"] == 32
     assert estimate(100, 1000, 0, 32, 1_000_000, 4.0, 16, 1)["estimated_s_at_qps"] == 1.0
+
+
+def test_estimate_line_for_a_small_job_says_one_round_and_tenths_of_a_second():
+    unlimited = estimate_line(estimate(48, 30_000, 0, 32, 1_500_000, 0.0, 16, 1))
+    assert unlimited.startswith("dry run: 48 images, about 2 requests at the current caps")
+    assert "16 requests in flight, so about 1 x the endpoint's latency" in unlimited
+    one = estimate_line(estimate(1, 600, 0, 32, 1_500_000, 20.0, 16, 1))
+    assert "about 1 request at the current caps" in one
+    assert one.endswith("at --qps about 0.1 s")
+    long = estimate_line(estimate(32_000, 0, 32_000, 32, 1_500_000, 2.0, 16, 1))
+    assert long.endswith("at --qps about 500 s")
 
 
 def test_bad_limit_is_a_bad_invocation(tmp_path):

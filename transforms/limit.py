@@ -97,12 +97,15 @@ def estimate(images: int, sized_bytes: int, unsized: int, max_instances: int,
 
 
 def estimate_line(result: dict) -> str:
-    line = (f"dry run: {result['images']} images, about {result['requests']} requests "
-            f"at the current caps, sending nothing")
-    if result["estimated_s_at_qps"] is not None:
-        line += f"; at --qps about {result['estimated_s_at_qps']:.0f} s"
+    requests = result["requests"]
+    line = (f"dry run: {result['images']} images, about {requests} "
+            f"request{'' if requests == 1 else 's'} at the current caps, sending nothing")
+    seconds = result["estimated_s_at_qps"]
+    if seconds is not None:
+        line += f"; at --qps about {seconds:.1f} s" if seconds < 10 else \
+            f"; at --qps about {seconds:.0f} s"
     else:
+        rounds = math.ceil(requests / result["requests_in_flight"])
         line += (f"; no --qps: {result['requests_in_flight']} requests in flight, so about "
-                 f"{result['requests'] / result['requests_in_flight']:.0f} x the endpoint's "
-                 "latency")
+                 f"{rounds} x the endpoint's latency")
     return line
