@@ -58,9 +58,10 @@ if ! has_flag --endpoint; then
     done
     [ -n "$url" ] || { echo "run_local: the local prediction server did not start" >&2; exit 1; }
     echo "run_local: local prediction server at $url" >&2
-    path="/v1/projects/demo/models/colors:predict"
-    v2_path="/v2/models/$("$PY" -c 'import json, sys, urllib.request
-print(json.load(urllib.request.urlopen(sys.argv[1] + "/config", timeout=10))["model_name"])' "$url")/infer"
+    model="$("$PY" -c 'import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(sys.argv[1] + "/config", timeout=10))["model_name"])' "$url")"
+    path="/v1/projects/demo/models/$model:predict"
+    v2_path="/v2/models/$model/infer"
     for ((i = 0; i < ${#args[@]}; i++)); do  # --protocol v2: the server's v2 route
         case "${args[$i]}" in
             --protocol=v2) path="$v2_path" ;;
@@ -74,7 +75,6 @@ summary_json="$(mktemp)"
 "$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "${args[@]}" \
     | tee "$summary_json"
 if ! has_flag --input; then
-    echo "demo photos (localserver/photos/SOURCES.md), top label and score:" >&2
     "$PY" -m localserver.demo --show "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["output"])' "$summary_json")" >&2 || true
 fi
 rm -f "$summary_json"
@@ -84,7 +84,8 @@ if [ -n "$server_pid" ]; then
 import sys
 from localserver import LocalServer
 stats = LocalServer.attach(sys.argv[1]).stats()
-print(f"local server: {stats['requests']} requests, {stats['instances']} instances, largest "
+plural = "" if stats["requests"] == 1 else "s"
+print(f"local server: {stats['requests']} request{plural}, {stats['instances']} instances, largest "
       f"request {stats['max_request_bytes']} bytes / {stats['max_request_instances']} "
       f"instances, at most {stats['max_in_flight']} in flight", file=sys.stderr)
 PYEOF

@@ -113,6 +113,8 @@ def show_photos(run_prefix: str) -> int:
     rows = [r for r in prediction_rows(run_prefix)
             if os.path.basename(r["key"]) in PHOTO_CLASSES
             and os.path.basename(os.path.dirname(r["key"])) == "photos"]
+    if rows:
+        print("demo photos (localserver/photos/SOURCES.md), top label and score:")
     for row in sorted(rows, key=lambda r: r["key"]):
         print(f"  {os.path.basename(row['key']):<12} {row['top_label']} ({row['top_score']:.2f})")
     return 0
