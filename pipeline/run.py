@@ -450,10 +450,10 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(estimate_line(summary), file=sys.stderr)
         return 0
     print(f"predictions: {summary['output']}-*", file=sys.stderr)
-    if summary["failed"]:
-        print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
-    else:
+    if summary.get("failed") == 0:
         print("dead letters: none (nothing failed)", file=sys.stderr)
+    else:  # some failed, or the job runs later (--template_location)
+        print(f"dead letters: {summary['errors']}-*", file=sys.stderr)
     if summary.get("unreadable_shards"):
         print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) or "
               f"committed part(s) under --output could not be read (truncated or corrupt); "
