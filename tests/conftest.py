@@ -19,6 +19,7 @@ from google.cloud import storage
 from localserver import LocalServer
 from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
                            EMULATOR_PROJECT as PROJECT, STUB_CREDENTIALS)
+from tests.servers import free_port, stop
 
 # `./run_tests.sh` runs the modules in parallel (pytest-xdist, --dist loadfile), handing them
 # out in collection order: the longest first, so that none of them starts last and alone, and
@@ -74,12 +75,6 @@ EMULATOR_STARTUP_TIMEOUT_S = 20.0
 EMULATOR_START_ATTEMPTS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening(port: int, process: subprocess.Popen) -> bool:
     """Wait until `process` listens on `port` (True) or exits (False)."""
     deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_S
@@ -92,15 +87,6 @@ def listening(port: int, process: subprocess.Popen) -> bool:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"gcp-storage-emulator did not listen within {EMULATOR_STARTUP_TIMEOUT_S} s")
-
-
-def stop(process: subprocess.Popen):
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 def start_emulator():

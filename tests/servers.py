@@ -53,6 +53,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(process: subprocess.Popen):
+    """Terminate a server process; kill it if it does not end within STOP_TIMEOUT_S."""
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(STOP_TIMEOUT_S)
+
+
 def answers(url: str) -> bool:
     try:
         with _OPENER.open(url, timeout=2) as response:
@@ -104,12 +114,7 @@ class ServerProcess:
 
     def __exit__(self, *exc):
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+            stop(self.process)
         self._log.close()
 
 
