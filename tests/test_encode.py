@@ -1,6 +1,7 @@
 """EncodeInstances: original bytes on the hot path, normalisation only when needed, stepped
 re-encoding for oversize images, and every protocol's encoding accepted by the local server."""
 import base64
+import functools
 import io
 import json
 import os
@@ -234,16 +235,16 @@ def test_read_bytes_refuses_a_file_too_large_to_be_an_image(tmp_path):
         assert f"file of {encode.MAX_FILE_BYTES + 1} bytes is over" in str(error.value)
 
 
-def test_read_fd_reads_what_fstat_said_or_what_the_file_has_now(tmp_path):
+def test_read_capped_reads_what_fstat_said_or_what_the_file_has_now(tmp_path):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"x" * 100)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert encode.read_fd(fd, 100) == b"x" * 100
+        assert encode.read_capped(functools.partial(os.read, fd), 100) == b"x" * 100
         os.lseek(fd, 0, os.SEEK_SET)
-        assert encode.read_fd(fd, 10, chunk_bytes=4) == b"x" * 100  # it grew after fstat
+        assert encode.read_capped(functools.partial(os.read, fd), 10, chunk_bytes=4) == b"x" * 100  # it grew after fstat
         os.lseek(fd, 0, os.SEEK_SET)
-        assert encode.read_fd(fd, 200) == b"x" * 100  # it shrank
+        assert encode.read_capped(functools.partial(os.read, fd), 200) == b"x" * 100  # it shrank
     finally:
         os.close(fd)
 
@@ -261,7 +262,7 @@ def counted_reads(monkeypatch, at_most=None):
     return calls
 
 
-def test_read_fd_reads_a_file_of_the_size_fstat_said_in_one_read(tmp_path, monkeypatch):
+def test_read_capped_reads_a_file_of_the_size_fstat_said_in_one_read(tmp_path, monkeypatch):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"x" * 100)
     calls = counted_reads(monkeypatch)
@@ -269,7 +270,7 @@ def test_read_fd_reads_a_file_of_the_size_fstat_said_in_one_read(tmp_path, monke
     assert calls == [101]
 
 
-def test_read_fd_goes_on_after_short_reads(tmp_path, monkeypatch):
+def test_read_capped_goes_on_after_short_reads(tmp_path, monkeypatch):
     data = bytes(range(256)) * 4
     path = tmp_path / "a.jpg"
     path.write_bytes(data)
@@ -278,13 +279,13 @@ def test_read_fd_goes_on_after_short_reads(tmp_path, monkeypatch):
     assert len(calls) > len(data) // 3
 
 
-def test_read_fd_reads_on_when_fstat_said_less(tmp_path, monkeypatch):
+def test_read_capped_reads_on_when_fstat_said_less(tmp_path, monkeypatch):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"x" * 100)
     fd = os.open(path, os.O_RDONLY)
     try:
         calls = counted_reads(monkeypatch, at_most=3)  # short reads past the size, too
-        assert encode.read_fd(fd, 0, chunk_bytes=4) == b"x" * 100  # /proc-like: size 0
+        assert encode.read_capped(functools.partial(os.read, fd), 0, chunk_bytes=4) == b"x" * 100  # /proc-like: size 0
     finally:
         os.close(fd)
     assert calls[-1] == 4  # ended on an empty read
@@ -303,23 +304,29 @@ def test_a_local_file_over_the_cap_is_refused_unread(tmp_path, monkeypatch):
     assert calls == []
 
 
-def test_read_fd_goes_on_after_a_short_read_from_a_pipe():
+def test_read_capped_goes_on_after_a_short_read_from_a_pipe():
     read_end, write_end = os.pipe()  # a pipe's read returns what is there: a short read
     try:
         os.write(write_end, b"abc")
         os.close(write_end)
-        assert encode.read_fd(read_end, 6) == b"abc"
+        assert encode.read_capped(functools.partial(os.read, read_end), 6) == b"abc"
     finally:
         os.close(read_end)
 
 
-def test_read_fd_stops_past_the_cap(tmp_path, monkeypatch):
+def test_read_capped_of_unknown_size_reads_chunks_to_the_end_or_past_the_cap(monkeypatch):
+    assert encode.read_capped(io.BytesIO(b"x" * 100).read, chunk_bytes=7) == b"x" * 100
+    monkeypatch.setattr(encode, "MAX_FILE_BYTES", 10)
+    assert encode.read_capped(io.BytesIO(b"x" * 100).read, chunk_bytes=7) == b"x" * 11
+
+
+def test_read_capped_stops_past_the_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(encode, "MAX_FILE_BYTES", 10)
     path = tmp_path / "a.jpg"
     path.write_bytes(b"x" * 100)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert encode.read_fd(fd, 5, chunk_bytes=4) == b"x" * 11
+        assert encode.read_capped(functools.partial(os.read, fd), 5, chunk_bytes=4) == b"x" * 11
     finally:
         os.close(fd)
 

@@ -8,6 +8,7 @@ request budget).
 """
 import base64
 import binascii
+import functools
 import io
 import os
 import re
@@ -254,7 +255,7 @@ def read_bytes(ref: ImageRef) -> bytes:
     try:
         if "://" in ref.uri:
             with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
-                data = f.read() if ref.size is not None else _read_capped(f)
+                data = f.read() if ref.size is not None else read_capped(f.read)
         else:
             data = read_local(ref.uri)
     except ImageError as e:
@@ -282,36 +283,26 @@ def read_local(path: str) -> bytes:
                                      "never read")
         if info.st_size > MAX_FILE_BYTES:  # refused unread (its listing may not have sized it)
             raise ImageError("read", _over_the_cap(info.st_size))
-        return read_fd(fd, info.st_size)
+        return read_capped(functools.partial(os.read, fd), info.st_size)
     finally:
         os.close(fd)
 
 
-def read_fd(fd: int, size: int, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
-    """A file's bytes from `fd`, at most MAX_FILE_BYTES + 1; `size` is what fstat said.
-    One read when the file still has that size (a read that stops at `size` bytes when
-    asked for one more is its end); a file that grew is read on to an empty read."""
+def read_capped(read, size: Optional[int] = None,
+                chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
+    """A file's bytes through `read(n)`, at most MAX_FILE_BYTES + 1. `size`: what fstat said
+    (None: unknown). With a size, one read when the file still has it (a read that stops at
+    `size` bytes when asked for one more is its end); without one, or once it grew, reads of
+    `chunk_bytes` on to an empty read."""
     chunks, total = [], 0
     while total <= MAX_FILE_BYTES:
-        want = min(size + 1 - total if total <= size else chunk_bytes,
-                   MAX_FILE_BYTES + 1 - total)
-        chunk = os.read(fd, want)
+        sized = size is not None and total <= size
+        want = min(size + 1 - total if sized else chunk_bytes, MAX_FILE_BYTES + 1 - total)
+        chunk = read(want)
         chunks.append(chunk)
         total += len(chunk)
         if not chunk or (len(chunk) < want and total == size):
             break
-    return b"".join(chunks)
-
-
-def _read_capped(f, chunk_bytes: int = READ_CHUNK_BYTES) -> bytes:
-    """A file of unknown size (a row's URI), read no further than MAX_FILE_BYTES + 1."""
-    chunks, total = [], 0
-    while total <= MAX_FILE_BYTES:
-        chunk = f.read(chunk_bytes)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
     return b"".join(chunks)
 
 
