@@ -305,35 +305,29 @@ class _PredictFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(FAILED, outcome.record)
 
 
-@functools.lru_cache(maxsize=None)
-def _counter(name: str):
-    """A cached Beam counter (it finds the current bundle's container at each inc)."""
-    return metrics.counter(name)
-
-
 _LATENCY = metrics.distribution("latency_ms")
 
 
 def _count(outcomes, stats: Stats):
     """Beam metrics, updated on the bundle's thread (metrics are thread-local)."""
-    _counter("requests").inc(stats.requests)
-    _counter("instances").inc(stats.instances)
+    metrics.counter("requests").inc(stats.requests)
+    metrics.counter("instances").inc(stats.instances)
     if stats.splits:
-        _counter("splits").inc(stats.splits)
+        metrics.counter("splits").inc(stats.splits)
     if stats.throttled_s:
-        _counter("throttled_ms").inc(int(stats.throttled_s * 1000))
+        metrics.counter("throttled_ms").inc(int(stats.throttled_s * 1000))
     for cause, n in stats.retries.items():
-        _counter("retries").inc(n)
-        _counter(f"retries_{cause}").inc(n)
+        metrics.counter("retries").inc(n)
+        metrics.counter(f"retries_{cause}").inc(n)
     for ms in stats.latencies_ms:
         _LATENCY.update(ms)
-        _counter(metrics.latency_bucket(ms)).inc()
+        metrics.counter(metrics.latency_bucket(ms)).inc()
     predicted = sum(1 for outcome in outcomes if outcome.ok)
     if predicted:
-        _counter("predicted").inc(predicted)
+        metrics.counter("predicted").inc(predicted)
     for outcome in outcomes:
         if not outcome.ok:
-            _counter(f"failed_{outcome.record['stage']}").inc()
+            metrics.counter(f"failed_{outcome.record['stage']}").inc()
 
 
 class Predict(beam.PTransform):
