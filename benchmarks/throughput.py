@@ -195,16 +195,19 @@ def bare(folder: str, server: LocalServer, per_request: int = PER_REQUEST) -> di
             "rate": done / run_["seconds"], "requests": server.stats()["requests"]}
 
 
+def pair(folder: str, server: LocalServer, out: str, per_request: int = PER_REQUEST):
+    """One run of the bare loop, then one of this pipeline: (bare's figures, ours)."""
+    server.reset_stats()
+    loop = bare(folder, server, per_request)
+    server.reset_stats()
+    return loop, ours(folder, server, out, per_request=per_request)
+
+
 def alternate(folder: str, server: LocalServer, out: str, repeats: int,
               per_request: int = PER_REQUEST):
     """`repeats` runs each of the bare loop and this pipeline, alternating."""
-    loops, mines = [], []
-    for _ in range(repeats):
-        server.reset_stats()
-        loops.append(bare(folder, server, per_request))
-        server.reset_stats()
-        mines.append(ours(folder, server, out, per_request=per_request))
-    return loops, mines
+    runs = [pair(folder, server, out, per_request) for _ in range(repeats)]
+    return [loop for loop, _ in runs], [mine for _, mine in runs]
 
 
 def median(values):
@@ -266,17 +269,15 @@ def cpu_case(sets, out, args):
 def overhead_case(sets, out, args):
     print(f"per-image overhead: constant answers, 8x8 JPEGs, {OVERHEAD_PER_REQUEST} per "
           f"request, no latency; {args.repeats} runs each, alternating (median)")
-    runs = {"bare": [], "ours": [], "bare_small": [], "ours_small": []}
+    full, small = [], []
     with LocalServer(latency_ms=0, capacity=64, constant=1) as server:
         for _ in range(args.repeats):  # the start-up runs beside the full ones: the same drift
-            for name, folder in (("", sets["overhead"]), ("_small", sets["startup"])):
-                server.reset_stats()
-                runs["bare" + name].append(bare(folder, server, OVERHEAD_PER_REQUEST))
-                server.reset_stats()
-                runs["ours" + name].append(ours(folder, server, os.path.join(out, "overhead"),
-                                                per_request=OVERHEAD_PER_REQUEST))
-    compare(runs["bare"], runs["ours"], ">= 33 %")
-    per_image(runs["bare"], runs["ours"], runs["bare_small"], runs["ours_small"])
+            for runs, folder in ((full, sets["overhead"]), (small, sets["startup"])):
+                runs.append(pair(folder, server, os.path.join(out, "overhead"),
+                                 OVERHEAD_PER_REQUEST))
+    loops, mines = [loop for loop, _ in full], [mine for _, mine in full]
+    compare(loops, mines, ">= 33 %")
+    per_image(loops, mines, [loop for loop, _ in small], [mine for _, mine in small])
 
 
 def per_image(loops, mines, small_loops, small_mines):
