@@ -65,6 +65,13 @@ def better_entry(entry: Optional[tuple], other: Optional[tuple]) -> Optional[tup
     return min(entry, other, key=lambda e: (e[1] is not None, e[1] or ""))
 
 
+def better_row(row: Optional[tuple], other: Optional[tuple]) -> Optional[tuple]:
+    """Of two (rank, row) of one key, the better-ranked (`read.ref_rank`); the first on a tie."""
+    if row is None or (other is not None and other[0] < row[0]):
+        return other
+    return row
+
+
 class _Key(beam.CombineFn):
     """Per key: [image entry, best (rank, row), rows, done, retry]."""
 
@@ -76,8 +83,7 @@ class _Key(beam.CombineFn):
         if kind == IMAGE:
             acc[0] = better_entry(acc[0], value[1])
         elif kind == ROW:
-            if acc[1] is None or value[1] < acc[1][0]:
-                acc[1] = value[1:]
+            acc[1] = better_row(acc[1], value[1:])
             acc[2] += 1
         elif kind == DONE:
             acc[3] = True
@@ -89,8 +95,7 @@ class _Key(beam.CombineFn):
         merged = self.create_accumulator()
         for image, best, rows, done, retry in accumulators:
             merged[0] = better_entry(merged[0], image)
-            if best is not None and (merged[1] is None or best[0] < merged[1][0]):
-                merged[1] = best
+            merged[1] = better_row(merged[1], best)
             merged[2] += rows
             merged[3] = merged[3] or done
             merged[4] = merged[4] or retry
