@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -38,6 +39,17 @@ def module_rank(item) -> int:
 
 def pytest_collection_modifyitems(items):
     items.sort(key=module_rank)  # stable: a module keeps its own order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_files_under_basetemp(tmp_path_factory):
+    """Temporary files made in the test processes go under pytest's base temp, which pytest
+    prunes: a Beam Pipeline makes a `beam-pipeline-temp*` folder that only `run()` removes,
+    and many tests build pipelines they never run."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("tmp"))
+    yield
+    tempfile.tempdir = before
 
 
 @pytest.fixture(scope="session")
