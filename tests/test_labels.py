@@ -66,6 +66,7 @@ def test_pair_and_name_scores():
     assert name_scores([0.1, 0.9], ("x", "y")) == Named([("x", 0.1), ("y", 0.9)], False)
     assert name_scores([0.1, 0.9]) == Named([("0", 0.1), ("1", 0.9)], True)
     assert name_scores([]) == Named([], False)
+    assert name_scores([0.5] * 1000).labels[999] == ("999", 0.5)  # a long vector, named alike
     with pytest.raises(LabelError, match="2 labels but 3 scores"):
         pair(["a", "b"], [1, 2, 3])
     with pytest.raises(LabelError, match="2 scores but --label_names or --label_names_file "

@@ -237,3 +237,9 @@ def test_classification_rows_have_no_boxes_in_json():
     row = to_json_row(record)
     assert "boxes" not in row and row["predicted_at"] == "2026-01-02 03:04:05.000000"
     assert [l["label"] for l in row["labels"]] == ["b", "a"]
+
+
+def test_labels_of_equal_score_keep_the_models_order():
+    record = prediction_record("k", [("c", 0.25), ("a", 0.5), ("d", 0.25), ("b", 0.5)], "m", NOW)
+    assert [l["label"] for l in record["labels"]] == ["a", "b", "c", "d"][:2] + ["c", "d"]
+    assert (record["top_label"], record["top_score"]) == ("a", 0.5)

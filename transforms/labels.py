@@ -13,6 +13,7 @@ fields) and returns `Named(labels, indexed)`, or raises `LabelError` with a mess
 - A score is a finite number (a JSON number, or a numeric string as proto3 JSON writes
   `"NaN"`/`"Infinity"`); NaN and Infinity are refused, never written.
 """
+import functools
 import json
 import logging
 import math
@@ -142,7 +143,13 @@ def name_scores(values: Sequence[Any], names: Sequence[str] = ()) -> Named:
                          f"{len(names)}")
     if names:
         return Named(list(zip(names, numbers)))
-    return Named([(str(i), s) for i, s in enumerate(numbers)], bool(numbers))
+    return Named(list(zip(index_names(len(numbers)), numbers)), bool(numbers))
+
+
+@functools.lru_cache(maxsize=8)
+def index_names(count: int) -> Tuple[str, ...]:
+    """"0", "1", ...: the labels of an unnamed vector of `count` scores (one length a model)."""
+    return tuple(map(str, range(count)))
 
 
 def check_top(named: Named, top: Any, names: Sequence[str]) -> Named:

@@ -5,6 +5,7 @@ Every output row is a plain dict matching `PREDICTION_SCHEMA` (Arrow, for Parque
 are built by `dead_letter()`. Nothing downstream formats strings by hand.
 """
 import datetime
+import operator
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
@@ -71,6 +72,9 @@ class PredictRequest(NamedTuple):
     fields: Optional[Tuple[Optional[dict], ...]] = None
 
 
+_SCORE = operator.itemgetter(1)
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -85,7 +89,7 @@ def prediction_record(
     """A prediction row: labels sorted by score descending, top label and score alongside;
     `boxes` (detection only, else None) as BOX_TYPE dicts; `prediction` the model's own
     answer as JSON text (None when left out)."""
-    ranked = sorted(((str(l), float(s)) for l, s in labels), key=lambda ls: -ls[1])
+    ranked = sorted([(str(l), float(s)) for l, s in labels], key=_SCORE, reverse=True)
     top_label, top_score = ranked[0] if ranked else (None, None)
     return {
             "key": key,
