@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo job, end to end on this machine: installs what it needs, makes a small demo image
-# set (unless you pass --input), starts the project's local prediction server (unless you
+# set (unless you pass --input or --config), starts the project's local prediction server (unless you
 # pass --endpoint), runs the pipeline on DirectRunner, prints the summary and the outputs,
 # and stops the server. Extra arguments pass through to the pipeline (they win over
 # configs/local.yaml), e.g.:  ./run_local.sh --output_format parquet --max_concurrent_requests 4
@@ -28,7 +28,9 @@ done
 has_flag() { local f; for f in "${args[@]}"; do [[ "$f" == "$1" || "$f" == "$1="* ]] && return 0; done; return 1; }
 [[ " ${server_args[*]} " == *" --model "* ]] || server_args+=(--model efficientnet_lite0)
 
-if ! has_flag --input; then
+demo=true  # the demo images, unless the job has inputs of its own (--input, or a --config's)
+if has_flag --input || has_flag --config; then demo=false; fi
+if $demo; then
     "$PY" -m localserver.demo demo/images
 fi
 
@@ -74,12 +76,12 @@ fi
 summary_json="$(mktemp)"
 "$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "${args[@]}" \
     | tee "$summary_json"
-if ! has_flag --input; then
+if $demo && ! has_flag --dry_run; then
     "$PY" -m localserver.demo --show "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["output"])' "$summary_json")" >&2 || true
 fi
 rm -f "$summary_json"
 
-if [ -n "$server_pid" ]; then
+if [ -n "$server_pid" ] && ! has_flag --dry_run; then
     "$PY" - "$url" <<'PYEOF'
 import sys
 from localserver import LocalServer

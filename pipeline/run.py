@@ -367,11 +367,11 @@ def print_help():
                     "HTML report from its files. --dry_run lists and counts the inputs and "
                     "estimates requests and time, sending nothing.")
     PredictOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    beam_flags = parser.add_argument_group("a Beam flag this pipeline reads")
-    beam_flags.add_argument(
+    parser.add_argument(
         DRY_RUN_FLAG, action="store_true",
-        help="with the job's own flags: list and count the inputs, print the requests at the "
-             "current caps and the time at --qps; send and write nothing")
+        help="Added to the job's own flags: list and count the inputs, print the requests at "
+             "the current caps and the time at --qps; send and write nothing (Beam's own "
+             "--dry_run flag, which this pipeline reads).")
     parser.print_help()
 
 

@@ -76,6 +76,14 @@ def test_help_lists_dry_run_and_says_each_default_once():
     assert "(default <output>-errors)" in " ".join(result.stdout.split())
 
 
+def test_help_says_which_flags_are_required_and_that_output_is_a_prefix():
+    text = " ".join(cli("--help").stdout.split())
+    for flag in ("--input INPUT Required", "--endpoint ENDPOINT Required",
+                 "--output OUTPUT Required"):
+        assert flag in text
+    assert "not a folder: files are <output>-<run id>-" in text
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--input", "b.jpg"], "unexpected argument 'b.jpg'"),  # an unquoted glob, expanded
     (["--errors", "{out}"], "--errors must differ from --output"),
