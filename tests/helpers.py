@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: demo images, output readers, summary and schema checks,
 and small request batches for the client and Predict tests. Fixtures live in conftest.py."""
+import collections
 import dataclasses
 import glob
 import io
@@ -17,6 +18,7 @@ from localserver.server import Config as ServerConfig
 from transforms import metrics
 from transforms.protocols import MLEngine
 from transforms.retry import RetryPolicy
+from tests import servers
 
 # DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download
 # the Prism binary from the internet (see pipeline.run.offline_safe_runner).
@@ -141,6 +143,7 @@ def check_jsonl_against_schema_file(jsonl_paths, schema_path):
 # -- Request batches for the client and Predict ----------------------------------------------
 
 LABELS = list(LABEL_COLOURS)
+ROOT = servers.ROOT  # the repository
 
 
 def jpeg(label, size=(32, 24), seed=0, quality=90):
@@ -216,3 +219,8 @@ def one_error_line(result):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("batch-predict: error: ")
     return lines[0]
+
+
+def exactly_once(keys):
+    """The keys that do not occur exactly once, with their counts (empty: each once)."""
+    return {k: n for k, n in collections.Counter(keys).items() if n != 1}

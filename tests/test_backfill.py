@@ -1,6 +1,5 @@
 """Backfill and re-runs: --skip_existing, kill -9 and resume, --retry_dead_letters, templated
 output paths and passthrough fields, end to end on DirectRunner against the local server."""
-import collections
 import csv
 import glob
 import json
@@ -20,13 +19,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
-from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
-                           counters, labelled_images, read_dead_letters, read_predictions)
+from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, check_jsonl_against_schema_file,
+                           counters, exactly_once, labelled_images, read_dead_letters,
+                           read_predictions)
 from transforms.read import Outputs
 from transforms.records import ImageRef, prediction_schema
 from transforms.todo import SelectTodo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"]
 KILL_WAIT_S = 60
 RUN_TIMEOUT_S = 120
@@ -42,9 +41,6 @@ def shard_files(out):
     return sorted(p for p in glob.glob(f"{out}-*") if not p.endswith(".parts"))
 
 
-def exactly_once(keys):
-    counts = collections.Counter(keys)
-    return {k: n for k, n in counts.items() if n != 1}
 
 
 # -- SelectTodo, as a composite ------------------------------------------------------------

@@ -4,7 +4,6 @@ what no earlier attempt committed, and the shards end up holding every key exact
 Real pipeline processes are killed with SIGKILL at several points of a 2,000-image job; what
 the re-runs send is measured with the local server's instance counter.
 """
-import collections
 import csv
 import glob
 import io
@@ -25,12 +24,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.config import new_run_id
 from pipeline.graph import build_pipeline, in_columns
 from pipeline.run import parse, run
-from tests.helpers import LOCAL_RUNNER, assert_accounted, labelled_images, read_predictions
+from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, exactly_once, labelled_images,
+                           read_predictions)
 from transforms.parts import (CommitParts, DeleteParts, list_folder, parts_dir,
                              read_parquet_part)
 from transforms.records import dead_letter, prediction_record, prediction_schema, utc_now
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"]
 JOB_IMAGES = 2000
 SMALL_JOB = 400
@@ -38,8 +37,6 @@ WAIT_S = 120
 KILL_POLL_S = 0.01
 
 
-def exactly_once(keys):
-    return {k: n for k, n in collections.Counter(keys).items() if n != 1}
 
 
 def part_rows(out):

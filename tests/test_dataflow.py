@@ -39,9 +39,8 @@ from pipeline.config import (ConfigError, build_config, machine_vcpus, parse_opt
                              worker_processes)
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
-from tests.helpers import labelled_images
+from tests.helpers import ROOT, labelled_images
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dataflow.yaml")
 DATAFLOW_DIR = os.path.join(ROOT, "dataflow")
 METADATA = os.path.join(DATAFLOW_DIR, "metadata.json")

@@ -16,11 +16,10 @@ import pytest
 
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
-from tests.helpers import assert_accounted, read_dead_letters, read_predictions
+from tests.helpers import ROOT, assert_accounted, read_dead_letters, read_predictions
 from tests.servers import ServerProcess, free_port, server_python
 from transforms.predict import QUEUED_PER_SLOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_TIMEOUT_S = 240
 LABELS = list(LABEL_COLOURS)
 

@@ -8,10 +8,9 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.run import run
-from tests.helpers import assert_accounted, labelled_images, read_predictions
+from tests.helpers import ROOT, assert_accounted, labelled_images, read_predictions
 from transforms.limit import estimate, estimate_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow"] * 5
 
 

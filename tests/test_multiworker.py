@@ -17,10 +17,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import worker_processes
 from pipeline.run import run
-from tests.helpers import assert_accounted, labelled_images, read_dead_letters, \
-    read_predictions
+from tests.helpers import (ROOT, assert_accounted, labelled_images, read_dead_letters,
+                           read_predictions)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"] * 5
 QPS = 8.0
 JOB_TIMEOUT_S = 300  # a bound for a hung job on a loaded machine, not a speed check

@@ -18,7 +18,8 @@ import tarfile
 import pytest
 from apache_beam.runners.portability.stager import Stager
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
+
 DOCKERFILE = os.path.join(ROOT, "dataflow", "Dockerfile")
 WORKER_PACKAGES = ("pipeline", "transforms")
 BUILD_TIMEOUT_S = 120

@@ -4,7 +4,6 @@ collect no quota 429 and still run at the rate it was given, in one worker proce
 (DirectRunner multi_processing: each process paces its share, qps / 2)."""
 import glob
 import json
-import os
 import subprocess
 import sys
 
@@ -12,11 +11,10 @@ import pytest
 
 from localserver.demo import LABEL_COLOURS
 from pipeline.run import run
-from tests.helpers import assert_accounted, labelled_images
+from tests.helpers import ROOT, assert_accounted, labelled_images
 
 pytestmark = pytest.mark.alone  # a loaded machine delays sends into the quota's next second
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QPS = 20
 REQUESTS = 400
 JOB_TIMEOUT_S = 240

@@ -3,8 +3,7 @@ model; its own demo images; output under the test's folder)."""
 import json
 import subprocess
 
-from tests.helpers import labelled_images
-from tests.servers import ROOT
+from tests.helpers import ROOT, labelled_images
 
 RUN_TIMEOUT_S = 300
 
