@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo job, end to end on this machine: installs what it needs, makes a small demo image
-# set (unless you pass --input or --config), starts the project's local prediction server (unless you
+# set (unless you pass --input), starts the project's local prediction server (unless you
 # pass --endpoint), runs the pipeline on DirectRunner, prints the summary and the outputs,
 # and stops the server. Extra arguments pass through to the pipeline (they win over
 # configs/local.yaml), e.g.:  ./run_local.sh --output_format parquet --max_concurrent_requests 4
@@ -25,22 +25,24 @@ while [ $# -gt 0 ]; do
         args+=("$1"); shift
     fi
 done
-has_flag() { local f; for f in "${args[@]}"; do [[ "$f" == "$1" || "$f" == "$1="* ]] && return 0; done; return 1; }
-[[ " ${server_args[*]} " == *" --model "* ]] || server_args+=(--model efficientnet_lite0)
+# ${a[@]+"${a[@]}"}: an empty array is "unbound" to bash < 4.4 (macOS's 3.2) under set -u
+has_flag() { local f; for f in ${args[@]+"${args[@]}"}; do [[ "$f" == "$1" || "$f" == "$1="* ]] && return 0; done; return 1; }
+[[ " ${server_args[*]-} " == *" --model "* ]] || server_args+=(--model efficientnet_lite0)
 
-demo=true  # the demo images, unless the job has inputs of its own (--input, or a --config's)
-if has_flag --input || has_flag --config; then demo=false; fi
-if $demo; then
+if ! has_flag --input; then
     "$PY" -m localserver.demo demo/images
 fi
 
 server_pid=""
+server_log=""
+summary_json=""
 stop_server() {
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
     fi
+    rm -f "$server_log" "$summary_json"
 }
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
@@ -48,7 +50,7 @@ trap 'stop_server; exit 130' INT TERM
 endpoint_args=()
 if ! has_flag --endpoint; then
     server_log="$(mktemp)"
-    "$PY" -m localserver --host 127.0.0.1 --port 0 --latency_ms 50 "${server_args[@]}" \
+    "$PY" -m localserver --host 127.0.0.1 --port 0 --latency_ms 50 ${server_args[@]+"${server_args[@]}"} \
         > "$server_log" 2>&1 &
     server_pid=$!
     url=""
@@ -74,14 +76,18 @@ print(json.load(urllib.request.urlopen(sys.argv[1] + "/config", timeout=10))["mo
 fi
 
 summary_json="$(mktemp)"
-"$PY" -m pipeline.run --config configs/local.yaml "${endpoint_args[@]}" "${args[@]}" \
-    | tee "$summary_json"
-if $demo && ! has_flag --dry_run; then
-    "$PY" -m localserver.demo --show "$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["output"])' "$summary_json")" >&2 || true
+"$PY" -m pipeline.run --config configs/local.yaml ${endpoint_args[@]+"${endpoint_args[@]}"} \
+    ${args[@]+"${args[@]}"} | tee "$summary_json"
+# the run's output prefix; none for a --dry_run, which sent and wrote nothing
+output="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("output", ""))' "$summary_json")"
+if [ -z "$output" ]; then
+    exit 0
 fi
-rm -f "$summary_json"
+if ! has_flag --input; then
+    "$PY" -m localserver.demo --show "$output" >&2 || true
+fi
 
-if [ -n "$server_pid" ] && ! has_flag --dry_run; then
+if [ -n "$server_pid" ]; then
     "$PY" - "$url" <<'PYEOF'
 import sys
 from localserver import LocalServer

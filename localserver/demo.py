@@ -107,6 +107,18 @@ def make_demo_set(folder: str, count: int = 48) -> int:
     return count + 1 + copy_photos(folder)
 
 
+def make_demo_set_whole(folder: str, count: int = 48) -> int:
+    """`make_demo_set` into `<folder>.partial`, renamed to `folder` once complete: a set whose
+    making was interrupted is made again next time, never taken for the whole set."""
+    partial = folder.rstrip("/") + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    written = make_demo_set(partial, count)
+    if os.path.isdir(folder):
+        os.rmdir(folder)  # empty, or it would have been used
+    os.rename(partial, folder)
+    return written
+
+
 def show_photos(run_prefix: str) -> int:
     """Print the demo photos' top label and score from a run's prediction files."""
     from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
@@ -134,7 +146,7 @@ def main(argv=None) -> int:
         print(f"demo: using the images in {folder}"
               + (f" (added {added} photos)" if added else ""), file=sys.stderr)
         return 0
-    written = make_demo_set(folder, count)
+    written = make_demo_set_whole(folder, count)
     print(f"demo: wrote {written} files to {folder} ({count} images, "
           f"{len(PHOTO_CLASSES)} photos, 1 corrupt)", file=sys.stderr)
     return 0

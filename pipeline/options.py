@@ -58,7 +58,7 @@ class PredictOptions(PipelineOptions):
         add = group.add_argument
         # Inputs
         add("--input", action="append", default=None,
-            help="Required, repeatable. A folder, a glob (photos/**/*.jpg), a gs://bucket/prefix/** "
+            help="Required (here or in --config), repeatable. A folder, a glob (photos/**/*.jpg), a gs://bucket/prefix/** "
                  "glob, a .csv/.jsonl file of rows, or a file list (one URI per line).")
         add("--input_format", default="auto", **enumerated(INPUT_FORMATS),
             help="How to read --input: by extension (auto), or as named.")
@@ -67,7 +67,7 @@ class PredictOptions(PipelineOptions):
         add("--key_field", default=None, help="Row column holding the record key "
                                               "(default: the URI).")
         # Endpoint and encoding
-        add("--endpoint", default=None, help="Required. The full :predict URL (http or https).")
+        add("--endpoint", default=None, help="Required (here or in --config). The full :predict URL (http or https).")
         add("--protocol", default="mlengine", **enumerated(PROTOCOLS),
             help="Wire protocol of the endpoint: ML Engine/Vertex `instances` (also KServe v1 "
                  "and TF Serving), AutoML v1beta1, Vertex image instances, or v2 (Open "
@@ -140,7 +140,7 @@ class PredictOptions(PipelineOptions):
                  "(*.googleapis.com, *.prediction.vertexai.goog), none elsewhere; "
                  "adc: always (https only).")
         # Outputs
-        add("--output", default=None, help="Required. Output prefix (local path or gs://), not a "
+        add("--output", default=None, help="Required (here or in --config). Output prefix (local path or gs://), not a "
                                            "folder: files are <output>-<run id>-...; may hold "
                                            "{date} (UTC YYYY-MM-DD) and {run_id}.")
         add("--output_format", default="parquet", **enumerated(OUTPUT_FORMATS),

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -210,6 +211,20 @@ def cli(*args, env=None, timeout=CLI_TIMEOUT_S):
     """`python -m pipeline.run ARGS` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "pipeline.run", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def run_in_session(command, timeout, **kwargs) -> subprocess.CompletedProcess:
+    """`subprocess.run` in a session of its own, whose every process is killed on a timeout
+    (a script's background servers and jobs too, not only the script)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def one_error_line(result):

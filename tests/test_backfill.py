@@ -41,8 +41,6 @@ def shard_files(out):
     return sorted(p for p in glob.glob(f"{out}-*") if not p.endswith(".parts"))
 
 
-
-
 # -- SelectTodo, as a composite ------------------------------------------------------------
 
 def select(p, refs, **kwargs):

@@ -78,8 +78,9 @@ def test_help_lists_dry_run_and_says_each_default_once():
 
 def test_help_says_which_flags_are_required_and_that_output_is_a_prefix():
     text = " ".join(cli("--help").stdout.split())
-    for flag in ("--input INPUT Required", "--endpoint ENDPOINT Required",
-                 "--output OUTPUT Required"):
+    for flag in ("--input INPUT Required (here or in --config)",
+                 "--endpoint ENDPOINT Required (here or in --config)",
+                 "--output OUTPUT Required (here or in --config)"):
         assert flag in text
     assert "not a folder: files are <output>-<run id>-" in text
 

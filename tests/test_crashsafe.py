@@ -37,8 +37,6 @@ WAIT_S = 120
 KILL_POLL_S = 0.01
 
 
-
-
 def part_rows(out):
     """Rows of every committed prediction part under an output prefix, from all runs."""
     rows = []

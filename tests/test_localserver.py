@@ -563,6 +563,21 @@ def test_attach_reads_a_running_servers_stats(server):
     assert handle.stats()["requests"] == server.stats()["requests"] == 1
 
 
+def test_an_interrupted_demo_set_is_made_again_whole(tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "write_photo_copies", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.main([str(folder)])
+    monkeypatch.undo()
+    assert demo.main([str(folder)]) == 0
+    assert len([p for p in folder.rglob("*") if p.is_file()]) == 53
+    assert not (tmp_path / "images.partial").exists()
+
+
 def test_demo_set_is_mostly_copies_of_the_demo_photos(tmp_path):
     folder = tmp_path / "images"
     assert demo.make_demo_set(str(folder), 48) == 53

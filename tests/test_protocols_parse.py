@@ -240,6 +240,6 @@ def test_classification_rows_have_no_boxes_in_json():
 
 
 def test_labels_of_equal_score_keep_the_models_order():
-    record = prediction_record("k", [("c", 0.25), ("a", 0.5), ("d", 0.25), ("b", 0.5)], "m", NOW)
-    assert [l["label"] for l in record["labels"]] == ["a", "b", "c", "d"][:2] + ["c", "d"]
-    assert (record["top_label"], record["top_score"]) == ("a", 0.5)
+    record = prediction_record("k", [("d", 0.25), ("b", 0.5), ("c", 0.25), ("a", 0.5)], "m", NOW)
+    assert [l["label"] for l in record["labels"]] == ["b", "a", "d", "c"]
+    assert (record["top_label"], record["top_score"]) == ("b", 0.5)
