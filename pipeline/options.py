@@ -50,133 +50,155 @@ def options_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_flags(add):
+    add("--input", action="append", default=None,
+        help="Required (here or in --config), repeatable. A folder, a glob "
+             "(photos/**/*.jpg), a gs://bucket/prefix/** glob, a .csv/.jsonl file of rows, "
+             "or a file list (one URI per line).")
+    add("--input_format", default="auto", **enumerated(INPUT_FORMATS),
+        help="How to read --input: by extension (auto), or as named.")
+    add("--uri_field", default="uri", help="Row column holding an image URI.")
+    add("--b64_field", default=None, help="Row column holding inline base64 image bytes.")
+    add("--key_field", default=None, help="Row column holding the record key "
+                                          "(default: the URI).")
+
+
+def _endpoint_flags(add):
+    add("--endpoint", default=None,
+        help="Required (here or in --config). The full :predict URL (http or https).")
+    add("--protocol", default="mlengine", **enumerated(PROTOCOLS),
+        help="Wire protocol of the endpoint: ML Engine/Vertex `instances` (also KServe v1 "
+             "and TF Serving), AutoML v1beta1, Vertex image instances, or v2 (Open "
+             "Inference Protocol: KServe, Triton, MLServer; endpoint "
+             ".../v2/models/NAME[/versions/V]/infer).")
+    add("--instance_format", default="b64", **enumerated(INSTANCE_FORMATS),
+        help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists; "
+             "v2: a BYTES tensor of image files (b64) or an RGB tensor [n, H, W, 3] "
+             "(tensor).")
+    add("--tensor_dtype", default="UINT8", **enumerated(TENSOR_DTYPES),
+        help="v2 with --instance_format tensor: datatype of the pixel tensor (values "
+             "0-255).")
+    add("--binary_data", action="store_true", default=False,
+        help="v2: send and ask for tensors through the binary tensor data extension "
+             "instead of JSON (no base64: about a quarter fewer bytes).")
+    add("--model_input", default=None,
+        help="v2: name of the model's input tensor (default: the model metadata's one "
+             "input).")
+    add("--classification", type=int, default=0,
+        help="v2: ask for the top K classes through the classification extension "
+             "(Triton: 'score:index:label' strings).")
+    add("--parameters", default=None,
+        help="JSON object of model parameters sent with every request (ML Engine and "
+             "Vertex `parameters`, v2 request `parameters`), e.g. "
+             "'{\"maxPredictions\": 5}'.")
+    add("--image_size", default=None, help="Optional WxH to resize images to fit.")
+    add("--label_names", default=None,
+        help="Comma-separated class names in the model's class-index order, for models "
+             "that answer unnamed scores or class indices.")
+    add("--label_names_file", default=None,
+        help="The same from a file (local or gs://): one name per line, a JSON list, or "
+             "a JSON {\"0\": name} map (TorchServe index_to_name.json).")
+    add("--labels_field", default=None,
+        help="Dotted path to the labels in a prediction of a custom shape "
+             "(e.g. outputs.classes); v2: the name of the label output tensor; see "
+             "docs/predictions.md.")
+    add("--scores_field", default=None,
+        help="Dotted path to the scores in a prediction of a custom shape "
+             "(e.g. outputs.scores): a list, a {label: score} map or one number; v2: "
+             "the name of the score output tensor.")
+    add("--score_threshold", type=float, default=None,
+        help="AutoML params.score_threshold / Vertex confidenceThreshold.")
+
+
+def _request_flags(add):
+    add("--max_instances_per_request", type=int, default=32,
+        help="Hard cap on instances per request.")
+    add("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+        help="Hard cap on the serialized request body, in bytes.")
+    add("--max_concurrent_requests", type=int, default=16,
+        help="Requests in flight per worker process.")
+    add("--qps", type=float, default=0.0,
+        help="Requests per second for the whole job, shared across workers; 0 = no limit.")
+    add("--qps_worker_processes", type=int, default=None,
+        help="How many worker processes share --qps (default: derived from the runner "
+             "options; docs/dataflow.md, \"How --qps is shared across workers\").")
+    add("--max_retries", type=int, default=5, help="Retries per request.")
+    add("--request_timeout_s", type=float, default=60.0, help="Per-attempt timeout.")
+    add("--max_response_bytes", type=int, default=64 * 1024 * 1024,
+        help="Largest reply body read (after decompression); a larger one fails its "
+             "request like a bad answer.")
+    add("--failure_threshold", type=float, default=0.5,
+        help="Stop the job (exit 3) once more than this fraction of the records sent to "
+             "the endpoint failed, counted per worker process after "
+             "--failure_threshold_min_records; also when each of a process's first 10 "
+             "requests failed. 1 = never stop (see docs/faults.md).")
+    add("--failure_threshold_min_records", type=int, default=100,
+        help="Records a worker process must have tried before --failure_threshold "
+             "applies.")
+    add("--auth", default="auto", **enumerated(AUTH_MODES),
+        help="auto: Application Default Credentials for Google API hosts "
+             "(*.googleapis.com, *.prediction.vertexai.goog), none elsewhere; "
+             "adc: always (https only).")
+
+
+def _output_flags(add):
+    add("--output", default=None,
+        help="Required (here or in --config). Output prefix (local path or gs://), not a "
+             "folder: files are <output>-<run id>-...; may hold {date} (UTC YYYY-MM-DD) "
+             "and {run_id}.")
+    add("--output_format", default="parquet", **enumerated(OUTPUT_FORMATS),
+        help="What to write.")
+    add("--errors", default=None, help="Dead-letter prefix (default <output>-errors); "
+                                       "may hold {date} and {run_id}.")
+    add("--skip_existing", action="store_true", default=False,
+        help="Backfill: keys already present under --output are not predicted again.")
+    add("--retry_dead_letters", default=None,
+        help="A dead-letter prefix (e.g. <output>-errors): predict only the --input "
+             "records whose keys are in <prefix>-*.jsonl.")
+    add("--no_prediction_column", action="store_true", default=False,
+        help="Leave the model's raw prediction (the `prediction` column, JSON text) out "
+             "of the outputs.")
+    add("--passthrough_fields", default=None,
+        help="Comma-separated columns of CSV/JSONL input rows copied into the outputs.")
+    add("--bigquery_table", default=None,
+        help="For --output_format bigquery: project:dataset.table (appended to).")
+    add("--bigquery_temp_location", default=None,
+        help="For --output_format bigquery: gs:// folder for load files "
+             "(default --temp_location).")
+    add("--report", action="store_true", default=False,
+        help="At the end, write the run's HTML report to <output>-<run id>-report.html "
+             "(also: batch-predict report <run prefix>).")
+    add("--limit", type=int, default=None,
+        help="Predict only the first N inputs (by key: the same N on every run); the "
+             "rest are counted as skipped.")
+
+
+def _run_flags(add):
+    add("--commit_every_records", type=int, default=DEFAULT_COMMIT_RECORDS,
+        help="Commit finished predictions and dead letters durably while the job runs, "
+             "in parts of at most this many records per writer; 0 = only at the end.")
+    add("--commit_every_s", type=float, default=DEFAULT_COMMIT_SECONDS,
+        help="... or once the oldest uncommitted record is this many seconds old.")
+    add("--parts_stale_after_s", type=float, default=DEFAULT_STALE_AFTER_S,
+        help="An earlier run without a summary whose files have not changed for this "
+             "long is treated as dead: its temp files are removed and --skip_existing "
+             "adopts its committed parts.")
+    add("--config", default=None,
+        help="A YAML file of these options; command-line flags win.")
+
+
+FLAG_GROUPS = (
+    ("inputs", _input_flags),
+    ("the endpoint, its encoding and its answers", _endpoint_flags),
+    ("requests", _request_flags),
+    ("outputs and backfills", _output_flags),
+    ("crash safety (docs/crash-safety.md), config", _run_flags),
+)
+
+
 class PredictOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("batch prediction")
-        add = group.add_argument
-        # Inputs
-        add("--input", action="append", default=None,
-            help="Required (here or in --config), repeatable. A folder, a glob (photos/**/*.jpg), a gs://bucket/prefix/** "
-                 "glob, a .csv/.jsonl file of rows, or a file list (one URI per line).")
-        add("--input_format", default="auto", **enumerated(INPUT_FORMATS),
-            help="How to read --input: by extension (auto), or as named.")
-        add("--uri_field", default="uri", help="Row column holding an image URI.")
-        add("--b64_field", default=None, help="Row column holding inline base64 image bytes.")
-        add("--key_field", default=None, help="Row column holding the record key "
-                                              "(default: the URI).")
-        # Endpoint and encoding
-        add("--endpoint", default=None, help="Required (here or in --config). The full :predict URL (http or https).")
-        add("--protocol", default="mlengine", **enumerated(PROTOCOLS),
-            help="Wire protocol of the endpoint: ML Engine/Vertex `instances` (also KServe v1 "
-                 "and TF Serving), AutoML v1beta1, Vertex image instances, or v2 (Open "
-                 "Inference Protocol: KServe, Triton, MLServer; endpoint "
-                 ".../v2/models/NAME[/versions/V]/infer).")
-        add("--instance_format", default="b64", **enumerated(INSTANCE_FORMATS),
-            help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists; "
-                 "v2: a BYTES tensor of image files (b64) or an RGB tensor [n, H, W, 3] "
-                 "(tensor).")
-        add("--tensor_dtype", default="UINT8", **enumerated(TENSOR_DTYPES),
-            help="v2 with --instance_format tensor: datatype of the pixel tensor (values "
-                 "0-255).")
-        add("--binary_data", action="store_true", default=False,
-            help="v2: send and ask for tensors through the binary tensor data extension "
-                 "instead of JSON (no base64: about a quarter fewer bytes).")
-        add("--model_input", default=None,
-            help="v2: name of the model's input tensor (default: the model metadata's one "
-                 "input).")
-        add("--classification", type=int, default=0,
-            help="v2: ask for the top K classes through the classification extension "
-                 "(Triton: 'score:index:label' strings).")
-        add("--parameters", default=None,
-            help="JSON object of model parameters sent with every request (ML Engine and "
-                 "Vertex `parameters`, v2 request `parameters`), e.g. "
-                 "'{\"maxPredictions\": 5}'.")
-        add("--image_size", default=None, help="Optional WxH to resize images to fit.")
-        add("--label_names", default=None,
-            help="Comma-separated class names in the model's class-index order, for models "
-                 "that answer unnamed scores or class indices.")
-        add("--label_names_file", default=None,
-            help="The same from a file (local or gs://): one name per line, a JSON list, or "
-                 "a JSON {\"0\": name} map (TorchServe index_to_name.json).")
-        add("--labels_field", default=None,
-            help="Dotted path to the labels in a prediction of a custom shape "
-                 "(e.g. outputs.classes); v2: the name of the label output tensor; see "
-                 "docs/predictions.md.")
-        add("--scores_field", default=None,
-            help="Dotted path to the scores in a prediction of a custom shape "
-                 "(e.g. outputs.scores): a list, a {label: score} map or one number; v2: "
-                 "the name of the score output tensor.")
-        add("--score_threshold", type=float, default=None,
-            help="AutoML params.score_threshold / Vertex confidenceThreshold.")
-        # Requests
-        add("--max_instances_per_request", type=int, default=32,
-            help="Hard cap on instances per request.")
-        add("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-            help="Hard cap on the serialized request body, in bytes.")
-        add("--max_concurrent_requests", type=int, default=16,
-            help="Requests in flight per worker process.")
-        add("--qps", type=float, default=0.0,
-            help="Requests per second for the whole job, shared across workers; 0 = no limit.")
-        add("--qps_worker_processes", type=int, default=None,
-            help="How many worker processes share --qps (default: derived from the runner "
-                 "options; docs/dataflow.md, \"How --qps is shared across workers\").")
-        add("--max_retries", type=int, default=5, help="Retries per request.")
-        add("--request_timeout_s", type=float, default=60.0, help="Per-attempt timeout.")
-        add("--max_response_bytes", type=int, default=64 * 1024 * 1024,
-            help="Largest reply body read (after decompression); a larger one fails its "
-                 "request like a bad answer.")
-        add("--failure_threshold", type=float, default=0.5,
-            help="Stop the job (exit 3) once more than this fraction of the records sent to "
-                 "the endpoint failed, counted per worker process after "
-                 "--failure_threshold_min_records; also when each of a process's first 10 "
-                 "requests failed. 1 = never stop (see docs/faults.md).")
-        add("--failure_threshold_min_records", type=int, default=100,
-            help="Records a worker process must have tried before --failure_threshold "
-                 "applies.")
-        add("--auth", default="auto", **enumerated(AUTH_MODES),
-            help="auto: Application Default Credentials for Google API hosts "
-                 "(*.googleapis.com, *.prediction.vertexai.goog), none elsewhere; "
-                 "adc: always (https only).")
-        # Outputs
-        add("--output", default=None, help="Required (here or in --config). Output prefix (local path or gs://), not a "
-                                           "folder: files are <output>-<run id>-...; may hold "
-                                           "{date} (UTC YYYY-MM-DD) and {run_id}.")
-        add("--output_format", default="parquet", **enumerated(OUTPUT_FORMATS),
-            help="What to write.")
-        add("--errors", default=None, help="Dead-letter prefix (default <output>-errors); "
-                                           "may hold {date} and {run_id}.")
-        add("--skip_existing", action="store_true", default=False,
-            help="Backfill: keys already present under --output are not predicted again.")
-        add("--retry_dead_letters", default=None,
-            help="A dead-letter prefix (e.g. <output>-errors): predict only the --input "
-                 "records whose keys are in <prefix>-*.jsonl.")
-        add("--no_prediction_column", action="store_true", default=False,
-            help="Leave the model's raw prediction (the `prediction` column, JSON text) out "
-                 "of the outputs.")
-        add("--passthrough_fields", default=None,
-            help="Comma-separated columns of CSV/JSONL input rows copied into the outputs.")
-        add("--bigquery_table", default=None,
-            help="For --output_format bigquery: project:dataset.table (appended to).")
-        add("--bigquery_temp_location", default=None,
-            help="For --output_format bigquery: gs:// folder for load files "
-                 "(default --temp_location).")
-        add("--report", action="store_true", default=False,
-            help="At the end, write the run's HTML report to <output>-<run id>-report.html "
-                 "(also: batch-predict report <run prefix>).")
-        add("--limit", type=int, default=None,
-            help="Predict only the first N inputs (by key: the same N on every run); the "
-                 "rest are counted as skipped.")
-        # Crash safety (docs/crash-safety.md)
-        add("--commit_every_records", type=int, default=DEFAULT_COMMIT_RECORDS,
-            help="Commit finished predictions and dead letters durably while the job runs, "
-                 "in parts of at most this many records per writer; 0 = only at the end.")
-        add("--commit_every_s", type=float, default=DEFAULT_COMMIT_SECONDS,
-            help="... or once the oldest uncommitted record is this many seconds old.")
-        add("--parts_stale_after_s", type=float, default=DEFAULT_STALE_AFTER_S,
-            help="An earlier run without a summary whose files have not changed for this "
-                 "long is treated as dead: its temp files are removed and --skip_existing "
-                 "adopts its committed parts.")
-        add("--config", default=None,
-            help="A YAML file of these options; command-line flags win.")
+        for title, add_flags in FLAG_GROUPS:
+            add_flags(parser.add_argument_group(title).add_argument)

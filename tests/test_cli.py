@@ -85,6 +85,14 @@ def test_help_says_which_flags_are_required_and_that_output_is_a_prefix():
     assert "not a folder: files are <output>-<run id>-" in text
 
 
+def test_help_groups_the_flags_by_concern():
+    headings = [l for l in cli("--help").stdout.splitlines() if l.endswith(":")
+                and not l.startswith(" ")]
+    assert headings == ["options:", "inputs:", "the endpoint, its encoding and its answers:",
+                        "requests:", "outputs and backfills:",
+                        "crash safety (docs/crash-safety.md), config:"]
+
+
 @pytest.mark.parametrize("extra, expected", [
     (["--input", "b.jpg"], "unexpected argument 'b.jpg'"),  # an unquoted glob, expanded
     (["--errors", "{out}"], "--errors must differ from --output"),
