@@ -1,8 +1,9 @@
 """Throughput of the predict engine against the project's local server (prints figures).
 
-    python benchmarks/throughput.py [--case all|latency|cpu|overhead|qps|commits] [--images 3000]
-                                    [--runinference_images 240] [--cpu_images 12000]
-                                    [--overhead_images 12000] [--repeats 5]
+    python benchmarks/throughput.py [--case all|latency|cpu|overhead|answers|qps|commits]
+                                    [--images 3000] [--runinference_images 240]
+                                    [--cpu_images 12000] [--overhead_images 12000]
+                                    [--answers_images 1600] [--repeats 5]
                                     [--qps_requests 200]
 
 One run, one image set, one local server per case (`--case` runs one of them):
@@ -20,9 +21,13 @@ One run, one image set, one local server per case (`--case` runs one of them):
    `--repeats`; also the client's CPU time (user + sys of this process) per image. Target:
    >= 1/3 of the bare loop's img/s. Both also run a 32-image set as often: its time is
    each side's start-up, and the img/s beyond it are printed too.
-4. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
+4. Real models' answers: as 3., but each image's answer is 1,000 unnamed scores (an
+   ImageNet classifier's softmax; `--constant 1000`), 1,600 images. This pipeline against
+   the same bare loop (which parses each answer and keeps nothing); no target: what
+   reading and writing such answers costs.
+5. The qps limit: `--qps 20` against a server quota of 20 requests/s; the rate the server
    measured and its quota 429s.
-5. Incremental commits (docs/crash-safety.md): the CPU-bound run with the default commits and
+6. Incremental commits (docs/crash-safety.md): the CPU-bound run with the default commits and
    with `--commit_every_records 0` (shards only at the end), alternating (each setting first
    in half of the pairs: the second run of a pair is slower), median of each.
    Target: overhead under 5 %.
@@ -62,6 +67,7 @@ CEILING = CAPACITY / (LATENCY_MS / 1000) * PER_REQUEST
 QPS = 20
 OVERHEAD_PER_REQUEST = 32  # the pipeline's default --max_instances_per_request
 STARTUP_IMAGES = 32  # one request: what a run costs before its per-image work
+ANSWER_SCORES = 1000  # scores per answer in the answers case: an ImageNet softmax
 PROTOCOL = make_protocol("mlengine")
 
 
@@ -300,6 +306,16 @@ def per_image(loops, mines, small_loops, small_mines):
           flush=True)
 
 
+def answers_case(sets, out, args):
+    print(f"real models' answers: {ANSWER_SCORES} unnamed scores per image, 8x8 JPEGs, "
+          f"{OVERHEAD_PER_REQUEST} per request, no latency; {args.repeats} runs each, "
+          f"alternating (median)")
+    with LocalServer(latency_ms=0, capacity=64, constant=ANSWER_SCORES) as server:
+        loops, mines = alternate(sets["answers"], server, os.path.join(out, "answers"),
+                                 args.repeats, OVERHEAD_PER_REQUEST)
+    compare(loops, mines, "none")
+
+
 def qps_case(sets, out, args):
     print(f"qps: --qps {QPS} against a server quota of {QPS}/s, one image per request")
     with LocalServer(quota_qps=QPS) as server:
@@ -337,8 +353,8 @@ def commits_case(sets, out, args):
           f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
-CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case, "qps": qps_case,
-         "commits": commits_case}
+CASES = {"latency": latency_case, "cpu": cpu_case, "overhead": overhead_case,
+         "answers": answers_case, "qps": qps_case, "commits": commits_case}
 
 
 def image_sets(workdir: str, counts: dict) -> dict:
@@ -366,15 +382,17 @@ def main(argv=None):
     parser.add_argument("--runinference_images", type=int, default=240)
     parser.add_argument("--cpu_images", type=int, default=12000)
     parser.add_argument("--overhead_images", type=int, default=12000)
+    parser.add_argument("--answers_images", type=int, default=1600)
     parser.add_argument("--qps_requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5,
-                        help="runs of the cpu-bound, overhead and commits cases")
+                        help="runs of the cpu-bound, overhead, answers and commits cases")
     parser.add_argument("--workdir", default=None, help="keeps the images between runs")
     args = parser.parse_args(argv)
 
     cases = list(CASES) if args.case == "all" else [args.case]
     counts = {"latency": (args.images, (64, 48)), "cpu": (args.cpu_images, (64, 48)),
               "overhead": (args.overhead_images, (8, 8)), "startup": (STARTUP_IMAGES, (8, 8)),
+              "answers": (args.answers_images, (8, 8)),
               "qps": (args.qps_requests, (64, 48)),
               "commits": (args.cpu_images, (64, 48))}
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")

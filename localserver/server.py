@@ -30,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -120,6 +121,8 @@ class Config:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.max_body_bytes < 0:
             raise ValueError("max_body_bytes must be >= 0")
+        if self.constant < 0:
+            raise ValueError("constant must be >= 0 (0 = off)")
         if not self.model_name:
             raise ValueError("model_name must not be empty")
         if self.v2_input_datatype not in ("BYTES", "UINT8", "FP32"):
@@ -141,7 +144,9 @@ CONFIG_HELP = {
     "model_name": "model name reported in responses",
     "bearer_token": "when set, predict requests need 'Authorization: Bearer <it>', else 401",
     "name_instances": "1: error messages name the failing instance; 0: they do not",
-    "constant": "1: every ML Engine instance gets one fixed answer, undecoded (benchmarks)",
+    "constant": "1: every ML Engine instance gets one fixed label; N > 1: N fixed unnamed "
+                "scores, like an ImageNet classifier's softmax (1000); instances are not "
+                "decoded (benchmarks)",
     "v2_model_ready": "1: the v2 model reports ready; 0: its ready route answers 503",
     "v2_input_datatype": "datatype of the v2 model's input in its metadata (BYTES, UINT8, FP32)",
     "v2_outputs": "v2 outputs: labels_scores (ranked labels and scores) or scores (FP32 "
@@ -463,18 +468,30 @@ def run_mlengine(instances: List[Any], classifier,
 CONSTANT_PREDICTION = {"labels": [model.LABELS[0]], "scores": [1.0]}
 
 
-def run_constant(count: int) -> Tuple[int, Dict[str, Any], int]:
-    """The same prediction for each of ``count`` instances, none of them looked at."""
-    return 200, {"predictions": [CONSTANT_PREDICTION] * count}, count
+def run_constant(count: int, scores: int = 1) -> Tuple[int, Any, int]:
+    """The same prediction for each of ``count`` instances, none of them looked at: one
+    label, or a vector of ``scores`` > 1 unnamed scores (its JSON text made once)."""
+    if scores == 1:
+        return 200, {"predictions": [CONSTANT_PREDICTION] * count}, count
+    body = b'{"predictions":[' + b",".join([constant_scores(scores)] * count) + b"]}"
+    return 200, (body, None), count
+
+
+@functools.lru_cache(maxsize=4)
+def constant_scores(count: int) -> bytes:
+    """The JSON text of ``count`` fixed scores that sum to 1, the first the largest."""
+    weights = [1.0 / (i + 2) for i in range(count)]
+    total = sum(weights)
+    return json.dumps([w / total for w in weights]).encode()
 
 
 def parse_mlengine(body: Dict[str, Any], classifier, name_instances: bool = True,
-                   constant: bool = False) -> Job:
+                   constant: int = 0) -> Job:
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
     if constant:
-        return len(instances), lambda: run_constant(len(instances))
+        return len(instances), lambda: run_constant(len(instances), constant)
     return len(instances), lambda: run_mlengine(instances, classifier, name_instances)
 
 
@@ -588,8 +605,7 @@ def parse_predict(route: str, raw: bytes, config: Config, classifier,
     if route == ENDPOINTS_ROUTE:
         return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
     if "instances" in body:
-        return parse_mlengine(body, classifier, bool(config.name_instances),
-                              bool(config.constant))
+        return parse_mlengine(body, classifier, bool(config.name_instances), config.constant)
     if "payload" in body:
         return parse_automl(body, classifier)
     raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "

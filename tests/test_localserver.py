@@ -591,3 +591,21 @@ def test_demo_set_is_mostly_copies_of_the_demo_photos(tmp_path):
         if path.name != "corrupt.jpg":
             with Image.open(path) as img:
                 img.load()
+
+
+def test_constant_answers_do_not_look_at_the_instances(server):
+    instances = {"instances": [{"b64": "not an image"}] * 3}
+    server.configure(constant=1)
+    status, _, body = post(server.endpoint("mlengine"), instances)
+    assert status == 200 and body == {"predictions": [{"labels": ["red"], "scores": [1.0]}] * 3}
+    server.configure(constant=1000)  # an ImageNet classifier's softmax, unnamed
+    status, _, body = post(server.endpoint("mlengine"), instances)
+    assert status == 200 and len(body["predictions"]) == 3
+    vector = body["predictions"][0]
+    assert len(vector) == 1000 and abs(sum(vector) - 1) < 1e-9 and vector[0] == max(vector)
+    assert body["predictions"][1] == body["predictions"][2] == vector
+
+
+def test_constant_is_never_negative(server):
+    with pytest.raises(RuntimeError, match="constant must be >= 0"):
+        server.configure(constant=-1)
