@@ -144,9 +144,9 @@ CONFIG_HELP = {
     "model_name": "model name reported in responses",
     "bearer_token": "when set, predict requests need 'Authorization: Bearer <it>', else 401",
     "name_instances": "1: error messages name the failing instance; 0: they do not",
-    "constant": "1: every ML Engine instance gets one fixed label; N > 1: N fixed unnamed "
-                "scores, like an ImageNet classifier's softmax (1000); instances are not "
-                "decoded (benchmarks)",
+    "constant": "0: off (the model answers); 1: every ML Engine instance gets one fixed "
+                "label; N > 1: N fixed unnamed scores, like an ImageNet classifier's softmax "
+                "(1000); instances are not decoded (benchmarks)",
     "v2_model_ready": "1: the v2 model reports ready; 0: its ready route answers 503",
     "v2_input_datatype": "datatype of the v2 model's input in its metadata (BYTES, UINT8, FP32)",
     "v2_outputs": "v2 outputs: labels_scores (ranked labels and scores) or scores (FP32 "
@@ -692,7 +692,7 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
         status, body, predicted = await asyncio.to_thread(run)
     state.stats.predicted += predicted
     extra = {"X-Vertex-AI-Deployed-Model-id": DEPLOYED_MODEL_ID} if route == RAW_ROUTE else {}
-    if isinstance(body, tuple):  # a v2 answer: its bytes, and its binary header if any
+    if isinstance(body, tuple):  # an answer's own bytes (v2, constant scores), binary header
         raw_body, headers = body
         return web.Response(body=raw_body, status=status, headers={**(headers or {}), **extra},
                             content_type="application/json" if not headers
