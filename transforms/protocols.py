@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from transforms import answertext
 from transforms.labels import (LabelError, Labels, LabelSpec, read_labels, score, snippet,
                                warn_if_indexed)
 
@@ -42,8 +43,13 @@ def refused(error: str) -> Parsed:
     return Parsed([], error=error)
 
 
-def prediction_text(prediction: Any) -> str:
-    """The prediction as compact, strict JSON text (the `prediction` column)."""
+def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
+    """The prediction as compact, strict JSON text (the `prediction` column): its text as
+    the endpoint `sent` it, when that is already compact or only needs its spaces dropped,
+    else the value written out."""
+    compact = answertext.compact_text(sent) if sent is not None else None
+    if compact is not None:
+        return compact
     try:
         return json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
@@ -54,12 +60,13 @@ def prediction_text(prediction: Any) -> str:
 
 
 def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
-                    reader=read_labels) -> Parsed:
+                    reader=read_labels, sent: Optional[str] = None) -> Parsed:
     """One instance's Parsed, or its refusal (`reader`: how this protocol's predictions
-    become labels, `read_labels` unless it has its own shape)."""
+    become labels, `read_labels` unless it has its own shape; `sent`: the prediction's JSON
+    text in the response, if known)."""
     try:
         named = warn_if_indexed(reader(prediction, spec))
-        text = prediction_text(prediction) if keep_prediction else None
+        text = prediction_text(prediction, sent) if keep_prediction else None
     except LabelError as e:
         return refused(str(e))
     return Parsed(named.labels, prediction=text)
@@ -122,7 +129,7 @@ class Protocol:
 
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
         """The response body as data (ValueError when it is unreadable)."""
-        return with_model_id(json.loads(raw) if raw else None, headers)
+        return with_model_id(answertext.loads(raw) if raw else None, headers)
 
     def parse(self, response: Any, count: int) -> List[Parsed]:
         """One Parsed per instance, in order; ResponseError when that is not what came."""
@@ -162,8 +169,9 @@ class MLEngine(Protocol):
         return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
-        return [read_prediction(p, self.labels, self.keep_prediction)
-                for p in _predictions(response, count)]
+        predictions = _predictions(response, count)
+        return [read_prediction(p, self.labels, self.keep_prediction, sent=text)
+                for p, text in zip(predictions, sent_texts(predictions))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +193,9 @@ class Vertex(Protocol):
         return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
-        return [parse_vertex_prediction(p, self.labels, self.keep_prediction)
-                for p in _predictions(response, count)]
+        predictions = _predictions(response, count)
+        return [parse_vertex_prediction(p, self.labels, self.keep_prediction, text)
+                for p, text in zip(predictions, sent_texts(predictions))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,10 +322,17 @@ def _predictions(response: Any, count: int) -> list:
     return predictions
 
 
+def sent_texts(predictions: list) -> List[Optional[str]]:
+    """Each prediction's JSON text as the endpoint sent it (None where not known)."""
+    if isinstance(predictions, answertext.Predictions):
+        return predictions.texts
+    return [None] * len(predictions)
+
+
 def parse_vertex_prediction(prediction: Any, labels: LabelSpec = LabelSpec(),
-                            keep_prediction: bool = True) -> Parsed:
+                            keep_prediction: bool = True, sent: Optional[str] = None) -> Parsed:
     """A Vertex prediction: classification labels, plus boxes for object detection."""
-    parsed = read_prediction(prediction, labels, keep_prediction)
+    parsed = read_prediction(prediction, labels, keep_prediction, sent=sent)
     bboxes = prediction.get("bboxes") if isinstance(prediction, dict) else None
     if parsed.error is not None or bboxes is None:
         return parsed

@@ -1,0 +1,106 @@
+"""A response body read once, with each prediction's own JSON text kept.
+
+The `prediction` column holds each instance's prediction as the model answered it. Writing
+the parsed value back out as JSON costs more than reading it (an ImageNet softmax is 1,000
+floats, each turned back into text), so the text is taken from the body instead: `loads`
+parses the top-level object key by key with the standard library's own scanner
+(`JSONDecoder.raw_decode`) and keeps the text of each element of its `predictions` list.
+Any body it does not read the same way as `json.loads` is left to `json.loads`.
+"""
+import json
+import re
+from typing import Any, List, Optional
+
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
+SPACES = " \n\r\t"  # JSON's whitespace
+
+
+class Predictions(list):
+    """A response's `predictions` list; `texts[i]` is element i's JSON text as sent."""
+
+    def __init__(self, values: List[Any], texts: List[str]):
+        super().__init__(values)
+        self.texts = texts
+
+
+def loads(raw: bytes) -> Any:
+    """`json.loads(raw)`, where a top-level `predictions` list is a `Predictions`."""
+    try:
+        return _object(raw.decode("utf-8"))
+    except (ValueError, IndexError):  # not UTF-8, or not read here as json.loads reads it
+        return json.loads(raw)
+
+
+def compact_text(text: str) -> Optional[str]:
+    """One value's text without the whitespace between its tokens; None when it is not
+    strict JSON, or has both whitespace and a string (where spaces may be content: a JSON
+    writer's job)."""
+    if not_strict(text):
+        return None
+    if not any(space in text for space in SPACES):
+        return text
+    if '"' in text:
+        return None
+    return "".join(text.split())
+
+
+def not_strict(text: str) -> bool:
+    """Could the text hold NaN or Infinity (which Python's json reads and strict JSON has
+    not)? One-character searches first: they are the fast ones."""
+    return ("N" in text and "NaN" in text) or ("I" in text and "Infinity" in text)
+
+
+def _object(text: str) -> Any:
+    at = _skip(text, 0)
+    if text[at] != "{":
+        raise ValueError("not an object")
+    result, at = {}, _skip(text, at + 1)
+    if text[at] == "}":
+        return _end(text, at + 1, result)
+    while True:
+        if text[at] != '"':
+            raise ValueError("not a key")
+        key, at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text[at] != ":":
+            raise ValueError("no colon")
+        at = _skip(text, at + 1)
+        if key == "predictions" and text[at] == "[":
+            result[key], at = _list(text, at)
+        else:
+            result[key], at = _DECODER.raw_decode(text, at)
+        at = _skip(text, at)
+        if text[at] == "}":
+            return _end(text, at + 1, result)
+        if text[at] != ",":
+            raise ValueError("no comma")
+        at = _skip(text, at + 1)
+
+
+def _list(text: str, at: int):
+    values, texts = [], []
+    at = _skip(text, at + 1)
+    if text[at] == "]":
+        return Predictions(values, texts), at + 1
+    while True:
+        start = at
+        value, at = _DECODER.raw_decode(text, at)
+        values.append(value)
+        texts.append(text[start:at])
+        at = _skip(text, at)
+        if text[at] == "]":
+            return Predictions(values, texts), at + 1
+        if text[at] != ",":
+            raise ValueError("no comma")
+        at = _skip(text, at + 1)
+
+
+def _skip(text: str, at: int) -> int:
+    return _SPACE.match(text, at).end()
+
+
+def _end(text: str, at: int, result: dict) -> dict:
+    if _skip(text, at) != len(text):
+        raise ValueError("extra data")
+    return result
