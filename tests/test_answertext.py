@@ -51,10 +51,12 @@ def test_each_prediction_keeps_its_text():
     ("[0.10,1e-05]", "[0.10,1e-05]"),
     ("[0.10, 1e-05,\n 2]", "[0.10,1e-05,2]"),
     ('{"labels":["cat"]}', '{"labels":["cat"]}'),
-    ('{"labels":["a b"]}', None),  # spaces and a string: which spaces are content is a
-    ('{"labels": ["a"]}', None),   # JSON reader's question, and a writer's job
+    ('{"labels": ["a b", " c "],\t"n": null}', '{"labels":["a b"," c "],"n":null}'),
+    ('{"labels":["a\\"b"]}', '{"labels":["a\\"b"]}'),
+    ('{"labels": ["a\\" b"]}', None),  # an escaped quote: where strings end is a reader's job
     ("[NaN]", None),
     ("[-Infinity]", None),
+    ('["NaN"]', None),  # a string that says NaN: written out again, to be sure
 ])
 def test_compact_text(sent, compact):
     assert answertext.compact_text(sent) == compact
@@ -62,15 +64,18 @@ def test_compact_text(sent, compact):
 
 def test_the_prediction_column_is_the_models_own_text():
     """`1.50` stays `1.50` and `1E-5` stays `1E-5`: the column is what the model said, not
-    Python's rewriting of it; a pretty-printed list of scores loses only its spaces, and a
-    pretty-printed prediction with strings in it is written out compactly."""
+    Python's rewriting of it, without the spaces between its tokens."""
     protocol = make_protocol("mlengine", labels=LabelSpec(names=("cat", "dog")))
     raw = (b'{"predictions": [\n  [1.50, 1E-5],\n  {"labels":["cat"],"scores":[0.90]},\n'
-           b'  {"labels": ["dog"], "scores": [0.80]}\n]}')
-    parsed = protocol.parse(protocol.decode(raw, {}), 3)
+           b'  {"labels": ["dog"], "scores": [0.80]},\n  {"labels": ["c\\u0061t"], '
+           b'"scores": [0.70]}\n]}')
+    parsed = protocol.parse(protocol.decode(raw, {}), 4)
     assert [p.prediction for p in parsed] == [
-        "[1.50,1E-5]", '{"labels":["cat"],"scores":[0.90]}', '{"labels":["dog"],"scores":[0.8]}']
-    assert [p.labels[0] for p in parsed] == [("cat", 1.5), ("cat", 0.9), ("dog", 0.8)]
+        "[1.50,1E-5]", '{"labels":["cat"],"scores":[0.90]}',
+        '{"labels":["dog"],"scores":[0.80]}',
+        '{"labels":["cat"],"scores":[0.7]}']  # a backslash and spaces: written out again
+    assert [p.labels[0] for p in parsed] == [("cat", 1.5), ("cat", 0.9), ("dog", 0.8),
+                                             ("cat", 0.7)]
 
 
 def test_vertex_keeps_the_text_too():

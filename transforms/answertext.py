@@ -34,15 +34,17 @@ def loads(raw: bytes) -> Any:
 
 def compact_text(text: str) -> Optional[str]:
     """One value's text without the whitespace between its tokens; None when it is not
-    strict JSON, or has both whitespace and a string (where spaces may be content: a JSON
-    writer's job)."""
+    strict JSON, or has whitespace and a backslash (an escaped quote would hide where its
+    strings end: a JSON writer's job)."""
     if not_strict(text):
         return None
     if not any(space in text for space in SPACES):
         return text
-    if '"' in text:
+    if "\\" in text:
         return None
-    return "".join(text.split())
+    parts = text.split('"')  # without escapes, the odd parts are the strings' contents
+    parts[::2] = ["".join(part.split()) for part in parts[::2]]
+    return '"'.join(parts)
 
 
 def not_strict(text: str) -> bool:
