@@ -89,3 +89,55 @@ def test_a_non_finite_score_is_still_refused():
     protocol = make_protocol("mlengine")
     (parsed,) = protocol.parse(protocol.decode(b'{"predictions":[[0.5,NaN]]}', {}), 1)
     assert parsed.error is not None and "NaN" in parsed.error
+
+
+def random_value(rng, depth=0):
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-10**6, 10**6)
+    if kind == 2:
+        return rng.choice([0.5, -1e-7, 1.0e10, rng.random()])
+    if kind in (3, 4):
+        return rng.choice(["", "a b", ' "q" ', "tab\there", "back\\slash", "é", "\u2028",
+                           "NaN", "line\nbreak", "}{][,:", 'x" y'])
+    if kind in (5, 6):
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["labels", "scores", "k", "a b", "é"]): random_value(rng, depth + 1)
+            for _ in range(rng.randrange(4))}
+
+
+def written(rng, value):
+    """JSON text of `value` with random whitespace between tokens and random escaping."""
+    space = lambda: rng.choice(["", " ", "\n  ", "\t", " \r\n"])  # noqa: E731
+    if isinstance(value, list):
+        return "[" + space() + ("," + space()).join(
+            written(rng, v) + space() for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + space() + ",".join(
+            space() + json.dumps(k, ensure_ascii=rng.random() < 0.5) + space() + ":" + space()
+            + written(rng, v) + space() for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=rng.random() < 0.5)
+
+
+def test_random_bodies_read_as_json_loads_reads_them():
+    """300 seeded random answers: the same value as json.loads, each prediction's text is
+    that prediction, and its compact text (when there is one) is too, with no whitespace
+    left outside its strings."""
+    import random
+    rng = random.Random(13)
+    for _ in range(300):
+        predictions = [random_value(rng) for _ in range(rng.randrange(5))]
+        body = {"predictions": predictions, "deployedModelId": "1"}
+        raw = ("{" + ",".join(f' {json.dumps(k)} :\n {written(rng, v)} '
+                              for k, v in body.items()) + "}").encode("utf-8")
+        value = answertext.loads(raw)
+        assert value == json.loads(raw)
+        for text, prediction in zip(value["predictions"].texts, predictions):
+            assert json.loads(text) == prediction
+            compact = answertext.compact_text(text)
+            if compact is not None:
+                assert json.loads(compact) == prediction
+                outside = compact.split('"')[::2]
+                assert not any(c in part for part in outside for c in " \n\r\t"), compact
