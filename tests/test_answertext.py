@@ -57,6 +57,11 @@ def test_each_prediction_keeps_its_text():
     ("[NaN]", None),
     ("[-Infinity]", None),
     ('["NaN"]', None),  # a string that says NaN: written out again, to be sure
+    ("[1e999]", None),  # Infinity to Python
+    ("[1E+5, 2]", None),  # a positive exponent: written out again, to be sure
+    ("[1e-05]", "[1e-05]"),
+    ("[" + "9" * 309 + ".0]", None),
+    ("[" + "9" * 300 + ".0]", "[" + "9" * 300 + ".0]"),
 ])
 def test_compact_text(sent, compact):
     assert answertext.compact_text(sent) == compact
@@ -85,10 +90,14 @@ def test_vertex_keeps_the_text_too():
     assert parsed.prediction == '{"displayNames":["x"],"confidences":[0.250]}'
 
 
-def test_a_non_finite_score_is_still_refused():
+@pytest.mark.parametrize("raw", [b'{"predictions":[[0.5,NaN]]}',
+                                 b'{"predictions":[{"scores":[0.5],"logits":[1e999]}]}',
+                                 b'{"predictions":[{"scores":[0.5],"logits":[-1E+400]}]}'])
+def test_a_non_finite_number_is_still_refused(raw):
+    """docs/predictions.md: a non-finite number anywhere in a kept prediction refuses it."""
     protocol = make_protocol("mlengine")
-    (parsed,) = protocol.parse(protocol.decode(b'{"predictions":[[0.5,NaN]]}', {}), 1)
-    assert parsed.error is not None and "NaN" in parsed.error
+    (parsed,) = protocol.parse(protocol.decode(raw, {}), 1)
+    assert parsed.error is not None and "finite" in parsed.error
 
 
 def random_value(rng, depth=0):

@@ -12,8 +12,11 @@ import re
 from typing import Any, List, Optional
 
 _DECODER = json.JSONDecoder()
-_SPACE = re.compile(r"[ \t\n\r]*")
-SPACES = " \n\r\t"  # JSON's whitespace
+_SPACE = json.decoder.WHITESPACE  # what json.loads skips between tokens
+SPACES = " \n\r\t"  # the same characters, for `in` tests
+# A positive exponent (patterns with a literal first character are the fast ones to search)
+_POSITIVE_EXPONENTS = (re.compile(r"e\+?\d"), re.compile(r"E\+?\d"))
+FLOAT_DIGITS = 309  # a float with this many digits before its point is too large: Infinity
 
 
 class Predictions(list):
@@ -28,15 +31,16 @@ def loads(raw: bytes) -> Any:
     """`json.loads(raw)`, where a top-level `predictions` list is a `Predictions`."""
     try:
         return _object(raw.decode("utf-8"))
-    except (ValueError, IndexError):  # not UTF-8, or not read here as json.loads reads it
+    except (ValueError, IndexError):  # not UTF-8, not read here as json.loads reads it, or
+        # (IndexError) the text ended where a token should have been
         return json.loads(raw)
 
 
 def compact_text(text: str) -> Optional[str]:
-    """One value's text without the whitespace between its tokens; None when it is not
-    strict JSON, or has whitespace and a backslash (an escaped quote would hide where its
-    strings end: a JSON writer's job)."""
-    if not_strict(text):
+    """One value's text without the whitespace between its tokens; None when it may hold a
+    number that is no finite float, or has whitespace and a backslash (an escaped quote
+    would hide where its strings end): a JSON writer's job."""
+    if may_be_non_finite(text):
         return None
     if not any(space in text for space in SPACES):
         return text
@@ -47,10 +51,15 @@ def compact_text(text: str) -> Optional[str]:
     return '"'.join(parts)
 
 
-def not_strict(text: str) -> bool:
-    """Could the text hold NaN or Infinity (which Python's json reads and strict JSON has
-    not)? One-character searches first: they are the fast ones."""
-    return ("N" in text and "NaN" in text) or ("I" in text and "Infinity" in text)
+def may_be_non_finite(text: str) -> bool:
+    """Could a number in the text read as NaN or +-Infinity? The tokens NaN and Infinity
+    (which Python's json reads and strict JSON has not), or a number too large for a float
+    (`1e999`: a positive exponent, or FLOAT_DIGITS digits in a row, which only a stretch
+    that long between commas holds). One-character and literal searches: the fast ones."""
+    return (("N" in text and "NaN" in text) or ("I" in text and "Infinity" in text)
+            or any(exponent.search(text) for exponent in _POSITIVE_EXPONENTS)
+            or (len(text) >= FLOAT_DIGITS
+                and max(map(len, text.split(","))) >= FLOAT_DIGITS))
 
 
 def _object(text: str) -> Any:
