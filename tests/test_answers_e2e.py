@@ -62,6 +62,9 @@ def answer(shape, true_class):
         "nanstring": {"labels": list(CLASSES), "scores": ["NaN", 0.5, 0.5]},
         "infinity": {c: (float("inf") if c == true_class else 0.1) for c in CLASSES},
         "nanlogits": {"labels": list(CLASSES), "scores": p, "logits": [float("nan")] * 3},
+        # a lone surrogate (JSON's "\ud800", no character): in a label, and beside the labels
+        "surrogatelabel": {"labels": [c + "\ud800" for c in CLASSES], "scores": p},
+        "surrogatenote": {"labels": list(CLASSES), "scores": p, "note": "\ud800"},
     }
     return shapes[shape]
 
@@ -199,6 +202,27 @@ def test_non_finite_scores_never_reach_an_output(tmp_path, shape_server):
         for row in pq.read_table(path).to_pylist():
             assert all(math.isfinite(l["score"]) for l in row["labels"])
     assert summary["splits"] == 0
+
+
+def test_text_that_is_no_unicode_never_crashes_the_job(tmp_path, shape_server):
+    """A lone surrogate (`"\ud800"` is valid JSON but no character, and no UTF-8 writer takes
+    it): as a label, the prediction is refused; elsewhere in the prediction, the column keeps
+    it escaped. Either way the job writes its outputs and ends."""
+    made = images(tmp_path / "images", ("surrogatelabel", "surrogatenote", "labelsscores"))
+    summary = job(tmp_path, shape_server)
+    assert_accounted(summary)
+    rows = {r["key"]: r for r in strict_lines(f"{tmp_path}/out/p-2*.jsonl")}
+    assert sorted(rows) == sorted(k for k, (shape, _) in made.items() if shape != "surrogatelabel")
+    for key, row in rows.items():
+        assert row["top_label"] == made[key][1]
+        if made[key][0] == "surrogatenote":
+            assert row["prediction"].isascii()
+            assert json.loads(row["prediction"])["note"] == "\ud800"
+    letters = strict_lines(f"{summary['errors']}-*.jsonl")
+    assert sorted(d["key"] for d in letters) == \
+        sorted(k for k, (shape, _) in made.items() if shape == "surrogatelabel")
+    assert all(d["stage"] == "parse" and "Unicode" in d["error"] for d in letters), letters
+    assert len(read_predictions(str(tmp_path / "out" / "p"))) == len(rows)
 
 
 def test_custom_shape_by_field_paths_and_prediction_column_left_out(tmp_path, shape_server):

@@ -22,6 +22,7 @@ from transforms.client import (Answer, ClientSettings, PredictClient, RequestFai
 from transforms.oip import V2
 from transforms.protocols import MLEngine, make_protocol
 from transforms.ratelimit import RateLimiter, Throttler
+from transforms.records import dead_letter
 from transforms.retry import RetryPolicy
 
 
@@ -111,6 +112,22 @@ def test_an_answer_is_read_into_one_outcome_per_key():
         with pytest.raises(RequestFailed) as raised:
             read_answer(protocol, endpoint, ["a", "b"], answer, 1)
         assert raised.value.stage == stage, answer
+
+
+def test_text_from_the_server_that_is_no_unicode_is_written_escaped():
+    """A lone surrogate (JSON's "\ud800": no character, no UTF-8 writer takes it) in the
+    model id or in an error the server sends reaches the outputs as its escape."""
+    protocol, endpoint = MLEngine(), "http://127.0.0.1:1/v1/projects/p/models/m:predict"
+    body = protocol.decode(b'{"predictions":[[0.9]],"deployedModelId":"m\\ud800"}', {})
+    (good,) = read_answer(protocol, endpoint, ["a"], Answer(200, body, None), 1)
+    assert good.ok and good.record["model"] == "m\\ud800"
+    answer = sort_response(400, b'{"error":"bad \\ud800 image"}', None, RetryPolicy(),
+                           protocol.decode)
+    with pytest.raises(RequestFailed) as raised:
+        read_answer(protocol, endpoint, ["a"], answer, 1)
+    letter = dead_letter("a", raised.value.stage, str(raised.value))
+    assert letter["error"].endswith("bad \\ud800 image")
+    json.dumps(letter, ensure_ascii=False).encode("utf-8")  # writable
 
 
 def test_auth_modes():

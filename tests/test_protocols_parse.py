@@ -84,6 +84,14 @@ def test_automl_payload_with_other_label():
                                                       response["payload"]))]
 
 
+def test_automl_label_that_is_no_unicode_is_refused():
+    response = AutoML().decode(b'{"payload":[{"displayName":"rose\\ud800",'
+                               b'"classification":{"score":0.9}}]}', {})
+    (parsed,) = AutoML().parse(response, 1)
+    assert parsed.error is not None and "Unicode" in parsed.error
+    assert parsed.error.isascii()
+
+
 @pytest.mark.parametrize("response", [{"payload": []}, {}])
 def test_automl_empty_payload_is_no_labels(response):
     assert AutoML().parse(response, 1) == [Parsed([], prediction="[]")]

@@ -40,7 +40,7 @@ from transforms.auth import AuthError, TokenSource
 from transforms.protocols import (Parsed, Protocol, ResponseError, error_message,
                                   named_instance)
 from transforms.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
-from transforms.records import dead_letter, prediction_record, utc_now
+from transforms.records import dead_letter, prediction_record, utc_now, writable
 from transforms.retry import RetryPolicy, parse_retry_after
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
@@ -241,7 +241,7 @@ def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: 
         raise RequestFailed(str(e), "predict" if error_message(answer.body) else "parse")
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", "parse")
-    model = protocol.model_name(answer.body, endpoint)
+    model = writable(protocol.model_name(answer.body, endpoint))
     now = utc_now()
     return [outcome(k, p, model, now, answer.status, attempts) for k, p in zip(keys, parsed)]
 

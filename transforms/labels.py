@@ -17,11 +17,14 @@ import functools
 import json
 import logging
 import math
+import operator
 import re
 import threading
 from typing import AbstractSet, Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import is_unicode
 
 Labels = List[Tuple[str, float]]
 
@@ -431,6 +434,16 @@ class _Once:
 
 
 INDEX_WARNING = _Once()
+
+
+def unicode_labels(named: Named) -> Named:
+    """`named`, or LabelError when a label is no Unicode text: a lone surrogate (`"\\ud800"`
+    is valid JSON, but no character, and no UTF-8 writer takes it)."""
+    names = "".join(map(operator.itemgetter(0), named.labels))
+    if names.isascii() or is_unicode(names):
+        return named
+    bad = next(name for name, _ in named.labels if not is_unicode(name))
+    raise LabelError(f"label {ascii(bad)} is not Unicode text (it holds a lone surrogate)")
 
 
 def warn_if_indexed(named: Named) -> Named:

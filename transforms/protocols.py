@@ -12,8 +12,9 @@ import re
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms import answertext
-from transforms.labels import (LabelError, Labels, LabelSpec, read_labels, score, snippet,
-                               warn_if_indexed)
+from transforms.labels import (LabelError, Labels, LabelSpec, Named, read_labels, score,
+                               snippet, unicode_labels, warn_if_indexed)
+from transforms.records import is_unicode
 
 PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 INSTANCE_FORMATS = ("b64", "named", "tensor")
@@ -51,12 +52,15 @@ def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
     if compact is not None:
         return compact
     try:
-        return json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     except ValueError:
         raise LabelError("prediction holds a non-finite number (NaN or Infinity), which is "
                          "not JSON: it is never written (--no_prediction_column leaves the "
                          "prediction out, if its scores are finite)")
+    if text.isascii() or is_unicode(text):
+        return text
+    return json.dumps(prediction, separators=(",", ":"), allow_nan=False)  # "\ud800" kept
 
 
 def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
@@ -65,7 +69,7 @@ def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
     become labels, `read_labels` unless it has its own shape; `sent`: the prediction's JSON
     text in the response, if known)."""
     try:
-        named = warn_if_indexed(reader(prediction, spec))
+        named = warn_if_indexed(unicode_labels(reader(prediction, spec)))
         text = prediction_text(prediction, sent) if keep_prediction else None
     except LabelError as e:
         return refused(str(e))
@@ -226,7 +230,7 @@ class AutoML(Protocol):
             raise ResponseError(f"unexpected AutoML response: {_snippet(response)}")
         payload = response.get("payload", [])
         try:
-            labels = [automl_label(item) for item in payload]
+            labels = unicode_labels(Named([automl_label(item) for item in payload])).labels
             text = prediction_text(payload) if self.keep_prediction else None
         except LabelError as e:
             return [refused(str(e))]

@@ -103,6 +103,23 @@ def prediction_record(
     }
 
 
+def is_unicode(text: str) -> bool:
+    """Can `text` be written as UTF-8? Not with a lone surrogate (JSON's `"\\ud800"` is one:
+    valid JSON, but no character)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def writable(text: str) -> str:
+    """`text`, with any lone surrogate as its escape (`\\ud800`): fit for any output."""
+    if text.isascii() or is_unicode(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter(
         key: str,
         stage: str,
@@ -116,7 +133,7 @@ def dead_letter(
     return {
             "key": key,
             "stage": stage,
-            "error": error,
+            "error": writable(error),
             "http_status": http_status,
             "attempts": attempts,
             "failed_at": format_timestamp(failed_at or utc_now()),
