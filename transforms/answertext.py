@@ -8,15 +8,12 @@ parses the top-level object key by key with the standard library's own scanner
 Any body it does not read the same way as `json.loads` is left to `json.loads`.
 """
 import json
-import re
+import math
 from typing import Any, List, Optional
 
 _DECODER = json.JSONDecoder()
 _SPACE = json.decoder.WHITESPACE  # what json.loads skips between tokens
 SPACES = " \n\r\t"  # the same characters, for `in` tests
-# A positive exponent (patterns with a literal first character are the fast ones to search)
-_POSITIVE_EXPONENTS = (re.compile(r"e\+?\d"), re.compile(r"E\+?\d"))
-FLOAT_DIGITS = 309  # a float with this many digits before its point is too large: Infinity
 
 
 class Predictions(list):
@@ -37,11 +34,9 @@ def loads(raw: bytes) -> Any:
 
 
 def compact_text(text: str) -> Optional[str]:
-    """One value's text without the whitespace between its tokens; None when it may hold a
-    number that is no finite float, or has whitespace and a backslash (an escaped quote
-    would hide where its strings end): a JSON writer's job."""
-    if may_be_non_finite(text):
-        return None
+    """One value's text without the whitespace between its tokens; None when it has
+    whitespace and a backslash (an escaped quote would hide where its strings end): a JSON
+    writer's job."""
     if not any(space in text for space in SPACES):
         return text
     if "\\" in text:
@@ -51,15 +46,27 @@ def compact_text(text: str) -> Optional[str]:
     return '"'.join(parts)
 
 
-def may_be_non_finite(text: str) -> bool:
-    """Could a number in the text read as NaN or +-Infinity? The tokens NaN and Infinity
-    (which Python's json reads and strict JSON has not), or a number too large for a float
-    (`1e999`: a positive exponent, or FLOAT_DIGITS digits in a row, which only a stretch
-    that long between commas holds). One-character and literal searches: the fast ones."""
-    return (("N" in text and "NaN" in text) or ("I" in text and "Infinity" in text)
-            or any(exponent.search(text) for exponent in _POSITIVE_EXPONENTS)
-            or (len(text) >= FLOAT_DIGITS
-                and max(map(len, text.split(","))) >= FLOAT_DIGITS))
+def all_finite(value: Any) -> bool:
+    """Is every float in a JSON value finite (no NaN or +-Infinity, which Python's json reads
+    from NaN, Infinity and numbers too large for a float)? The common lists pass in C: a
+    list of numbers whose sum is finite, a list of strings that joins."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(map(all_finite, value.values()))
+    if kind is not list:
+        return True
+    try:
+        if math.isfinite(sum(value)):
+            return True
+    except (TypeError, OverflowError):  # not all numbers; or ints too large for a float
+        try:
+            "".join(value)
+            return True
+        except TypeError:
+            pass
+    return all(map(all_finite, value))
 
 
 def _object(text: str) -> Any:

@@ -48,9 +48,10 @@ def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
     """The prediction as compact, strict JSON text (the `prediction` column): its text as
     the endpoint `sent` it, when that is already compact or only needs its spaces dropped,
     else the value written out."""
-    compact = answertext.compact_text(sent) if sent is not None else None
-    if compact is not None:
-        return compact
+    if sent is not None and answertext.all_finite(prediction):
+        compact = answertext.compact_text(sent)
+        if compact is not None:
+            return compact
     try:
         text = json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
