@@ -46,8 +46,8 @@ def refused(error: str) -> Parsed:
 
 def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
     """The prediction as compact, strict JSON text (the `prediction` column): its text as
-    the endpoint `sent` it, when that is already compact or only needs its spaces dropped,
-    else the value written out."""
+    the endpoint `sent` it, spaces between tokens dropped, when its numbers are all finite;
+    else the value written out (LabelError when a number is not finite)."""
     if sent is not None and answertext.all_finite(prediction):
         compact = answertext.compact_text(sent)
         if compact is not None:
