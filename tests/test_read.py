@@ -209,6 +209,16 @@ def test_parse_jsonl_rows_and_errors():
     assert "line 5: no value in 'uri'" in str(out[3][1])
 
 
+def test_a_jsonl_row_with_an_escaped_lone_surrogate_is_a_row_error():
+    """`\\ud800` is valid JSON but no character: no UTF-8 writer (Beam's coder first) takes
+    the text it makes, so the row is refused as a raw non-UTF-8 row is."""
+    text = ('{"uri": "a.jpg", "id": "\\ud800"}\n'
+            '{"uri": "b.jpg", "note": "caf\\u00e9 \\ud83d\\ude00"}\n')
+    (first, error), (_, ref) = parse_rows("jsonl", lines_of(text), "/d/r.jsonl", RowSpec())
+    assert "line 1: not valid Unicode" in str(error)
+    assert ref.fields["note"] == "café \U0001F600"  # an escaped pair is one character
+
+
 def test_parse_filelist_skips_blanks_and_comments_and_ignores_row_fields():
     text = "# images\n\n/abs/a.jpg\n  rel/b.png  \n# end\n"
     spec = RowSpec(b64_field="img", key_field="id")

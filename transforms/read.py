@@ -31,7 +31,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
-from transforms.records import ImageRef, dead_letter
+from transforms.records import ImageRef, dead_letter, is_unicode
 
 FAILED = "failed"
 IMAGE, ROW = 0, 1  # the kinds of value SelectTodo groups by key (transforms.todo)
@@ -435,6 +435,9 @@ def parse_jsonl(lines: Iterable[Tuple[int, str]], source: str):
             if not isinstance(row, dict):
                 raise RowError(f"{source} line {number}: not a JSON object "
                                f"({type(row).__name__})")
+            if "\\u" in text and not is_unicode(json.dumps(row, ensure_ascii=False)):
+                raise RowError(f"{source} line {number}: not valid Unicode (an escaped lone "
+                               f"surrogate, such as \\ud800)")
             yield number, row
         except RowError as e:
             yield number, e
