@@ -65,8 +65,18 @@ def answer(shape, true_class):
         # a lone surrogate (JSON's "\ud800", no character): in a label, and beside the labels
         "surrogatelabel": {"labels": [c + "\ud800" for c in CLASSES], "scores": p},
         "surrogatenote": {"labels": list(CLASSES), "scores": p, "note": "\ud800"},
+        # an int too large for a float as a score, and a prediction nested 900 deep
+        "bigscore": {"labels": list(CLASSES), "scores": [10 ** 400, 0.1, 0.1]},
+        "deep": {"labels": list(CLASSES), "scores": p, "x": nested(900)},
     }
     return shapes[shape]
+
+
+def nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 class ShapeHandler(http.server.BaseHTTPRequestHandler):
@@ -223,6 +233,25 @@ def test_text_that_is_no_unicode_never_crashes_the_job(tmp_path, shape_server):
         sorted(k for k, (shape, _) in made.items() if shape == "surrogatelabel")
     assert all(d["stage"] == "parse" and "Unicode" in d["error"] for d in letters), letters
     assert len(read_predictions(str(tmp_path / "out" / "p"))) == len(rows)
+
+
+def test_answers_no_reader_can_take_are_dead_letters_not_a_failed_job(tmp_path, shape_server):
+    """A score Python cannot make a float (10**400, an int) and a prediction nested 900
+    deep (past what the readers recurse through) used to raise out of Predict and fail the
+    whole job; each is now a `parse` dead letter of its image."""
+    made = images(tmp_path / "images", ("bigscore", "deep", "labelsscores"))
+    summary = job(tmp_path, shape_server)
+    assert_accounted(summary)
+    rows = strict_lines(f"{tmp_path}/out/p-2*.jsonl")
+    assert sorted(r["key"] for r in rows) == \
+        sorted(k for k, (shape, _) in made.items() if shape == "labelsscores")
+    letters = {d["key"]: d for d in strict_lines(f"{summary['errors']}-*.jsonl")}
+    assert sorted(letters) == sorted(k for k, (shape, _) in made.items()
+                                     if shape != "labelsscores")
+    for key, letter in letters.items():
+        assert letter["stage"] == "parse", letter
+        assert ("too large" if made[key][0] == "bigscore" else "nested too deeply") in \
+            letter["error"], letter
 
 
 def test_custom_shape_by_field_paths_and_prediction_column_left_out(tmp_path, shape_server):

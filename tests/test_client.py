@@ -130,6 +130,15 @@ def test_text_from_the_server_that_is_no_unicode_is_written_escaped():
     json.dumps(letter, ensure_ascii=False).encode("utf-8")  # writable
 
 
+def test_answers_too_odd_to_read_are_failures_not_exceptions():
+    """An error naming an instance by a 5,000-digit number (past int()'s limit), and a body
+    nested 5,000 deep (past the JSON reader's recursion) are each an Answer that fails."""
+    assert culprit("HTTP 400: bad instance " + "9" * 5000, 400, 4) is None
+    deep = b'{"predictions":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answer = sort_response(200, deep, None, RetryPolicy(), MLEngine().decode)
+    assert answer.body is None and answer.cause == "non_json"
+
+
 def test_auth_modes():
     assert resolve_auth("auto", "https://ml.googleapis.com/v1/x:predict") == "adc"
     assert resolve_auth("auto", "https://us-central1-aiplatform.googleapis.com/v1/x:predict") \

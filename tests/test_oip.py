@@ -180,6 +180,27 @@ def test_binary_outputs_of_the_wrong_size_are_unreadable():
         decode_response(header + b"\0" * 7, {HEADER_LENGTH: str(len(header))})
 
 
+@pytest.mark.parametrize("parameters, datatype", [
+    ([1], "FP32"), ({"binary_data_size": "4"}, "FP32"), ({"binary_data_size": 4.0}, "FP32"),
+    ({"binary_data_size": 4}, [])])
+def test_binary_output_headers_of_the_wrong_json_type_are_unreadable(parameters, datatype):
+    header = json.dumps({"outputs": [{"name": "s", "datatype": datatype, "shape": [1],
+                                      "parameters": parameters}]}).encode()
+    with pytest.raises(ValueError, match="malformed binary output header"):
+        decode_response(header + b"\0" * 4, {HEADER_LENGTH: str(len(header))})
+
+
+@pytest.mark.parametrize("shape, depth", [([float("inf")], 0), ([1], 3000)])
+def test_output_tensors_that_cannot_be_read_are_response_errors(shape, depth):
+    """A shape of Infinity (no int), and data nested 3,000 deep (past the reader's
+    recursion, and past what the error's snippet can print)."""
+    data = [1.0]
+    for _ in range(depth):
+        data = [data]
+    with pytest.raises(ResponseError, match="unreadable output tensor"):
+        output_tensors({"outputs": [output("a", "FP32", shape, data)]})
+
+
 def test_model_name_prefers_the_vertex_deployed_model_header():
     response = decode_response(b'{"model_name": "m", "outputs": []}',
                                {"X-Vertex-AI-Deployed-Model-id": "123"})

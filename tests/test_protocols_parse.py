@@ -84,6 +84,17 @@ def test_automl_payload_with_other_label():
                                                       response["payload"]))]
 
 
+@pytest.mark.parametrize("protocol, raw", [
+    ("automl", b'{"payload":[{"displayName":"rose","classification":{"score":1%s}}]}'),
+    ("vertex", b'{"predictions":[{"displayNames":["a"],"confidences":[0.5],'
+               b'"bboxes":[[0,1%s,0,1]]}]}'),
+    ("mlengine", b'{"predictions":[{"a":1%s}]}')])
+def test_an_int_too_large_for_a_float_is_refused(protocol, raw):
+    protocol = make_protocol(protocol)
+    (parsed,) = protocol.parse(protocol.decode(raw % (b"0" * 400), {}), 1)
+    assert parsed.error is not None and "too large" in parsed.error
+
+
 def test_automl_label_that_is_no_unicode_is_refused():
     response = AutoML().decode(b'{"payload":[{"displayName":"rose\\ud800",'
                                b'"classification":{"score":0.9}}]}', {})

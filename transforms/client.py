@@ -117,7 +117,7 @@ def sort_response(status: int, raw: bytes, retry_after: Optional[float],
     Answer: its body decoded (by the protocol), its failure described."""
     try:
         parsed = decode(raw, headers or {})
-    except ValueError:  # includes UnicodeDecodeError
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError; nested too deeply
         parsed = None
     if policy.is_retryable(status):
         return Answer(status, parsed, describe(status, parsed, raw), f"http_{status}",
@@ -239,7 +239,8 @@ def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: 
         parsed = protocol.parse(answer.body, len(keys))
     except ResponseError as e:
         raise RequestFailed(str(e), "predict" if error_message(answer.body) else "parse")
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError,
+            RecursionError) as e:
         raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", "parse")
     model = writable(protocol.model_name(answer.body, endpoint))
     now = utc_now()

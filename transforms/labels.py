@@ -71,6 +71,8 @@ def score(value: Any) -> float:
         number = float(value)
     except ValueError:
         raise LabelError(f"score {snippet(value)} is not a number")
+    except OverflowError:  # an int too large for a float
+        raise LabelError(f"score {snippet(value)} is not a finite number (too large)")
     if not math.isfinite(number):
         raise LabelError(f"score {snippet(value)} is not a finite number "
                          "(NaN and Infinity are never written)")
@@ -83,7 +85,7 @@ def scores(values: Any) -> List[float]:
         raise LabelError(f"scores {snippet(values)} are not a list")
     try:
         numbers = [float(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         numbers = None
     if numbers is None or bool in set(map(type, values)) or not all(
             map(math.isfinite, numbers)):

@@ -197,7 +197,10 @@ def decode_response(raw: bytes, headers: Mapping[str, str]) -> Any:
         return with_model_id(json.loads(raw) if raw else None, headers)
     size = int(length)
     response = json.loads(raw[:size])
-    _inline_binary(response, raw[size:])
+    try:
+        _inline_binary(response, raw[size:])
+    except (AttributeError, TypeError) as e:  # a header field of the wrong JSON type
+        raise ValueError(f"malformed binary output header: {e}")
     return with_model_id(response, headers)
 
 
@@ -247,7 +250,7 @@ def output_tensors(response: Any) -> List[Tensor]:
             shape = tuple(int(d) for d in output["shape"])
             tensors.append(Tensor(str(output["name"]), str(output["datatype"]), shape,
                                   _flat(output["data"])))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError, RecursionError):
             raise ResponseError(f"unreadable output tensor: {_snippet(output)}")
         if len(tensors[-1].data) != math.prod(shape):
             raise ResponseError(f"output {tensors[-1].name!r} of shape {list(shape)} has "

@@ -74,6 +74,8 @@ def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
         text = prediction_text(prediction, sent) if keep_prediction else None
     except LabelError as e:
         return refused(str(e))
+    except RecursionError:
+        return refused("prediction is nested too deeply to read")
     return Parsed(named.labels, prediction=text)
 
 
@@ -286,7 +288,7 @@ def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = L
     raise ValueError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
 
 
-_INSTANCE_INDEX = re.compile(r"instances?\s*\[?\s*(\d+)", re.IGNORECASE)
+_INSTANCE_INDEX = re.compile(r"instances?\s*\[?\s*(\d{1,9})(?!\d)", re.IGNORECASE)
 
 
 def with_model_id(response: Any, headers: Mapping[str, str]) -> Any:
@@ -374,5 +376,8 @@ def resource_name(endpoint: str) -> str:
 
 
 def _snippet(value: Any, limit: int = 200) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
+    try:
+        text = json.dumps(value) if not isinstance(value, str) else value
+    except RecursionError:
+        text = f"(a {type(value).__name__} nested too deeply to show)"
     return text if len(text) <= limit else text[:limit] + "..."
