@@ -201,7 +201,8 @@ def check_v2_model(config: JobConfig) -> V2:
         return client.protocol
     try:
         return check_model(client.protocol, client.endpoint, headers,
-                           min(client.request_timeout_s, PREFLIGHT_TIMEOUT_S))
+                           min(client.request_timeout_s, PREFLIGHT_TIMEOUT_S),
+                           client.max_response_bytes)
     except (NotReady, ValueError) as e:
         raise ConfigError(str(e))
 

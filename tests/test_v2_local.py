@@ -1,14 +1,17 @@
 """`--protocol v2` end to end against the project's own server speaking the Open Inference
 Protocol (JSON and binary, BYTES and pixel tensors), and the v2 preflight."""
 import json
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from localserver.demo import LABEL_COLOURS
 from pipeline.config import ConfigError
 from pipeline.run import run
+from transforms.oip import V2, NotReady, check_model
 from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
                            read_predictions, write_poison_jpeg)
 
@@ -190,3 +193,76 @@ def test_label_and_score_fields_name_the_output_tensors(tmp_path, server):
     with pytest.raises(ConfigError, match="--scores_field probs: the model's outputs are "
                                           "labels, scores"):
         job(tmp_path, server.endpoint("v2"), "--scores_field", "probs")
+
+
+class MisbehavingServer:
+    """A raw 127.0.0.1 socket server for the v2 start-up checks: `drip` sends its status line
+    and headers one byte every 0.2 s (for at most 60 s); `endless` answers 200 with a chunked
+    body of 64 KiB chunks that does not end (for at most 256 MiB)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.listener.settimeout(0.5)
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection):
+        with connection:
+            try:
+                connection.recv(65536)
+                if self.kind == "drip":
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 300:
+                        if self.stop.wait(0.2):
+                            return
+                        connection.sendall(bytes([byte]))
+                else:
+                    connection.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+                    for _ in range(4096):
+                        if self.stop.is_set():
+                            return
+                        connection.sendall(chunk)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize("kind, message", [("drip", "did not answer within 1 s"),
+                                           ("endless", "more than 1000000 bytes")])
+def test_start_up_checks_keep_to_the_timeout_and_the_reply_cap(kind, message):
+    """A server that drips its headers, or sends an endless body, is refused within the
+    check's own timeout and the reply-size cap (it used to hold the job for as long as the
+    server kept going: urllib's timeout is per read, and the body was read whole)."""
+    server = MisbehavingServer(kind)
+    outcome = {}
+
+    def check():
+        try:
+            check_model(V2(), f"http://127.0.0.1:{server.port}/v2/models/m/infer",
+                        timeout_s=1.0, max_bytes=1_000_000)
+        except NotReady as e:
+            outcome["error"] = str(e)
+
+    try:
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        thread.join(30)  # a guard against a hang, far above the 1 s asked for
+        assert not thread.is_alive(), f"the {kind} server held the check for 30 s"
+        assert message in outcome.get("error", ""), outcome
+    finally:
+        server.close()

@@ -12,10 +12,14 @@ named and checked by `transforms.labels`; an image whose rows cannot be read is 
 alone. Every output's first dimension must be the image count (a ResponseError otherwise).
 """
 import dataclasses
+import http.client
 import json
 import math
 import re
+import socket
 import struct
+import threading
+import urllib.parse
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
@@ -318,7 +322,7 @@ class NotReady(Exception):
 
 
 def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]] = None,
-                timeout_s: float = 10.0) -> V2:
+                timeout_s: float = 10.0, max_bytes: int = 1 << 20) -> V2:
     """Server ready, model ready, and the protocol completed from the model metadata (the
     input name when the model has one input; the output names for binary or classification
     outputs). NotReady when the server or model is not ready, ValueError when the model does
@@ -328,10 +332,10 @@ def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]
         raise ValueError(f"--protocol v2 needs an endpoint ending in "
                          f"/v2/models/NAME[/versions/V]/infer, not {endpoint!r}")
     base, model = where
-    _get(base + "/v2/health/ready", "server", headers, timeout_s)
+    _get(base + "/v2/health/ready", "server", headers, timeout_s, max_bytes)
     _get(base + model + "/ready", f"model {model.split('/v2/models/', 1)[1]}", headers,
-         timeout_s)
-    metadata = _get(base + model, "model metadata", headers, timeout_s)
+         timeout_s, max_bytes)
+    metadata = _get(base + model, "model metadata", headers, timeout_s, max_bytes)
     inputs = _tensors(metadata, "inputs")
     name = protocol.input_name or _only_input(inputs)
     _check_input(protocol, name, inputs)
@@ -344,24 +348,48 @@ def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]
     return protocol.with_model(name, wanted)
 
 
-def _get(url: str, what: str, headers, timeout_s: float) -> Any:
-    import urllib.error
-    import urllib.request
-    request = urllib.request.Request(url, headers=dict(headers or {}))
+def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:
+    """GET `url`'s JSON within `timeout_s` in all (a watchdog shuts the socket at the
+    deadline: a socket timeout only bounds each read) and at most `max_bytes` of body.
+    NotReady, naming `what`, when it is not a 200 in time."""
+    parts = urllib.parse.urlsplit(url)
+    connection = (http.client.HTTPSConnection if parts.scheme == "https"
+                  else http.client.HTTPConnection)(parts.netloc, timeout=timeout_s)
+    late = threading.Event()
+    watchdog = threading.Timer(timeout_s, _shut, (connection, late))
+    watchdog.start()
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as e:
-        detail = e.read()[:200].decode("utf-8", "replace").strip()
-        raise NotReady(f"{what} is not ready: GET {url} answered HTTP {e.code}"
+        connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")),
+                           headers=dict(headers or {}))
+        response = connection.getresponse()
+        raw = response.read(max_bytes + 1)
+    except (OSError, http.client.HTTPException) as e:
+        if late.is_set():
+            raise NotReady(f"{what} did not answer within {timeout_s:g} s: GET {url}")
+        raise NotReady(f"{what} is not reachable: GET {url}: {e or type(e).__name__}")
+    finally:
+        watchdog.cancel()
+        connection.close()
+    if response.status != 200:
+        detail = raw[:200].decode("utf-8", "replace").strip()
+        raise NotReady(f"{what} is not ready: GET {url} answered HTTP {response.status}"
                        + (f": {detail}" if detail else ""))
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise NotReady(f"{what} is not reachable: GET {url}: {reason}")
+    if len(raw) > max_bytes:
+        raise NotReady(f"{what} answered more than {max_bytes} bytes: GET {url}")
     try:
         return json.loads(raw) if raw else {}
     except ValueError:
         return {}
+
+
+def _shut(connection: http.client.HTTPConnection, late: threading.Event):
+    """The deadline passed: end whatever read or write `connection` is blocked in."""
+    late.set()
+    if connection.sock is not None:
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _tensors(metadata: Any, field: str) -> List[dict]:
