@@ -168,6 +168,49 @@ def test_bad_images_fail_at_decode(data, message):
     assert message in str(error.value)
 
 
+def layered_jpeg(side: int, scans: int) -> bytes:
+    """A grey progressive JPEG of `side` x `side` pixels (a multiple of 8), all blocks flat:
+    one DC scan, then `scans - 1` AC scans that each skip every block with one EOB run."""
+    def segment(marker, payload):
+        return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    def packed(bits):  # Huffman bits to bytes, padded with 1s, 0xFF stuffed
+        bits += "1" * (-len(bits) % 8)
+        raw = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+        return raw.replace(b"\xff", b"\xff\x00")
+
+    blocks = (side // 8) ** 2
+    ac_scan = segment(0xDA, b"\x01\x01\x00\x01\x3f\x00") + packed("0" + "1" * 14)
+    return b"".join([
+        b"\xff\xd8", segment(0xDB, b"\x00" + bytes([1] * 64)),
+        segment(0xC2, struct.pack(">BHHB", 8, side, side, 1) + b"\x01\x11\x00"),
+        segment(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00"),  # DC: code 0 = no change
+        segment(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0"),  # AC: code 0 = EOB run
+        segment(0xDA, b"\x01\x01\x00\x00\x00\x00") + packed("0" * blocks),
+        ac_scan * (scans - 1), b"\xff\xd9"])
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_it_is_decoded():
+    """Each scan of a progressive JPEG can cost a pass over the pixels: 100,000 scans in a
+    3 MB file held a job for minutes. Past MAX_JPEG_SCANS it is a decompression bomb;
+    an ordinary layering (Pillow's progressive JPEG, or this one at 20 scans) is decoded."""
+    protocol = make_protocol("mlengine")
+    with pytest.raises(ImageError) as error:
+        encode_instance("k", layered_jpeg(64, encode.MAX_JPEG_SCANS + 1), protocol,
+                        1_500_000, image_size=(32, 32))
+    assert error.value.stage == "decode" and "scans" in str(error.value)
+    assert decoded(layered_jpeg(64, 20)).size == (64, 64)
+    for data in (layered_jpeg(64, 20), jpeg_bytes_progressive()):
+        instance = encode_instance("k", data, protocol, 1_500_000, image_size=(32, 32))
+        assert decoded(base64.b64decode(json.loads(instance.body)["b64"])).size == (32, 32)
+
+
+def jpeg_bytes_progressive() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "JPEG", progressive=True)
+    return buf.getvalue()
+
+
 def test_truncated_jpeg_passes_the_header_check():
     """Its header parses, so it is sent as it is; the server rejects it (stage predict)."""
     data = noisy_jpeg((100, 100))
