@@ -225,6 +225,45 @@ def test_a_persistent_5xx_is_split_with_short_retries_until_each_image_is_alone(
     assert stats.retries == {"http_503": 3 + 2 + 4}
 
 
+class Unavailable(http.server.BaseHTTPRequestHandler):
+    """503 to every POST, saying when to come back: `Retry-After: 1`."""
+    posts = 0
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts += 1
+        body = b'{"error": {"code": 503, "message": "down for maintenance"}}'
+        self.send_response(503)
+        self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_5xx_that_says_when_to_come_back_is_not_split():
+    """A 503 with Retry-After is the server's state, not a bad image: the request is retried
+    as the server asks and then fails whole. Split, each half would wait Retry-After again:
+    six waits of up to 300 s for a request of 32, while the job's early stop waits for it."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{httpd.server_address[1]}/v1/projects/p/models/m:predict"
+        keys, instances, _ = batch(MLEngine(), 4)
+        outcomes, stats = predict(ClientSettings(endpoint, MLEngine(), retry=RetryPolicy(
+            max_retries=1, base_delay_s=0.01, max_delay_s=0.05)), keys, instances)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert stats.splits == 0 and stats.requests == Unavailable.posts == 2
+    assert [(o.ok, o.record["stage"], o.record["http_status"], o.record["attempts"])
+            for o in outcomes] == [(False, "predict", 503, 2)] * 4
+    assert "down for maintenance" in outcomes[0].record["error"]
+
+
 class DropsAfterAnError(socketserver.StreamRequestHandler):
     """Answers like uvicorn under KServe after a model exception: a 500 that does not say
     `Connection: close`, then (once its traceback is logged) the connection is closed with

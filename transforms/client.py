@@ -143,9 +143,10 @@ def _snippet(raw: bytes) -> str:
 
 def splittable(answer: Answer) -> bool:
     """Could one bad instance be to blame for a request's last answer? A 400/413, a 200 that
-    is no good answer, or a 5xx that persisted through its retries."""
+    is no good answer, or a 5xx that persisted through its retries, unless it said when to
+    come back (Retry-After: the server's state, not an image's)."""
     if answer.exhausted:
-        return persistent_server_error(answer)
+        return persistent_server_error(answer) and answer.retry_after is None
     return answer.status in SPLIT_STATUSES or answer.status == 200
 
 
