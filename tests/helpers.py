@@ -1,8 +1,10 @@
 """Helpers shared by the test modules: demo images, output readers, summary and schema checks,
 and small request batches for the client and Predict tests. Fixtures live in conftest.py."""
 import collections
+import contextlib
 import dataclasses
 import glob
+import http.server
 import io
 import json
 import os
@@ -10,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
@@ -239,3 +242,30 @@ def one_error_line(result):
 def exactly_once(keys):
     """The keys that do not occur exactly once, with their counts (empty: each once)."""
     return {k: n for k, n in collections.Counter(keys).items() if n != 1}
+
+
+# -- Small HTTP servers written in a test ------------------------------------------------------
+
+def reply(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes, **headers):
+    """Answer a request of an http.server handler: status, headers (`Retry_After` ->
+    `Retry-After`), Content-Length, body."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextlib.contextmanager
+def serving(handler_class):
+    """A ThreadingHTTPServer on 127.0.0.1 running `handler_class`, shut down on exit."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)

@@ -13,14 +13,14 @@ import json
 import logging
 import math
 import os
-import threading
 
 import pyarrow.parquet as pq
 import pytest
 
 from localserver.demo import write_image
 from pipeline.run import run
-from tests.helpers import assert_accounted, read_dead_letters, read_predictions
+from tests.helpers import (assert_accounted, read_dead_letters, read_predictions, reply,
+                           serving)
 from transforms.labels import INDEX_WARNING
 
 CLASSES = ("cat", "dog", "cow")
@@ -88,12 +88,8 @@ class ShapeHandler(http.server.BaseHTTPRequestHandler):
             base64.b64decode(instance["image"]["b64"], validate=True)
             shape, true_class = os.path.basename(instance["key"]).rsplit("_", 1)[0].split("__")
             predictions.append(answer(shape, true_class))
-        raw = json.dumps({"predictions": predictions}).encode()  # NaN as Python writes it
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+        reply(self, 200, json.dumps({"predictions": predictions}).encode(),  # NaN as Python
+              Content_Type="application/json")                               # writes it
 
     def log_message(self, *args):
         pass
@@ -101,14 +97,9 @@ class ShapeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def shape_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ShapeHandler)
-    server.requests = 0
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
+    with serving(ShapeHandler) as server:
+        server.requests = 0
+        yield server
 
 
 def images(folder, shapes, classes=CLASSES):

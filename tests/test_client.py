@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch
+from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch, reply, serving
 from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
 from transforms.client import (Answer, ClientSettings, PredictClient, RequestFailed, culprit,
                                read_answer, sort_response, splittable)
@@ -232,12 +232,8 @@ class Unavailable(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server's name)
         self.rfile.read(int(self.headers["Content-Length"]))
         type(self).posts += 1
-        body = b'{"error": {"code": 503, "message": "down for maintenance"}}'
-        self.send_response(503)
-        self.send_header("Retry-After", "1")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, 503, b'{"error": {"code": 503, "message": "down for maintenance"}}',
+              Retry_After="1")
 
     def log_message(self, *args):
         pass
@@ -247,17 +243,11 @@ def test_a_5xx_that_says_when_to_come_back_is_not_split():
     """A 503 with Retry-After is the server's state, not a bad image: the request is retried
     as the server asks and then fails whole. Split, each half would wait Retry-After again:
     six waits of up to 300 s for a request of 32, while the job's early stop waits for it."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Unavailable) as httpd:
         endpoint = f"http://127.0.0.1:{httpd.server_address[1]}/v1/projects/p/models/m:predict"
         keys, instances, _ = batch(MLEngine(), 4)
         outcomes, stats = predict(ClientSettings(endpoint, MLEngine(), retry=RetryPolicy(
             max_retries=1, base_delay_s=0.01, max_delay_s=0.05)), keys, instances)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert stats.splits == 0 and stats.requests == Unavailable.posts == 2
     assert [(o.ok, o.record["stage"], o.record["http_status"], o.record["attempts"])
             for o in outcomes] == [(False, "predict", 503, 2)] * 4
@@ -497,14 +487,10 @@ class TokenEndpoint:
                 endpoint.claims.append(json.loads(base64.urlsafe_b64decode(
                     payload + "=" * (-len(payload) % 4))))
                 index = min(len(endpoint.claims), len(endpoint.tokens)) - 1
-                body = json.dumps({"access_token": endpoint.tokens[index],
-                                   "expires_in": endpoint.expires_in,
-                                   "token_type": "Bearer"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                reply(self, 200, json.dumps({"access_token": endpoint.tokens[index],
+                                             "expires_in": endpoint.expires_in,
+                                             "token_type": "Bearer"}).encode(),
+                      Content_Type="application/json")
 
             def log_message(self, *args):
                 pass
