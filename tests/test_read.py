@@ -219,6 +219,12 @@ def test_a_jsonl_row_with_an_escaped_lone_surrogate_is_a_row_error():
     assert ref.fields["note"] == "café \U0001F600"  # an escaped pair is one character
 
 
+def test_a_jsonl_row_nested_past_the_readers_recursion_is_a_row_error():
+    text = '{"uri": "a.jpg", "x": ' + "[" * 5000 + "]" * 5000 + "}\n"
+    ((_, error),) = parse_rows("jsonl", lines_of(text), "/d/r.jsonl", RowSpec())
+    assert "line 1: JSON nested too deeply" in str(error)
+
+
 def test_parse_filelist_skips_blanks_and_comments_and_ignores_row_fields():
     text = "# images\n\n/abs/a.jpg\n  rel/b.png  \n# end\n"
     spec = RowSpec(b64_field="img", key_field="id")

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -264,5 +265,35 @@ def test_start_up_checks_keep_to_the_timeout_and_the_reply_cap(kind, message):
         thread.join(30)  # a guard against a hang, far above the 1 s asked for
         assert not thread.is_alive(), f"the {kind} server held the check for 30 s"
         assert message in outcome.get("error", ""), outcome
+    finally:
+        server.close()
+
+
+def test_the_start_up_deadline_holds_when_it_passes_before_the_connection(monkeypatch):
+    """A name lookup slower than the whole timeout, then a server that drips: the deadline
+    passed while there was no socket to shut, and must still end the check."""
+    server = MisbehavingServer("drip")
+    lookup = socket.getaddrinfo
+
+    def slow_lookup(*args, **kwargs):
+        time.sleep(1.2)  # a slow resolver: longer than the check's whole timeout
+        return lookup(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    outcome = {}
+
+    def check():
+        try:
+            check_model(V2(), f"http://127.0.0.1:{server.port}/v2/models/m/infer",
+                        timeout_s=1.0, max_bytes=1_000_000)
+        except NotReady as e:
+            outcome["error"] = str(e)
+
+    try:
+        thread = threading.Thread(target=check, daemon=True)
+        thread.start()
+        thread.join(30)  # a guard against a hang, far above the 1 s asked for
+        assert not thread.is_alive(), "the drip held the check for 30 s"
+        assert "did not answer within 1 s" in outcome.get("error", ""), outcome
     finally:
         server.close()

@@ -359,6 +359,9 @@ def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:
     watchdog = threading.Timer(timeout_s, _shut, (connection, late))
     watchdog.start()
     try:
+        connection.connect()
+        if late.is_set():  # the deadline passed before there was a socket to shut
+            raise TimeoutError()
         connection.request("GET", urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")),
                            headers=dict(headers or {}))
         response = connection.getresponse()
@@ -366,7 +369,7 @@ def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:
     except (OSError, http.client.HTTPException) as e:
         if late.is_set():
             raise NotReady(f"{what} did not answer within {timeout_s:g} s: GET {url}")
-        raise NotReady(f"{what} is not reachable: GET {url}: {e or type(e).__name__}")
+        raise NotReady(f"{what} is not reachable: GET {url}: {str(e) or type(e).__name__}")
     finally:
         watchdog.cancel()
         connection.close()
@@ -385,9 +388,10 @@ def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:
 def _shut(connection: http.client.HTTPConnection, late: threading.Event):
     """The deadline passed: end whatever read or write `connection` is blocked in."""
     late.set()
-    if connection.sock is not None:
+    sock = connection.sock  # read once: the caller may close the connection meanwhile
+    if sock is not None:
         try:
-            connection.sock.shutdown(socket.SHUT_RDWR)
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 

@@ -432,6 +432,8 @@ def parse_jsonl(lines: Iterable[Tuple[int, str]], source: str):
                 row = json.loads(text)
             except ValueError as e:
                 raise RowError(f"{source} line {number}: not JSON ({e})")
+            except RecursionError:
+                raise RowError(f"{source} line {number}: JSON nested too deeply to read")
             if not isinstance(row, dict):
                 raise RowError(f"{source} line {number}: not a JSON object "
                                f"({type(row).__name__})")
