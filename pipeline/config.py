@@ -166,6 +166,8 @@ def read_yaml(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read --config {path}: not UTF-8 text (byte {e.start})")
     except (OSError, yaml.YAMLError) as e:  # a YAML error spans several lines
         raise ConfigError(f"cannot read --config {path}: {' '.join(str(e).split())}")
     if not isinstance(data, dict):
@@ -285,13 +287,15 @@ def worker_processes(options: PipelineOptions) -> int:
     return max(1, workers.max_num_workers or workers.num_workers or 1)
 
 
+MAX_QPS = 1_000_000  # a limiter keeps one send time per request of its one-second window
+
 # Numeric flags: (name, smallest allowed, largest allowed or None, whether the smallest is
 # allowed itself). Every value must be a finite number.
 NUMBER_RULES = (
     ("max_instances_per_request", 1, None, True),
     ("max_request_bytes", 1, None, True),
     ("max_concurrent_requests", 1, None, True),
-    ("qps", 0, None, True),
+    ("qps", 0, MAX_QPS, True),
     ("qps_worker_processes", 1, None, True),
     ("max_retries", 0, None, True),
     ("request_timeout_s", 0, None, False),

@@ -140,9 +140,11 @@ def test_no_code_depends_on_private_parser_classes():
         assert not [n for n in PRIVATE_PARSER_NAMES if n in text], path
 
 
-def test_a_config_that_is_not_yaml_is_one_line(tmp_path):
+@pytest.mark.parametrize("text", [b"input: [a\n", b"output: caf\xe9\n"])
+def test_a_config_that_is_not_yaml_is_one_line(tmp_path, text):
+    """Not YAML, or not UTF-8 text (a Latin-1 file)."""
     path = tmp_path / "c.yaml"
-    path.write_text("input: [a\n")
+    path.write_bytes(text)
     with pytest.raises(ConfigError) as raised:
         parse_options(["--config", str(path)])
     assert str(raised.value).startswith(f"cannot read --config {path}: ")

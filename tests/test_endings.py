@@ -83,6 +83,14 @@ def test_bad_numbers_are_refused_with_one_line(images, tmp_path, flag, value):
     assert flag in line and value in line
 
 
+def test_a_qps_no_limiter_can_hold_is_refused_with_one_line(images, tmp_path):
+    """--qps 1e300 is finite, and used to fail the job with tracebacks (the limiter keeps
+    one send time per request of its window)."""
+    line = one_error_line(cli("--input", images, "--endpoint", "http://127.0.0.1:9/m:predict",
+                              "--output", str(tmp_path / "o"), "--qps=1e300"))
+    assert "--qps must be a number between 0 and 1000000" in line
+
+
 def corrupt_exif_jpeg(path):
     """A JPEG whose EXIF block is cut short: Pillow warns about it when the header is read."""
     buf = io.BytesIO()
