@@ -29,7 +29,7 @@ from transforms.labels import LabelSpec, check_field_path, check_label_names, lo
 from transforms.predict import FailureThreshold, PredictSettings
 from transforms.protocols import Protocol, make_protocol
 from transforms.ratelimit import worker_share
-from transforms.read import InputSource, RowSpec, escaped_key, input_sources
+from transforms.read import InputSource, RowSpec, escaped_key, has_glob, input_sources
 from transforms.retry import RetryPolicy
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
@@ -467,6 +467,11 @@ def output_settings(o: PredictOptions, options: PipelineOptions, date: str, run_
     if errors is not None and errors == output:
         raise ValueError("--errors must differ from --output: dead letters and JSONL "
                          "predictions would share shard names")
+    for flag, path in (("--output", output), ("--errors", errors)):
+        if path and has_glob(path):
+            raise ValueError(f"{flag} {path} holds a glob character (*, ? or [): Beam's file "
+                             f"sinks read the paths they write as patterns; use a name "
+                             f"without them")
     return dict(
         output=output,
         output_format=o.output_format,

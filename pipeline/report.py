@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
+from transforms.read import quote_glob
 
 CONTACT_SHEET_SIZE = 24
 THUMBNAIL_PX = 160
@@ -47,7 +48,9 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
-def matching(pattern: str) -> List[str]:
+def matching(prefix: str, rest: str) -> List[str]:
+    """The files named `prefix` + something `rest` (a glob) matches."""
+    pattern = quote_glob(prefix) + rest
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
@@ -60,14 +63,14 @@ def read_summary(prefix: str) -> dict:
 
 def read_metrics(prefix: str) -> dict:
     """The run's counters and distributions, or {} for a run written before they were kept."""
-    if not matching(f"{prefix}-metrics.json"):
+    if not matching(prefix, "-metrics.json"):
         return {}
     return json.loads(read_text(f"{prefix}-metrics.json"))
 
 
 def prediction_rows(prefix: str) -> Iterable[dict]:
     """key, top_label, top_score and predicted_at of every prediction (Parquet, else JSONL)."""
-    parquet = matching(f"{prefix}-*.parquet")
+    parquet = matching(prefix, "-*.parquet")
     if parquet:
         import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
         columns = ["key", "top_label", "top_score", "predicted_at"]
@@ -77,7 +80,7 @@ def prediction_rows(prefix: str) -> Iterable[dict]:
             for batch in table.to_batches():
                 yield from batch.to_pylist()
         return
-    for path in matching(f"{prefix}-*.jsonl"):
+    for path in matching(prefix, "-*.jsonl"):
         for line in read_text(path).splitlines():
             if line.strip():
                 row = json.loads(line)
@@ -88,7 +91,7 @@ def prediction_rows(prefix: str) -> Iterable[dict]:
 def dead_letter_rows(errors_prefix: Optional[str]) -> Iterable[dict]:
     if not errors_prefix:
         return
-    for path in matching(f"{errors_prefix}-*.jsonl"):
+    for path in matching(errors_prefix, "-*.jsonl"):
         for line in read_text(path).splitlines():
             if line.strip():
                 yield json.loads(line)
@@ -219,7 +222,7 @@ def thumbnail(key: str) -> Optional[str]:
     """A JPEG data URI of the image at `key`, or None when it cannot be read as an image."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
-        sizes = FileSystems.match([key], limits=[1])[0].metadata_list
+        sizes = FileSystems.match([quote_glob(key)], limits=[1])[0].metadata_list
         if not sizes or sizes[0].size_in_bytes > MAX_THUMBNAIL_SOURCE_BYTES:
             return None
         with FileSystems.open(key) as f:

@@ -36,7 +36,7 @@ from transforms import metrics
 from transforms.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
 from transforms.oip import V2, NotReady, check_model, is_raw_predict
-from transforms.read import check_input, first_match, open_path
+from transforms.read import check_input, first_match, open_path, quote_glob
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
@@ -159,7 +159,7 @@ def check_writable(prefix: str, flag: str):
     probe = f"{prefix}-preflight.tmp"
     try:
         FileSystems.create(probe).close()
-        FileSystems.delete([probe])
+        FileSystems.delete([quote_glob(probe)])  # Beam's delete takes a pattern
     except Exception as e:  # Beam's filesystems raise several types
         raise ConfigError(f"cannot write under {flag} {prefix}: {_first_line(e)}")
 

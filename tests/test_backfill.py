@@ -20,8 +20,8 @@ from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
 from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, check_jsonl_against_schema_file,
-                           counters, exactly_once, labelled_images, read_dead_letters,
-                           read_predictions)
+                           cli, counters, exactly_once, labelled_images, one_error_line,
+                           read_dead_letters, read_predictions)
 from transforms.read import Outputs
 from transforms.records import ImageRef, prediction_schema
 from transforms.todo import SelectTodo
@@ -116,6 +116,35 @@ def test_rerun_with_skip_existing_sends_zero_requests(tmp_path, server):
     out = os.path.dirname(first["output"])
     rows = read_predictions(os.path.join(out, "pred"), "jsonl")
     assert exactly_once(r["key"] for r in rows) == {} and len(rows) == len(truth)
+
+
+@pytest.mark.parametrize("name", ["a*b/pred", "q?/pred", "out/pred[1]"])
+def test_an_output_prefix_with_glob_characters_is_one_line(tmp_path, name):
+    """Beam's file sinks, delete and match read paths as patterns: such a run used to fail
+    after writing its shards (its parts could not be deleted), or be refused with an error
+    about deleting a probe file."""
+    (tmp_path / "images").mkdir()
+    write_image(str(tmp_path / "images" / "a.png"), "red")
+    line = one_error_line(cli("--input", str(tmp_path / "images"), "--endpoint",
+                              "http://127.0.0.1:9/v1/projects/p/models/m:predict",
+                              "--output", str(tmp_path / name)))
+    assert f"--output {tmp_path / name} holds a glob character" in line, line
+
+
+def test_images_and_parts_under_glob_characters_are_found_literally(tmp_path, server):
+    """Input folders may hold glob characters; so may the earlier runs' files a backfill
+    and the report look for, which are found by pattern with the characters quoted."""
+    truth = labelled_images(tmp_path / "set[1]" / "a*b", LABELS)
+    (tmp_path / "set1" / "ab").mkdir(parents=True)  # what a pattern would match too
+    first = job(tmp_path / "set[1]" / "a*b", server, tmp_path / "out" / "pred",
+                "--skip_existing", "--report")
+    assert_accounted(first)
+    assert first["predicted"] == len(truth)
+    report = open(first["report"], encoding="utf-8").read()
+    assert report.count("data:image/jpeg;base64,") >= len(truth)  # thumbnails were read
+    second = job(tmp_path / "set[1]" / "a*b", server, tmp_path / "out" / "pred",
+                 "--skip_existing")
+    assert second["skipped_by_reason"] == {"existing": len(truth)} and second["requests"] == 0
 
 
 def test_templated_paths_give_each_run_its_own_place(tmp_path, server):

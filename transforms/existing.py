@@ -25,6 +25,7 @@ from apache_beam.io.textio import ReadAllFromText
 
 from transforms import metrics
 from transforms.parts import read_parquet_part
+from transforms.read import quote_glob
 from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 
 UNREADABLE_SHARDS = "unreadable_shards"
@@ -35,7 +36,7 @@ _LOG = logging.getLogger("batch_predict")
 
 def dead_letter_glob(prefix: str) -> str:
     """Every dead-letter shard under a `--retry_dead_letters` prefix, from any run."""
-    return f"{prefix}-*.jsonl"
+    return f"{quote_glob(prefix)}-*.jsonl"
 
 
 def is_shard(path: str, pattern: str) -> bool:

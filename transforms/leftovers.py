@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.parts import DEAD_LETTER_PART_EXTENSION, delete_folder, parts_dir
+from transforms.read import quote_glob
 from transforms.write import (RUN_ID_PATTERN, parts_glob, parts_regex, render_path,
                               template_glob, template_regex)
 
@@ -130,7 +131,7 @@ def plan_leftovers(output_template: str, errors_template: str, current_run_id: s
 
 def _parts_folders(run: EarlierRun, errors_folder: str) -> List[str]:
     folders = [parts_dir(run.output_prefix)] if run.part_files else []
-    if _match(f"{errors_folder}/*.{DEAD_LETTER_PART_EXTENSION}"):
+    if _match(f"{quote_glob(errors_folder)}/*.{DEAD_LETTER_PART_EXTENSION}"):
         folders.append(errors_folder)
     return folders
 

@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import metrics
+from transforms.read import quote_glob
 
 PARTS_SUFFIX = ".parts"
 PREDICTION_PART_EXTENSION = "parquet.part"
@@ -187,17 +188,17 @@ class _JsonLinesParts:
 
 def list_folder(folder: str) -> List[str]:
     """Paths of the files directly in `folder` (none when it does not exist)."""
-    matched = FileSystems.match([f"{folder}/*"])[0].metadata_list
+    matched = FileSystems.match([f"{quote_glob(folder)}/*"])[0].metadata_list
     return sorted(m.path for m in matched)
 
 
 def delete_folder(folder: str) -> int:
     """Delete a parts folder and everything in it; returns how many files it held."""
     paths = list_folder(folder)
-    if paths:
-        FileSystems.delete(paths)
+    if paths:  # Beam's delete takes patterns: each path quoted to match only itself
+        FileSystems.delete([quote_glob(path) for path in paths])
     if FileSystems.get_scheme(folder) in (None, "file") and FileSystems.exists(folder):
-        FileSystems.delete([folder])
+        FileSystems.delete([quote_glob(folder)])
     return len(paths)
 
 

@@ -24,6 +24,7 @@ from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.parts import PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION
+from transforms.read import quote_glob
 from transforms.records import bigquery_schema, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
@@ -67,8 +68,9 @@ def render_path(template: str, date: str, run_id: str) -> str:
 
 
 def template_glob(template: str) -> str:
-    """A glob matching every rendering of `template` (each placeholder becomes `*`)."""
-    return _PLACEHOLDER.sub("*", template)
+    """A glob matching every rendering of `template` (each placeholder becomes `*`; a glob
+    character of its own matches only itself)."""
+    return _PLACEHOLDER.sub("*", quote_glob(template))
 
 
 def shard_regex(template: str, extension: str) -> str:
@@ -333,6 +335,6 @@ def jsonl_load_command(run_prefix: str, schema_path: str, table: Optional[str] =
     """`bq_load_command` for a finished run, listing its local shards."""
     shards = ()
     if not run_prefix.startswith("gs://"):
-        found = FileSystems.match([f"{run_prefix}-*.jsonl"])[0].metadata_list
+        found = FileSystems.match([f"{quote_glob(run_prefix)}-*.jsonl"])[0].metadata_list
         shards = sorted(m.path for m in found)
     return bq_load_command(run_prefix, schema_path, table, shards)
