@@ -86,6 +86,10 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
         raise ValueError(f"--image_size must look like WxH (e.g. 224x224), not {text!r}")
     if width <= 0 or height <= 0:
         raise ValueError(f"--image_size must be positive, not {text!r}")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ValueError(f"--image_size {text} is {width * height} pixels, over the "
+                         f"{limit} any image may have (Pillow's MAX_IMAGE_PIXELS)")
     return width, height
 
 
