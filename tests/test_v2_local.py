@@ -243,12 +243,10 @@ class MisbehavingServer:
         self.thread.join(5)
 
 
-@pytest.mark.parametrize("kind, message", [("drip", "did not answer within 1 s"),
-                                           ("endless", "more than 1000000 bytes")])
-def test_start_up_checks_keep_to_the_timeout_and_the_reply_cap(kind, message):
-    """A server that drips its headers, or sends an endless body, is refused within the
-    check's own timeout and the reply-size cap (it used to hold the job for as long as the
-    server kept going: urllib's timeout is per read, and the body was read whole)."""
+def start_up_check_error(kind) -> str:
+    """The NotReady line of a start-up check (1 s timeout, 1 MB cap) against a
+    MisbehavingServer of this kind; fails the test if the check is still running after 30 s
+    (a guard against a hang, far above the 1 s asked for)."""
     server = MisbehavingServer(kind)
     outcome = {}
 
@@ -262,17 +260,25 @@ def test_start_up_checks_keep_to_the_timeout_and_the_reply_cap(kind, message):
     try:
         thread = threading.Thread(target=check, daemon=True)
         thread.start()
-        thread.join(30)  # a guard against a hang, far above the 1 s asked for
+        thread.join(30)
         assert not thread.is_alive(), f"the {kind} server held the check for 30 s"
-        assert message in outcome.get("error", ""), outcome
     finally:
         server.close()
+    return outcome.get("error", "")
+
+
+@pytest.mark.parametrize("kind, message", [("drip", "did not answer within 1 s"),
+                                           ("endless", "more than 1000000 bytes")])
+def test_start_up_checks_keep_to_the_timeout_and_the_reply_cap(kind, message):
+    """A server that drips its headers, or sends an endless body, is refused within the
+    check's own timeout and the reply-size cap (it used to hold the job for as long as the
+    server kept going: urllib's timeout is per read, and the body was read whole)."""
+    assert message in start_up_check_error(kind)
 
 
 def test_the_start_up_deadline_holds_when_it_passes_before_the_connection(monkeypatch):
     """A name lookup slower than the whole timeout, then a server that drips: the deadline
     passed while there was no socket to shut, and must still end the check."""
-    server = MisbehavingServer("drip")
     lookup = socket.getaddrinfo
 
     def slow_lookup(*args, **kwargs):
@@ -280,20 +286,4 @@ def test_the_start_up_deadline_holds_when_it_passes_before_the_connection(monkey
         return lookup(*args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
-    outcome = {}
-
-    def check():
-        try:
-            check_model(V2(), f"http://127.0.0.1:{server.port}/v2/models/m/infer",
-                        timeout_s=1.0, max_bytes=1_000_000)
-        except NotReady as e:
-            outcome["error"] = str(e)
-
-    try:
-        thread = threading.Thread(target=check, daemon=True)
-        thread.start()
-        thread.join(30)  # a guard against a hang, far above the 1 s asked for
-        assert not thread.is_alive(), "the drip held the check for 30 s"
-        assert "did not answer within 1 s" in outcome.get("error", ""), outcome
-    finally:
-        server.close()
+    assert "did not answer within 1 s" in start_up_check_error("drip")
