@@ -231,6 +231,26 @@ def test_passthrough_fields_reach_parquet_jsonl_and_the_schema(tmp_path, server)
     assert summary["bq_load"].endswith(f"{out}.schema.json")
 
 
+def test_the_schema_file_fits_every_run_under_its_prefix(tmp_path, server):
+    """Runs under one --output with different --passthrough_fields share `<output>.schema.json`
+    (it has no run id): it holds every run's columns, so each run's JSONL still loads with
+    it (the second run used to drop the first run's column, and that run's bq load failed)."""
+    truth = labelled_images(tmp_path / "images", LABELS, fmt_cycle=("png",))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"uri": path, "a": "1", "b": "2"}) + "\n"
+                            for path in truth))
+    out = tmp_path / "out" / "pred"
+    summaries = [job(rows, server, out, "--output_format", "jsonl", "--passthrough_fields",
+                     fields) for fields in ("a", "b,a", "b")]
+    with open(f"{out}.schema.json", encoding="utf-8") as f:
+        names = [field["name"] for field in json.load(f)]
+    assert names == prediction_schema(("a", "b")).names
+    for summary in summaries:
+        assert_accounted(summary)
+        shards = glob.glob(f"{summary['output']}-*-of-*.jsonl")
+        assert len(check_jsonl_against_schema_file(shards, f"{out}.schema.json")) == len(truth)
+
+
 def test_killed_run_resumes_with_every_key_exactly_once(tmp_path, server, make_server):
     images = tmp_path / "images"
     out = tmp_path / "out" / "pred"

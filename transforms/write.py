@@ -308,7 +308,25 @@ def write_text(path: str, text: str):
 
 
 def write_bigquery_schema(path: str, extra_fields: Sequence[str] = ()):
-    write_text(path, json.dumps(bigquery_schema(extra_fields), indent=2) + "\n")
+    """The schema of the rows every run under this prefix writes: the prediction fields and
+    the --passthrough_fields of this run and of the runs before it (the file's own), all
+    nullable, so each run's JSONL loads with it."""
+    earlier = schema_passthrough_fields(path)
+    fields = earlier + tuple(name for name in extra_fields if name not in earlier)
+    write_text(path, json.dumps(bigquery_schema(fields), indent=2) + "\n")
+
+
+def schema_passthrough_fields(path: str) -> Tuple[str, ...]:
+    """The --passthrough_fields columns of a schema file this pipeline wrote (none when there
+    is none, or it cannot be read as one)."""
+    try:
+        with FileSystems.open(path) as f:
+            fields = json.loads(f.read())
+        names = [field["name"] for field in fields
+                 if field["name"] not in prediction_schema().names]
+        return parse_passthrough_fields(",".join(names))
+    except Exception:  # no file (Beam raises several types), or not a schema of ours
+        return ()
 
 
 def bq_load_command(run_prefix: str, schema_path: str, table: Optional[str] = None,
