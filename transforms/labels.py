@@ -442,7 +442,7 @@ def unicode_labels(named: Named) -> Named:
     """`named`, or LabelError when a label is no Unicode text: a lone surrogate (`"\\ud800"`
     is valid JSON, but no character, and no UTF-8 writer takes it)."""
     names = "".join(map(operator.itemgetter(0), named.labels))
-    if names.isascii() or is_unicode(names):
+    if is_unicode(names):
         return named
     bad = next(name for name, _ in named.labels if not is_unicode(name))
     raise LabelError(f"label {ascii(bad)} is not Unicode text (it holds a lone surrogate)")

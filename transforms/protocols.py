@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Seq
 from transforms import answertext
 from transforms.labels import (LabelError, Labels, LabelSpec, Named, read_labels, score,
                                snippet, unicode_labels, warn_if_indexed)
-from transforms.records import is_unicode
+from transforms.records import writable
 
 PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 INSTANCE_FORMATS = ("b64", "named", "tensor")
@@ -59,9 +59,7 @@ def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
         raise LabelError("prediction holds a non-finite number (NaN or Infinity), which is "
                          "not JSON: it is never written (--no_prediction_column leaves the "
                          "prediction out, if its scores are finite)")
-    if text.isascii() or is_unicode(text):
-        return text
-    return json.dumps(prediction, separators=(",", ":"), allow_nan=False)  # "\ud800" kept
+    return writable(text)  # a lone surrogate in a string, as its escape: "\ud800"
 
 
 def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,

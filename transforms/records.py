@@ -105,7 +105,10 @@ def prediction_record(
 
 def is_unicode(text: str) -> bool:
     """Can `text` be written as UTF-8? Not with a lone surrogate (JSON's `"\\ud800"` is one:
-    valid JSON, but no character)."""
+    valid JSON, but no character). ASCII text, the common case, is answered without
+    encoding it."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -115,7 +118,7 @@ def is_unicode(text: str) -> bool:
 
 def writable(text: str) -> str:
     """`text`, with any lone surrogate as its escape (`\\ud800`): fit for any output."""
-    if text.isascii() or is_unicode(text):
+    if is_unicode(text):
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
