@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
+from transforms.parts import matching
 from transforms.read import quote_glob
 
 CONTACT_SHEET_SIZE = 24
@@ -46,12 +47,6 @@ class ReportError(ValueError):
 def read_text(path: str) -> str:
     with FileSystems.open(path) as f:
         return f.read().decode("utf-8")
-
-
-def matching(prefix: str, rest: str) -> List[str]:
-    """The files named `prefix` + something `rest` (a glob) matches."""
-    pattern = quote_glob(prefix) + rest
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
 def read_summary(prefix: str) -> dict:

@@ -186,10 +186,16 @@ class _JsonLinesParts:
 
 # -- removing parts once the shards are in place -------------------------------------------
 
+def matching(prefix: str, rest: str) -> List[str]:
+    """The paths, sorted, of the files named `prefix` (itself, glob characters and all)
+    followed by what the glob `rest` matches."""
+    matched = FileSystems.match([quote_glob(prefix) + rest])[0].metadata_list
+    return sorted(m.path for m in matched)
+
+
 def list_folder(folder: str) -> List[str]:
     """Paths of the files directly in `folder` (none when it does not exist)."""
-    matched = FileSystems.match([f"{quote_glob(folder)}/*"])[0].metadata_list
-    return sorted(m.path for m in matched)
+    return matching(folder, "/*")
 
 
 def delete_folder(folder: str) -> int:

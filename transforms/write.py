@@ -23,7 +23,8 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.parts import PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION
+from transforms.parts import (PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION,
+                             matching)
 from transforms.read import quote_glob
 from transforms.records import bigquery_schema, prediction_schema, to_json_row
 
@@ -353,6 +354,5 @@ def jsonl_load_command(run_prefix: str, schema_path: str, table: Optional[str] =
     """`bq_load_command` for a finished run, listing its local shards."""
     shards = ()
     if not run_prefix.startswith("gs://"):
-        found = FileSystems.match([f"{quote_glob(run_prefix)}-*.jsonl"])[0].metadata_list
-        shards = sorted(m.path for m in found)
+        shards = matching(run_prefix, "-*.jsonl")
     return bq_load_command(run_prefix, schema_path, table, shards)
