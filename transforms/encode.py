@@ -86,10 +86,10 @@ def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
         raise ValueError(f"--image_size must look like WxH (e.g. 224x224), not {text!r}")
     if width <= 0 or height <= 0:
         raise ValueError(f"--image_size must be positive, not {text!r}")
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:
+    if jpeg.over_pixel_limit(width, height):
         raise ValueError(f"--image_size {text} is {width * height} pixels, over the "
-                         f"{limit} any image may have (Pillow's MAX_IMAGE_PIXELS)")
+                         f"{Image.MAX_IMAGE_PIXELS} any image may have (Pillow's "
+                         f"MAX_IMAGE_PIXELS)")
     return width, height
 
 
@@ -118,10 +118,10 @@ def open_image(data: bytes) -> Image.Image:
         raise ImageError("decode", f"not a readable image: {type(e).__name__}: "
                                    f"{without_quoted(str(e))}")
     width, height = img.size
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:
+    if jpeg.over_pixel_limit(width, height):
         raise ImageError("decode", f"decompression bomb refused: {width}x{height} = "
-                                   f"{width * height} pixels, over the limit of {limit}")
+                                   f"{width * height} pixels, over the limit of "
+                                   f"{Image.MAX_IMAGE_PIXELS}")
     if img.format in ("JPEG", "MPO"):
         scans = data.count(SOS_MARKER)
         if scans > MAX_JPEG_SCANS:

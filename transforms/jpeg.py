@@ -95,11 +95,16 @@ def _tables_ok(segment: bytes) -> bool:
     return True
 
 
+def over_pixel_limit(width: int, height: int) -> bool:
+    """More pixels than Pillow's MAX_IMAGE_PIXELS (read each time: it may be changed)?"""
+    limit = Image.MAX_IMAGE_PIXELS
+    return bool(limit) and width * height > limit
+
+
 def _checked(frame, exif) -> Optional[Header]:
     if frame is None:
         return None
     width, height, components = frame
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:
+    if over_pixel_limit(width, height):
         return None  # Pillow's warning or refusal, and ours, come from Image.open
     return Header(width, height, components, exif)
