@@ -1,4 +1,4 @@
-"""Installs the `pipeline` and `transforms` packages with the `batch-predict` console script.
+"""Installs the project's packages with the `batch-predict` console script.
 This is also the file Dataflow workers install: `--setup_file ./setup.py`.
 
 `localserver` (the demo and test prediction server) is not installed: workers never need it.
@@ -7,14 +7,18 @@ the benchmarks do.
 """
 import setuptools
 
+# The layers, each imported only by those after it: core <- imaging, protocols <- engine <-
+# transforms <- pipeline (docs/design.md).
+PACKAGES = ("core", "imaging", "protocols", "engine", "transforms", "pipeline")
+
 setuptools.setup(
     name="beam-batch-predict",
     version="0.1.0",
     description="Batch image prediction on Apache Beam against AutoML, ML Engine and Vertex AI "
                 "endpoints: concurrent, rate limited, with per-record dead letters.",
     python_requires=">=3.9",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
-                                               "transforms.*"]),
+    packages=setuptools.find_packages(include=[
+        f"{package}{suffix}" for package in PACKAGES for suffix in ("", ".*")]),
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "google-auth>=2.20,<3",

@@ -57,7 +57,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from localserver import LocalServer  # noqa: E402
 from localserver.demo import LABEL_COLOURS, write_image  # noqa: E402
 from pipeline.run import run  # noqa: E402
-from transforms.protocols import make_protocol  # noqa: E402
+from protocols import make_protocol
 
 PER_REQUEST = 4
 CONCURRENCY = 16

@@ -1,7 +1,7 @@
 """Local prediction server speaking ML Engine, AutoML v1beta1, Vertex AI and v2 (KServe).
 
 One aiohttp application answers all three wire formats (the client side of each is
-:mod:`transforms.protocols`) with one classifier object from
+:mod:`protocols.base`) with one classifier object from
 :mod:`localserver.classifiers` (``--model``: the deterministic colour model,
 EfficientNet-Lite0 or a user's ONNX file), and can simulate the unpleasant parts of a real
 service: latency, limited capacity, a QPS quota, injected 429/503 errors and

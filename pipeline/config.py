@@ -17,20 +17,21 @@ import urllib.parse
 from typing import List, Optional, Sequence, Tuple
 
 import yaml
-from apache_beam.options.pipeline_options import (
-    DebugOptions, DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions,
-    TestOptions, WorkerOptions)
+from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
+                                                  PipelineOptions, StandardOptions, TestOptions,
+                                                  WorkerOptions)
 
 from pipeline.options import PredictOptions, options_parser
-from transforms.auth import resolve_auth
-from transforms.client import ClientSettings
+from engine.auth import resolve_auth
+from engine.client import ClientSettings
 from transforms.encode import parse_size
-from transforms.labels import LabelSpec, check_field_path, check_label_names, load_label_names
+from protocols.labels import LabelSpec, check_field_path, check_label_names, load_label_names
 from transforms.predict import FailureThreshold, PredictSettings
-from transforms.protocols import Protocol, make_protocol
-from transforms.ratelimit import worker_share
+from protocols import make_protocol
+from protocols.base import Protocol
+from engine.ratelimit import worker_share
 from transforms.read import InputSource, RowSpec, escaped_key, has_glob, input_sources
-from transforms.retry import RetryPolicy
+from engine.retry import RetryPolicy
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
 

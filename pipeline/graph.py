@@ -3,15 +3,15 @@ import apache_beam as beam
 
 from pipeline.config import JobConfig
 from transforms.encode import EncodeInstances
-from transforms.existing import AdoptParts
+from transforms.backfill import AdoptParts
 from transforms.limit import CountForEstimate
 from transforms.pack import PackRequests
 from transforms.predict import Predict
 from transforms.progress import NoteTotal
 from transforms.read import ReadInputs
-from transforms.parts import CommitParts, DeleteParts, parts_dir
-from transforms.records import prediction_schema
-from transforms.todo import SelectTodo
+from transforms.commit import CommitParts, DeleteParts, parts_dir
+from core.records import prediction_schema
+from transforms.select import SelectTodo
 from transforms.write import WriteDeadLetters, WriteResults
 
 

@@ -10,11 +10,11 @@ from typing import Callable, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.auth import AUTH_MODES
-from transforms.leftovers import DEFAULT_STALE_AFTER_S
-from transforms.parts import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
-from transforms.oip import TENSOR_DTYPES
-from transforms.protocols import INSTANCE_FORMATS, PROTOCOLS
+from engine.auth import AUTH_MODES
+from pipeline.earlier_runs import DEFAULT_STALE_AFTER_S
+from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
+from protocols.v2 import TENSOR_DTYPES
+from protocols.base import INSTANCE_FORMATS, PROTOCOLS
 from transforms.read import INPUT_FORMATS
 from transforms.write import OUTPUT_FORMATS
 

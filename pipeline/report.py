@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
-from transforms.parts import matching
+from transforms.commit import matching
 from transforms.read import quote_glob
 
 CONTACT_SHEET_SIZE = 24

@@ -26,21 +26,22 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import StandardOptions, GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import (StandardOptions, GoogleCloudOptions,
+                                                  PipelineOptions)
 
 from pipeline.config import DRY_RUN_FLAG, ConfigError, JobConfig, build_config, parse_options
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
 from transforms import metrics
-from transforms.auth import SCOPES, AuthError, TokenSource
+from engine.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
-from transforms.oip import V2, NotReady, check_model, is_raw_predict
+from protocols.v2 import V2, NotReady, check_model, is_raw_predict
 from transforms.read import check_input, first_match, open_path, quote_glob
-from transforms.existing import any_match, dead_letter_glob
-from transforms.leftovers import plan_leftovers
+from transforms.backfill import any_match, dead_letter_glob
+from pipeline.earlier_runs import plan_leftovers
 from transforms.limit import estimate, estimate_line
-from transforms.parts import delete_folder, parts_dir
+from transforms.commit import delete_folder, parts_dir
 from transforms.predict import STOPPED_PREFIX
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 

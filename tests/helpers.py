@@ -20,8 +20,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from localserver.demo import LABEL_COLOURS, color_image, write_image
 from localserver.server import Config as ServerConfig
 from transforms import metrics
-from transforms.protocols import MLEngine
-from transforms.retry import RetryPolicy
+from protocols.google import MLEngine
+from engine.retry import RetryPolicy
 from tests import servers
 
 # DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download

@@ -21,7 +21,7 @@ from localserver.demo import write_image
 from pipeline.run import run
 from tests.helpers import (assert_accounted, read_dead_letters, read_predictions, reply,
                            serving)
-from transforms.labels import INDEX_WARNING
+from protocols.labels import INDEX_WARNING
 
 CLASSES = ("cat", "dog", "cow")
 

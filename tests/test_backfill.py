@@ -23,8 +23,8 @@ from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, check_jsonl_aga
                            cli, counters, exactly_once, labelled_images, one_error_line,
                            read_dead_letters, read_predictions)
 from transforms.read import Outputs
-from transforms.records import ImageRef, prediction_schema
-from transforms.todo import SelectTodo
+from core.records import ImageRef, prediction_schema
+from transforms.select import SelectTodo
 
 LABELS = ["red", "green", "blue", "yellow"]
 KILL_WAIT_S = 60

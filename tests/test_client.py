@@ -16,14 +16,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch, reply, serving
-from transforms.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
-from transforms.client import (Answer, ClientSettings, PredictClient, RequestFailed, culprit,
-                               read_answer, sort_response, splittable)
-from transforms.oip import V2
-from transforms.protocols import MLEngine, make_protocol
-from transforms.ratelimit import RateLimiter, Throttler
-from transforms.records import dead_letter
-from transforms.retry import RetryPolicy
+from engine.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
+from engine.client import (Answer, ClientSettings, PredictClient, RequestFailed, culprit,
+                           read_answer, sort_response, splittable)
+from protocols.v2 import V2
+from protocols import make_protocol
+from protocols.google import MLEngine
+from engine.ratelimit import RateLimiter, Throttler
+from core.records import dead_letter
+from engine.retry import RetryPolicy
 
 
 def settings(server, name="mlengine", **overrides):

@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptio
 from pipeline.config import ConfigError, build_config, is_dry_run, parse_options
 from pipeline.options import PredictOptions
 from transforms.read import InputSource, RowSpec
-from transforms.protocols import PROTOCOLS
+from protocols.base import PROTOCOLS
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 

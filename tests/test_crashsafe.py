@@ -26,9 +26,9 @@ from pipeline.graph import build_pipeline, in_columns
 from pipeline.run import parse, run
 from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, exactly_once, labelled_images,
                            read_predictions)
-from transforms.parts import (CommitParts, DeleteParts, list_folder, parts_dir,
+from transforms.commit import (CommitParts, DeleteParts, list_folder, parts_dir,
                              read_parquet_part)
-from transforms.records import dead_letter, prediction_record, prediction_schema, utc_now
+from core.records import dead_letter, prediction_record, prediction_schema, utc_now
 
 LABELS = ["red", "green", "blue", "yellow"]
 JOB_IMAGES = 2000

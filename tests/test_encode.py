@@ -21,8 +21,8 @@ from tests.helpers import LOCAL_RUNNER
 from transforms import encode
 from transforms.encode import (EncodeInstances, ImageError, encode_instance, open_image,
                                parse_size, prepare, read_bytes)
-from transforms.protocols import make_protocol
-from transforms.records import ImageRef
+from protocols import make_protocol
+from core.records import ImageRef
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -142,10 +142,10 @@ def bomb_server():
 
 CLIENT_SCRIPT = textwrap.dedent("""
     import asyncio, json, resource, sys
-    from transforms.client import ClientSettings, PredictClient
-    from transforms.protocols import make_protocol
-    from transforms.ratelimit import RateLimiter
-    from transforms.retry import RetryPolicy
+    from engine.client import ClientSettings, PredictClient
+    from protocols import make_protocol
+    from engine.ratelimit import RateLimiter
+    from engine.retry import RetryPolicy
 
     async def main():
         protocol = make_protocol("mlengine")

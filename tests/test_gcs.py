@@ -16,7 +16,7 @@ import pytest
 from pipeline.run import parse, run
 from tests.helpers import (EMULATOR_BUCKET as BUCKET, assert_accounted, labelled_images,
                            read_dead_letters, read_predictions)
-from transforms.labels import load_label_names
+from protocols.labels import load_label_names
 
 def upload_folder(bucket, folder, prefix):
     for root, _, files in os.walk(folder):

@@ -18,12 +18,12 @@ from PIL import Image
 
 from localserver.demo import write_image
 from pipeline.run import main, run
-from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images,
-                           read_dead_letters, read_predictions)
+from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images, read_dead_letters,
+                           read_predictions)
 from transforms.encode import EncodeInstances
-from transforms.protocols import make_protocol
+from protocols import make_protocol
 from transforms.read import ReadInputs, input_sources
-from transforms.todo import SelectTodo
+from transforms.select import SelectTodo
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]
 

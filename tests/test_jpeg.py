@@ -1,4 +1,4 @@
-"""transforms.jpeg: the Pillow-free JPEG header read agrees with Pillow whenever it answers."""
+"""imaging.jpeg: the Pillow-free JPEG header read agrees with Pillow whenever it answers."""
 import io
 import random
 
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from localserver.demo import color_image
-from transforms import jpeg
+from imaging import jpeg
 from transforms.encode import ImageError, exif_orientation, open_image, orientation, prepare
 
 

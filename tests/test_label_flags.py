@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.run import parse
-from transforms.labels import LabelSpec
+from protocols.labels import LabelSpec
 
 BASE = ["--input", "/nowhere/images", "--endpoint", "http://127.0.0.1:9/v1/m:predict",
         "--output", "/nowhere/out/p"]

@@ -1,13 +1,13 @@
-"""Reading one prediction into named, validated labels (transforms.labels, pure functions)."""
+"""Reading one prediction into named, validated labels (protocols.labels, pure functions)."""
 import json
 import logging
 
 import pytest
 
-from transforms.labels import (INDEX_WARNING, LabelError, LabelSpec, Named, check_field_path,
-                               check_label_names, class_index, field, label_name,
-                               load_label_names, name_scores, pair, parse_label_names,
-                               read_labels, score, triton_class, warn_if_indexed)
+from protocols.labels import (INDEX_WARNING, LabelError, LabelSpec, LabelScores, check_field_path,
+                              check_label_names, class_index, value_at, label_name,
+                              load_label_names, name_scores, pair, parse_label_names, read_labels,
+                              score, triton_class, warn_if_indexed)
 
 NAMES = ("cat", "dog", "cow")
 
@@ -62,10 +62,10 @@ def test_digit_names_given_by_the_user_are_names_first():
 
 
 def test_pair_and_name_scores():
-    assert pair(["a", "b"], [0.2, 0.8]) == Named([("a", 0.2), ("b", 0.8)], False)
-    assert name_scores([0.1, 0.9], ("x", "y")) == Named([("x", 0.1), ("y", 0.9)], False)
-    assert name_scores([0.1, 0.9]) == Named([("0", 0.1), ("1", 0.9)], True)
-    assert name_scores([]) == Named([], False)
+    assert pair(["a", "b"], [0.2, 0.8]) == LabelScores([("a", 0.2), ("b", 0.8)], False)
+    assert name_scores([0.1, 0.9], ("x", "y")) == LabelScores([("x", 0.1), ("y", 0.9)], False)
+    assert name_scores([0.1, 0.9]) == LabelScores([("0", 0.1), ("1", 0.9)], True)
+    assert name_scores([]) == LabelScores([], False)
     assert name_scores([0.5] * 1000).labels[999] == ("999", 0.5)  # a long vector, named alike
     with pytest.raises(LabelError, match="2 labels but 3 scores"):
         pair(["a", "b"], [1, 2, 3])
@@ -83,14 +83,14 @@ def test_tf_canned_estimator_without_vocabulary():
     prediction = {"class_ids": [1], "classes": ["1"], "probabilities": P,
                   "logits": [-1.0, 0.9, -0.2], "all_class_ids": [0, 1, 2],
                   "all_classes": ["0", "1", "2"]}
-    assert labels(prediction) == Named([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
-    assert labels(prediction, NAMES) == Named([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
+    assert labels(prediction) == LabelScores([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
+    assert labels(prediction, NAMES) == LabelScores([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
 
 
 def test_tf_canned_estimator_with_vocabulary():
     prediction = {"class_ids": [1], "classes": ["dog"], "probabilities": P,
                   "all_class_ids": [0, 1, 2], "all_classes": list(NAMES)}
-    assert labels(prediction) == Named([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
+    assert labels(prediction) == LabelScores([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
     assert labels(prediction, NAMES).labels == labels(prediction).labels
 
 
@@ -121,7 +121,7 @@ def test_tf_top_class_must_agree_with_the_scores():
 
 def test_top_class_index_beside_unnamed_scores():
     assert labels({"classes": 1, "probabilities": P}) == \
-        Named([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
+        LabelScores([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
     assert labels({"classes": 1, "probabilities": P}, NAMES).labels[1] == ("dog", 0.7)
     with pytest.raises(LabelError, match="best score is class"):
         labels({"label": 0, "scores": P})
@@ -130,7 +130,7 @@ def test_top_class_index_beside_unnamed_scores():
 def test_torchserve_label_map():
     assert labels({"tabby": 0.6, "tiger_cat": 0.3, "lynx": 0.1}).labels == \
         [("tabby", 0.6), ("tiger_cat", 0.3), ("lynx", 0.1)]
-    assert labels({"281": 0.6, "282": 0.4}) == Named([("281", 0.6), ("282", 0.4)], True)
+    assert labels({"281": 0.6, "282": 0.4}) == LabelScores([("281", 0.6), ("282", 0.4)], True)
     assert labels({"0": 0.6, "2": 0.4}, NAMES).labels == [("cat", 0.6), ("cow", 0.4)]
     with pytest.raises(LabelError, match="not a finite number"):
         labels({"tabby": float("inf")})
@@ -138,12 +138,12 @@ def test_torchserve_label_map():
 
 def test_vertex_classification():
     prediction = {"ids": ["9", "8"], "displayNames": ["rose", "tulip"], "confidences": [0.3, 0.7]}
-    assert labels(prediction) == Named([("rose", 0.3), ("tulip", 0.7)])
+    assert labels(prediction) == LabelScores([("rose", 0.3), ("tulip", 0.7)])
 
 
 def test_bare_score_vectors_tf_serving_and_kserve_v1():
-    assert labels(P) == Named([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
-    assert labels(P, NAMES) == Named([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
+    assert labels(P) == LabelScores([("0", 0.1), ("1", 0.7), ("2", 0.2)], True)
+    assert labels(P, NAMES) == LabelScores([("cat", 0.1), ("dog", 0.7), ("cow", 0.2)])
     assert labels({"scores": P}, NAMES).labels == labels(P, NAMES).labels
     with pytest.raises(LabelError, match="not a number"):
         labels([[0.1, 0.9]])
@@ -161,12 +161,12 @@ def test_labels_and_scores_pairs():
 
 
 def test_single_label_and_score():
-    assert labels({"label": "dog", "score": 0.7}) == Named([("dog", 0.7)])
-    assert labels("cat") == Named([("cat", 1.0)])
-    assert labels(2, NAMES) == Named([("cow", 1.0)])
-    assert labels(7) == Named([("7", 1.0)], True)
-    assert labels(0.83, ("positive",)) == Named([("positive", 0.83)])
-    assert labels(0.83) == Named([("value", 0.83)])
+    assert labels({"label": "dog", "score": 0.7}) == LabelScores([("dog", 0.7)])
+    assert labels("cat") == LabelScores([("cat", 1.0)])
+    assert labels(2, NAMES) == LabelScores([("cow", 1.0)])
+    assert labels(7) == LabelScores([("7", 1.0)], True)
+    assert labels(0.83, ("positive",)) == LabelScores([("positive", 0.83)])
+    assert labels(0.83) == LabelScores([("value", 0.83)])
 
 
 def test_triton_classification_strings():
@@ -174,7 +174,7 @@ def test_triton_classification_strings():
     assert triton_class("0.75:1", NAMES) == ("dog", 0.75, False)
     assert triton_class("0.75:1") == ("1", 0.75, True)
     assert triton_class("0.5:3:a:b") == ("a:b", 0.5, False)
-    assert labels(["0.7:1:dog", "0.2:2:cow"]) == Named([("dog", 0.7), ("cow", 0.2)])
+    assert labels(["0.7:1:dog", "0.2:2:cow"]) == LabelScores([("dog", 0.7), ("cow", 0.2)])
     assert labels(["0.7:1", "0.2:2"], NAMES).labels == [("dog", 0.7), ("cow", 0.2)]
     with pytest.raises(LabelError, match="not a finite number"):
         triton_class("nan:1:dog")
@@ -190,7 +190,7 @@ def test_triton_label_is_checked_against_label_names():
 
 def test_lists_of_records_and_pairs():
     assert labels([{"label": "tabby", "score": 0.6}, {"label": "lynx", "score": 0.4}]) == \
-        Named([("tabby", 0.6), ("lynx", 0.4)])
+        LabelScores([("tabby", 0.6), ("lynx", 0.4)])
     assert labels([{"className": "n02123045 tabby", "probability": 0.4}]).labels == \
         [("n02123045 tabby", 0.4)]
     assert labels([["tabby", 0.6], ["lynx", 0.4]]).labels == [("tabby", 0.6), ("lynx", 0.4)]
@@ -225,10 +225,10 @@ def test_unreadable_predictions_are_refused(prediction):
 
 
 def test_field():
-    assert field({"a": [{"b": 3}]}, "a.0.b") == 3
+    assert value_at({"a": [{"b": 3}]}, "a.0.b") == 3
     for path in ("a.1.b", "a.x", "b"):
         with pytest.raises(LabelError):
-            field({"a": [{"b": 3}]}, path)
+            value_at({"a": [{"b": 3}]}, path)
 
 
 def test_check_field_path():

@@ -5,12 +5,13 @@ import struct
 
 import pytest
 
-from transforms.labels import INDEX_WARNING, LabelSpec
-from transforms.oip import (HEADER_LENGTH, V2, decode_response, instance_outputs, model_path,
-                            output_tensors, read_outputs, unpack)
+from protocols.labels import INDEX_WARNING, LabelSpec
+from protocols.v2 import (HEADER_LENGTH, V2, decode_response, instance_outputs, model_path,
+                          output_tensors, read_outputs, unpack)
 from transforms.pack import pack
-from transforms.protocols import ResponseError, make_protocol, resource_name
-from transforms.records import Instance
+from protocols import make_protocol
+from protocols.base import resource_name, ResponseError
+from core.records import Instance
 
 IMAGES = [b"\xff\xd8first", b"\x89PNGsecond!", b"third"]
 

@@ -6,8 +6,8 @@ from tests.helpers import LOCAL_RUNNER
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.pack import PackRequests, pack
-from transforms.protocols import make_protocol
-from transforms.records import Instance
+from protocols import make_protocol
+from core.records import Instance
 
 
 def instances(sizes):

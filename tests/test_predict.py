@@ -22,13 +22,13 @@ from pipeline.run import run
 from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, assert_accounted,
                            batch, labelled_images, read_dead_letters, read_predictions)
 from transforms import metrics
-from transforms.client import ClientSettings, Outcome, Stats
-from transforms.labels import LabelSpec
+from engine.client import ClientSettings, Outcome, Stats
+from protocols.labels import LabelSpec
 from transforms.predict import (FAILED, Engine, FailureThreshold, JobStopped, Predict,
                                 PredictSettings, Tally, _PredictFn)
 from transforms.progress import Progress
-from transforms.protocols import make_protocol
-from transforms.records import PredictRequest, dead_letter
+from protocols import make_protocol
+from core.records import PredictRequest, dead_letter
 
 LABELS = list(LABEL_COLOURS)
 

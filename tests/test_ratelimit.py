@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from transforms.ratelimit import RateLimiter, Throttler, worker_share
-from transforms.retry import MAX_RETRY_AFTER_S, RetryPolicy, parse_retry_after
+from engine.ratelimit import RateLimiter, Throttler, worker_share
+from engine.retry import MAX_RETRY_AFTER_S, RetryPolicy, parse_retry_after
 
 
 class Clock:

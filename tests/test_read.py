@@ -15,10 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from tests.helpers import LOCAL_RUNNER, counters
 from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
                              glob_root, input_format, input_sources, list_pattern, parse_rows,
-                             pattern_for, quote_glob, ref_rank, resolve_uri, row_ref,
-                             skip_reason, split_sources, text_lines)
-from transforms.records import ImageRef
-from transforms.todo import SelectTodo
+                             pattern_for, quote_glob, ref_rank, resolve_uri, row_ref, skip_reason,
+                             split_sources, text_lines)
+from core.records import ImageRef
+from transforms.select import SelectTodo
 
 
 def lines_of(text: str):

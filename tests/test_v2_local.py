@@ -12,9 +12,9 @@ import pytest
 from localserver.demo import LABEL_COLOURS
 from pipeline.config import ConfigError
 from pipeline.run import run
-from transforms.oip import V2, NotReady, check_model
-from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
-                           read_predictions, write_poison_jpeg)
+from protocols.v2 import V2, NotReady, check_model
+from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,
+                           write_poison_jpeg)
 
 LABELS = list(LABEL_COLOURS) * 2
 MODEL = "local-color-classifier"

@@ -21,8 +21,8 @@ from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_s
                            check_row, labelled_images)
 from transforms.passthrough import chosen, with_values
 from transforms.read import as_text
-from transforms.records import (PREDICTION_SCHEMA, bigquery_field, bigquery_schema,
-                                prediction_record, prediction_schema, to_json_row)
+from core.records import (PREDICTION_SCHEMA, bigquery_field, bigquery_schema, prediction_record,
+                          prediction_schema, to_json_row)
 from transforms.write import (WriteResults, bq_load_command, parse_bigquery_table,
                               parse_passthrough_fields, render_path, shard_glob, shard_regex,
                               template_glob, write_bigquery_schema)

@@ -20,11 +20,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from transforms import jpeg, metrics
+from imaging import jpeg
+from transforms import metrics
 from transforms.progress import PROGRESS
-from transforms.protocols import Protocol
+from protocols.base import Protocol
 from transforms.read import escaped_key
-from transforms.records import ImageRef, Instance, dead_letter
+from core.records import ImageRef, Instance, dead_letter
 
 FAILED = "failed"
 

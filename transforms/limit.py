@@ -1,7 +1,7 @@
 """`--limit N` (the first N inputs by key, the same N on every run) and `--dry_run` counting.
 
 `LastKey` finds the N-th smallest distinct key (a global combine holding at most 3N + 64
-strings at a time); `transforms.todo.SelectTodo` takes that one key as a side input and
+strings at a time); `transforms.select.SelectTodo` takes that one key as a side input and
 skips the records whose keys sort after it, counted as `skipped_over_limit`, so
 `inputs == predicted + failed + skipped` still holds.
 """
@@ -11,7 +11,7 @@ from typing import Iterable, List
 import apache_beam as beam
 
 from transforms import metrics
-from transforms.records import ImageRef
+from core.records import ImageRef
 
 BASE64_GROWTH = 4 / 3
 

@@ -34,11 +34,11 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
 from transforms import metrics
-from transforms.client import ClientSettings, Outcome, PredictClient, Stats
+from engine.client import ClientSettings, Outcome, PredictClient, Stats
 from transforms.passthrough import with_values
 from transforms.progress import PROGRESS
-from transforms.ratelimit import RateLimiter
-from transforms.records import PredictRequest
+from engine.ratelimit import RateLimiter
+from core.records import PredictRequest
 
 FAILED = "failed"
 # Requests handed to the loop but not finished, per concurrency slot and in bytes: enough

@@ -14,7 +14,7 @@ a link or a FIFO from a file, nor take a folder whose name holds glob characters
 
 Only references (URI, size, a row's other columns) travel on from here; the bytes are read
 next to the request (EncodeInstances), so memory does not grow with the job. Keys are not
-unique yet: `transforms.todo.SelectTodo`, the job's one keyed step, keeps one record per key.
+unique yet: `transforms.select.SelectTodo`, the job's one keyed step, keeps one record per key.
 Every row counts once in `inputs` here, every image entry there; bad rows become `read` dead
 letters naming their file and line.
 """
@@ -31,10 +31,10 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import metrics
-from transforms.records import ImageRef, dead_letter, is_unicode
+from core.records import ImageRef, dead_letter, is_unicode
 
 FAILED = "failed"
-IMAGE, ROW = 0, 1  # the kinds of value SelectTodo groups by key (transforms.todo)
+IMAGE, ROW = 0, 1  # the kinds of value SelectTodo groups by key (transforms.select)
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 GLOB_CHARS = frozenset("*?[")
@@ -305,7 +305,7 @@ def image_ref(key: str, listed: Listed, fields: Optional[dict] = None) -> ImageR
 
 class ReadImages(beam.PTransform):
     """Patterns -> (key, (IMAGE, Listed tuple)) per matched entry. An entry two patterns
-    match comes twice: `transforms.todo.SelectTodo` keeps one, and counts it there."""
+    match comes twice: `transforms.select.SelectTodo` keeps one, and counts it there."""
 
     def __init__(self, patterns: List[str]):
         super().__init__()
@@ -329,7 +329,7 @@ class Rows(NamedTuple):
 
 class Outputs(NamedTuple):
     """What ReadInputs produces: matched image entries (`ReadImages`), row refs (`ReadRows`)
-    and read dead letters; keys are not unique yet (`transforms.todo.SelectTodo`)."""
+    and read dead letters; keys are not unique yet (`transforms.select.SelectTodo`)."""
     images: beam.PCollection
     rows: beam.PCollection
     failed: beam.PCollection

@@ -4,7 +4,7 @@ itself, and the launcher-side files of a run (the BigQuery schema and the summar
 Shard names carry the run id (`<output>-<run_id>-SSSSS-of-NNNNN.parquet`), so running the
 same command again adds files and never overwrites an earlier run's. Beam's file sinks write
 each shard into a `beam-temp-*` folder and rename it into place when the job finalizes, so a
-file with a shard name is always complete (see `transforms.existing`).
+file with a shard name is always complete (see `transforms.backfill`).
 
 Output prefixes may carry `{date}` (the run's UTC date, YYYY-MM-DD) and `{run_id}`, so a
 scheduled job writes each run under its own folder: `--output gs://b/preds/{date}/pred`.
@@ -23,10 +23,10 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.parts import (PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION,
+from transforms.commit import (PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION,
                              matching)
 from transforms.read import quote_glob
-from transforms.records import bigquery_schema, prediction_schema, to_json_row
+from core.records import bigquery_schema, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
 FILE_FORMATS = {"parquet": ("parquet",), "jsonl": ("jsonl",), "both": ("parquet", "jsonl"),
@@ -97,7 +97,7 @@ def template_regex(template: str) -> str:
 
 
 def parts_regex(template: str, extension: str = PREDICTION_PART_EXTENSION) -> str:
-    """A regex for every committed part of any run of `template` (see transforms.parts);
+    """A regex for every committed part of any run of `template` (see transforms.commit);
     group 1 is the run's parts folder, group 2 its run id."""
     return ("^(" + template_regex(template) + "-(" + RUN_ID_PATTERN + ")"
             + re.escape(PARTS_SUFFIX) + ")/" + PART_NAME_PATTERN + re.escape(extension) + "$")

@@ -1,7 +1,7 @@
 """What a model answered, as named and validated (label, score) lists.
 
 Pure functions shared by every protocol: each takes one instance's prediction (or its
-fields) and returns `Named(labels, indexed)`, or raises `LabelError` with a message fit for a
+fields) and returns `LabelScores(labels, indexed)`, or raises `LabelError` with a message fit for a
 `parse` dead letter. The rules (docs/predictions.md has one example per shape):
 
 - A label is a name the model or the user gave. A class index (an int, or a digit string
@@ -24,7 +24,7 @@ from typing import AbstractSet, Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.records import is_unicode
+from core.records import is_unicode
 
 Labels = List[Tuple[str, float]]
 
@@ -56,7 +56,7 @@ class LabelSpec(NamedTuple):
     scores_field: Optional[str] = None  # --scores_field
 
 
-class Named(NamedTuple):
+class LabelScores(NamedTuple):
     labels: Labels
     indexed: bool = False  # some label is a bare class index (no names were given)
 
@@ -129,26 +129,26 @@ def label_name(value: Any, names: Sequence[str],
     return value, False
 
 
-def pair(labels: Sequence[Any], values: Sequence[Any], names: Sequence[str] = ()) -> Named:
+def pair(labels: Sequence[Any], values: Sequence[Any], names: Sequence[str] = ()) -> LabelScores:
     """Labels and scores from two parallel lists."""
     if len(labels) != len(values):
         raise LabelError(f"prediction has {len(labels)} labels but {len(values)} scores "
                          f"(point {FIELD_FLAGS} at two lists of one length)")
     known = frozenset(names)
     named = [label_name(v, names, known) for v in labels]
-    return Named([(n, s) for (n, _), s in zip(named, scores(list(values)))],
+    return LabelScores([(n, s) for (n, _), s in zip(named, scores(list(values)))],
                  any(i for _, i in named))
 
 
-def name_scores(values: Sequence[Any], names: Sequence[str] = ()) -> Named:
+def name_scores(values: Sequence[Any], names: Sequence[str] = ()) -> LabelScores:
     """An unnamed score vector, named by `names` (class-index order) or by its indices."""
     numbers = scores(list(values))
     if names and len(names) != len(numbers):
         raise LabelError(f"prediction has {len(numbers)} scores but {NAMES_FLAGS} names "
                          f"{len(names)}")
     if names:
-        return Named(list(zip(names, numbers)))
-    return Named(list(zip(index_names(len(numbers)), numbers)), bool(numbers))
+        return LabelScores(list(zip(names, numbers)))
+    return LabelScores(list(zip(index_names(len(numbers)), numbers)), bool(numbers))
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,7 +157,7 @@ def index_names(count: int) -> Tuple[str, ...]:
     return tuple(map(str, range(count)))
 
 
-def check_top(named: Named, top: Any, names: Sequence[str]) -> Named:
+def check_top(named: LabelScores, top: Any, names: Sequence[str]) -> LabelScores:
     """`named` (from an unnamed or differently named vector) if the model's own top class
     `top` is its best one.
 
@@ -198,7 +198,7 @@ def check_top_index(values: Sequence[float], top: Any):
                          f"({values.index(max(values))})")
 
 
-def label_map(mapping: dict, names: Sequence[str] = ()) -> Named:
+def label_map(mapping: dict, names: Sequence[str] = ()) -> LabelScores:
     """A TorchServe-style `{label: score}` map."""
     return pair(list(mapping), list(mapping.values()), names)
 
@@ -223,14 +223,14 @@ def is_triton_classes(values: Any) -> bool:
         isinstance(v, str) and _TRITON.match(v) for v in values)
 
 
-def triton_classes(texts: Sequence[str], names: Sequence[str] = ()) -> Named:
+def triton_classes(texts: Sequence[str], names: Sequence[str] = ()) -> LabelScores:
     read = [triton_class(t, names) for t in texts]
-    return Named([(n, s) for n, s, _ in read], any(i for _, _, i in read))
+    return LabelScores([(n, s) for n, s, _ in read], any(i for _, _, i in read))
 
 
 # -- shapes --------------------------------------------------------------------------------
 
-def read_labels(prediction: Any, spec: LabelSpec = LabelSpec()) -> Named:
+def read_labels(prediction: Any, spec: LabelSpec = LabelSpec()) -> LabelScores:
     """Labels and scores of one prediction, in any shape docs/predictions.md lists."""
     if spec.labels_field or spec.scores_field:
         return from_fields(prediction, spec)
@@ -242,19 +242,19 @@ def read_labels(prediction: Any, spec: LabelSpec = LabelSpec()) -> Named:
         return single_score(prediction, spec.names)
     if isinstance(prediction, (str, int)) and not isinstance(prediction, bool):
         name, indexed = label_name(prediction, spec.names)
-        return Named([(name, 1.0)], indexed)
+        return LabelScores([(name, 1.0)], indexed)
     raise LabelError(f"cannot read labels from prediction {snippet(prediction)} "
                      f"(give {FIELD_FLAGS})")
 
 
-def from_fields(prediction: Any, spec: LabelSpec) -> Named:
+def from_fields(prediction: Any, spec: LabelSpec) -> LabelScores:
     """The shape the user pointed at with --labels_field / --scores_field."""
-    labels = field(prediction, spec.labels_field) if spec.labels_field else None
-    values = field(prediction, spec.scores_field) if spec.scores_field else None
-    return combine(labels, values, spec.names)
+    labels = value_at(prediction, spec.labels_field) if spec.labels_field else None
+    values = value_at(prediction, spec.scores_field) if spec.scores_field else None
+    return labels_with_scores(labels, values, spec.names)
 
 
-def combine(labels: Any, values: Any, names: Sequence[str]) -> Named:
+def labels_with_scores(labels: Any, values: Any, names: Sequence[str]) -> LabelScores:
     """Labels (a list, one top class, or None) with scores (a list, a map, one number, or
     None), checked against each other."""
     if isinstance(values, dict) and labels is None:
@@ -275,15 +275,15 @@ def combine(labels: Any, values: Any, names: Sequence[str]) -> Named:
             raise LabelError("prediction has neither labels nor scores")
         return single_score(values, names)
     name, indexed = label_name(labels, names)
-    return Named([(name, 1.0 if values is None else score(values))], indexed)
+    return LabelScores([(name, 1.0 if values is None else score(values))], indexed)
 
 
-def single_score(value: Any, names: Sequence[str]) -> Named:
+def single_score(value: Any, names: Sequence[str]) -> LabelScores:
     """One number alone (a regression or a binary score): the one name given, else `value`."""
-    return Named([(names[0] if len(names) == 1 else "value", score(value))])
+    return LabelScores([(names[0] if len(names) == 1 else "value", score(value))])
 
 
-def from_dict(prediction: dict, names: Sequence[str]) -> Named:
+def from_dict(prediction: dict, names: Sequence[str]) -> LabelScores:
     if "probabilities" in prediction and TF_ESTIMATOR_KEYS & prediction.keys():
         return tf_estimator(prediction, names)
     found_name = next((k for k in NAME_KEYS if k in prediction), None)
@@ -295,10 +295,10 @@ def from_dict(prediction: dict, names: Sequence[str]) -> Named:
     if found_name is None and found_score is None:
         raise LabelError(f"cannot read labels from prediction {snippet(prediction)} "
                          f"(give {FIELD_FLAGS})")
-    return combine(prediction.get(found_name), prediction.get(found_score), names)
+    return labels_with_scores(prediction.get(found_name), prediction.get(found_score), names)
 
 
-def tf_estimator(prediction: dict, names: Sequence[str]) -> Named:
+def tf_estimator(prediction: dict, names: Sequence[str]) -> LabelScores:
     """A TF canned-estimator classifier: `probabilities` (indexed by class id) over
     `all_classes` (or `all_class_ids`); its top class in `class_ids` / `classes` is checked."""
     probabilities = scores(prediction["probabilities"])
@@ -314,11 +314,11 @@ def tf_estimator(prediction: dict, names: Sequence[str]) -> Named:
     return named
 
 
-def from_list(prediction: list, names: Sequence[str]) -> Named:
+def from_list(prediction: list, names: Sequence[str]) -> LabelScores:
     """A list: `{label, score}` records, Triton strings, `[label, score]` pairs, or scores."""
     if prediction and all(isinstance(p, dict) for p in prediction):
         read = [record(p, names) for p in prediction]
-        return Named([l for r in read for l in r.labels], any(r.indexed for r in read))
+        return LabelScores([l for r in read for l in r.labels], any(r.indexed for r in read))
     if is_triton_classes(prediction):
         return triton_classes(prediction, names)
     if prediction and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str)
@@ -330,14 +330,14 @@ def from_list(prediction: list, names: Sequence[str]) -> Named:
     return name_scores(prediction, names)
 
 
-def record(item: dict, names: Sequence[str]) -> Named:
+def record(item: dict, names: Sequence[str]) -> LabelScores:
     """One `{label, score}`-like record of a list (HF pipelines, DJL `className/probability`)."""
     found_name = next((k for k in NAME_KEYS if k in item), None)
     found_score = next((k for k in SCORE_KEYS if k in item), None)
     if found_name is None or found_score is None or isinstance(item[found_name], list):
         raise LabelError(f"cannot read a label and a score from {snippet(item)} "
                          f"(give {FIELD_FLAGS})")
-    return combine(item[found_name], item[found_score], names)
+    return labels_with_scores(item[found_name], item[found_score], names)
 
 
 # -- fields, names, and the one-time warning -----------------------------------------------
@@ -349,7 +349,7 @@ def check_field_path(path: Optional[str], flag: str) -> Optional[str]:
     return path
 
 
-def field(prediction: Any, path: str) -> Any:
+def value_at(prediction: Any, path: str) -> Any:
     """The value at a dotted path (list items by number); LabelError when it is absent."""
     value = prediction
     for part in path.split("."):
@@ -438,7 +438,7 @@ class _Once:
 INDEX_WARNING = _Once()
 
 
-def unicode_labels(named: Named) -> Named:
+def unicode_labels(named: LabelScores) -> LabelScores:
     """`named`, or LabelError when a label is no Unicode text: a lone surrogate (`"\\ud800"`
     is valid JSON, but no character, and no UTF-8 writer takes it)."""
     names = "".join(map(operator.itemgetter(0), named.labels))
@@ -448,7 +448,7 @@ def unicode_labels(named: Named) -> Named:
     raise LabelError(f"label {ascii(bad)} is not Unicode text (it holds a lone surrogate)")
 
 
-def warn_if_indexed(named: Named) -> Named:
+def warn_if_indexed(named: LabelScores) -> LabelScores:
     """Log, once per worker process, that labels are bare class indices."""
     if named.indexed and INDEX_WARNING.first():
         _LOG.warning("the model answers unnamed scores or class indices: labels are the "

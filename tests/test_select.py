@@ -10,8 +10,8 @@ from pipeline.config import new_run_id
 from tests.helpers import LOCAL_RUNNER, counters
 from transforms.limit import _LastKeyFn
 from transforms.read import IMAGE, UNREADABLE_FOLDER, Listed, Outputs
-from transforms.records import ImageRef
-from transforms.todo import SelectTodo, _Key
+from core.records import ImageRef
+from transforms.select import SelectTodo, _Key
 
 
 def entry(key, listed):

@@ -18,10 +18,10 @@ from typing import Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.parts import DEAD_LETTER_PART_EXTENSION, delete_folder, parts_dir
+from transforms.commit import DEAD_LETTER_PART_EXTENSION, delete_folder, parts_dir
 from transforms.read import quote_glob
-from transforms.write import (RUN_ID_PATTERN, parts_glob, parts_regex, render_path,
-                              template_glob, template_regex)
+from transforms.write import (RUN_ID_PATTERN, parts_glob, parts_regex, render_path, template_glob,
+                              template_regex)
 
 _LOG = logging.getLogger("batch_predict")
 

@@ -22,12 +22,12 @@ from typing import Iterable, Optional, Sequence, Tuple
 import apache_beam as beam
 
 from transforms import metrics
-from transforms.existing import ReadDeadLetterKeys, ReadExistingKeys
+from transforms.backfill import ReadDeadLetterKeys, ReadExistingKeys
 from transforms.limit import LastKey
 from transforms.passthrough import chosen
 from transforms.read import (FAILED, IMAGE, ROW, UNREADABLE_FOLDER, Listed,
                              image_ref, ref_rank)
-from transforms.records import ImageRef, dead_letter
+from core.records import ImageRef, dead_letter
 
 DONE, RETRY = 2, 3  # markers: the key is in earlier outputs / in earlier dead letters
 IMAGE_RANK = (True, "", 0)  # an image entry ranks as a ref without fields or origin (ref_rank)

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from transforms import answertext
-from transforms.labels import LabelSpec
-from transforms.protocols import make_protocol
+from protocols import answers
+from protocols.labels import LabelSpec
+from protocols import make_protocol
 
 BODIES = [
     b'{"predictions":[[0.1,0.9],[0.5,0.5]]}',
@@ -26,7 +26,7 @@ BODIES = [
 
 @pytest.mark.parametrize("raw", BODIES)
 def test_loads_reads_what_json_loads_reads(raw):
-    value = answertext.loads(raw)
+    value = answers.loads(raw)
     expected = json.loads(raw)
     assert json.dumps(value) == json.dumps(expected)  # NaN != NaN: compared as text
     assert type(value) is type(expected)
@@ -38,11 +38,11 @@ def test_loads_refuses_what_json_loads_refuses(raw):
     with pytest.raises(ValueError):
         json.loads(raw)
     with pytest.raises(ValueError):
-        answertext.loads(raw)
+        answers.loads(raw)
 
 
 def test_each_prediction_keeps_its_text():
-    value = answertext.loads(BODIES[1])
+    value = answers.loads(BODIES[1])
     assert value["predictions"].texts == ["[0.10, 1e-05]",
                                           '{"labels": ["a b"], "scores": [1]}']
 
@@ -56,7 +56,7 @@ def test_each_prediction_keeps_its_text():
     ('{"labels": ["a\\" b"]}', None),  # an escaped quote: where strings end is a reader's job
 ])
 def test_compact_text(sent, compact):
-    assert answertext.compact_text(sent) == compact
+    assert answers.compact_text(sent) == compact
 
 
 @pytest.mark.parametrize("text, finite", [
@@ -65,7 +65,7 @@ def test_compact_text(sent, compact):
     ("NaN", False), ("[1, -Infinity]", False), ('{"a": {"b": [0.5, 1e999]}}', False),
     ('[["x", 2], [3, ' + "9" * 309 + '.0]]', False)])
 def test_all_finite(text, finite):
-    assert answertext.all_finite(json.loads(text)) is finite
+    assert answers.all_finite(json.loads(text)) is finite
 
 
 def test_the_prediction_column_is_the_models_own_text():
@@ -142,11 +142,11 @@ def test_random_bodies_read_as_json_loads_reads_them():
         body = {"predictions": predictions, "deployedModelId": "1"}
         raw = ("{" + ",".join(f' {json.dumps(k)} :\n {written(rng, v)} '
                               for k, v in body.items()) + "}").encode("utf-8")
-        value = answertext.loads(raw)
+        value = answers.loads(raw)
         assert value == json.loads(raw)
         for text, prediction in zip(value["predictions"].texts, predictions):
             assert json.loads(text) == prediction
-            compact = answertext.compact_text(text)
+            compact = answers.compact_text(text)
             if compact is not None:
                 assert json.loads(compact) == prediction
                 outside = compact.split('"')[::2]

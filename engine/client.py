@@ -22,7 +22,7 @@ read the reply body up to `max_response_bytes` (after decompression). Then:
   each, since the failure already proved persistent.
 - Anything else (403, 404, other 4xx, exhausted 429s, timeouts and connection failures): every
   key fails as it is.
-A good answer whose prediction for one instance cannot be read (see `transforms.labels`)
+A good answer whose prediction for one instance cannot be read (see `protocols.labels`)
 is a `parse` dead letter for that instance alone; its neighbours are written.
 """
 import asyncio
@@ -36,12 +36,11 @@ from typing import Counter, Dict, List, Mapping, NamedTuple, Optional, Sequence,
 
 import aiohttp
 
-from transforms.auth import AuthError, TokenSource
-from transforms.protocols import (Parsed, Protocol, ResponseError, error_message,
-                                  named_instance)
-from transforms.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
-from transforms.records import dead_letter, prediction_record, utc_now, writable
-from transforms.retry import RetryPolicy, parse_retry_after
+from engine.auth import AuthError, TokenSource
+from protocols.base import error_message, named_instance, Parsed, Protocol, ResponseError
+from engine.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
+from core.records import dead_letter, prediction_record, utc_now, writable
+from engine.retry import RetryPolicy, parse_retry_after
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
 SPLIT_RETRIES = 1  # retries of each half of a request split after a persistent 5xx

@@ -1,7 +1,7 @@
 """Backfill: the keys earlier runs wrote, and those of their dead letters.
 
 `ReadExistingKeys` (`--skip_existing`) and `ReadDeadLetterKeys` (`--retry_dead_letters`)
-read them inside the pipeline; `transforms.todo.SelectTodo` groups them with the input
+read them inside the pipeline; `transforms.select.SelectTodo` groups them with the input
 records by key, so no key set is held in memory on the launcher or on a worker.
 
 Which files are trusted: only complete prediction shards,
@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.textio import ReadAllFromText
 
 from transforms import metrics
-from transforms.parts import read_parquet_part
+from transforms.commit import read_parquet_part
 from transforms.read import quote_glob
 from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 
@@ -91,7 +91,7 @@ class _ListShards(beam.PTransform):
 
 
 class _ListParts(beam.PTransform):
-    """Paths of the prediction parts every earlier run committed (`transforms.parts`)."""
+    """Paths of the prediction parts every earlier run committed (`transforms.commit`)."""
 
     def __init__(self, output_template: str):
         super().__init__()

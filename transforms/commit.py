@@ -16,7 +16,7 @@ out of `<output>*.parquet` / `<output>*.jsonl` globs and `bq load` wildcards.
 The parts are a journal, not the outputs: a finished run writes its shards from the
 PCollection as before and then deletes its parts folders (`DeleteParts`, after the shards are
 in place). A killed run leaves its parts; `--skip_existing` reads their keys like shards', and
-the next such run adopts them (`transforms.existing.AdoptParts`). See docs/crash-safety.md.
+the next such run adopts them (`transforms.backfill.AdoptParts`). See docs/crash-safety.md.
 """
 import io
 import json

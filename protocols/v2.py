@@ -8,7 +8,7 @@ per image; an image's rows, `{output name: row}`, are its prediction (the `predi
 column). Its labels come from the outputs --labels_field / --scores_field name, else from
 Triton classification strings (`score:index[:label]`), a BYTES label tensor with a numeric
 score tensor, or a numeric score tensor (named by --label_names / --label_names_file), all
-named and checked by `transforms.labels`; an image whose rows cannot be read is refused
+named and checked by `protocols.labels`; an image whose rows cannot be read is refused
 alone. Every output's first dimension must be the image count (a ResponseError otherwise).
 """
 import dataclasses
@@ -22,11 +22,10 @@ import threading
 import urllib.parse
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from transforms.labels import (FIELD_FLAGS, LabelError, LabelSpec, Named, combine,
-                               is_triton_classes, triton_classes)
-from transforms.protocols import (Protocol, ResponseError, _dumps, _snippet, b64_json,
-                                  error_message, parameters_field, read_prediction,
-                                  with_model_id)
+from protocols.labels import (FIELD_FLAGS, LabelError, LabelSpec, LabelScores, labels_with_scores,
+                              is_triton_classes, triton_classes)
+from protocols.base import (Protocol, ResponseError, dumps, json_snippet, b64_json, error_message,
+                            parameters_field, read_prediction, with_model_id)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 TENSOR_DTYPES = ("UINT8", "FP32")
@@ -65,7 +64,7 @@ class V2(Protocol):
                              f"(choose from {', '.join(TENSOR_DTYPES)})")
         if self.tensor_dtype and not self.image_size:
             raise ValueError("--instance_format tensor needs --image_size WxH")
-        self._set(image_size=tuple(self.image_size) if self.image_size else None,
+        self.set_fields(image_size=tuple(self.image_size) if self.image_size else None,
                   parameters=dict(self.parameters or {}), outputs=tuple(self.outputs))
 
     @property
@@ -88,7 +87,7 @@ class V2(Protocol):
                 return struct.pack(f"<{len(flat)}{code}", *flat)
             if self.tensor_dtype == "FP32":
                 return ",".join(f"{v}.0" for v in flat).encode("ascii")
-            return _dumps(flat)[1:-1]
+            return dumps(flat)[1:-1]
         if self.binary:
             return struct.pack("<I", len(data)) + data
         return b64_json(data)
@@ -121,11 +120,11 @@ class V2(Protocol):
             request["outputs"] = self._requested_outputs()
         if self.parameters:
             request["parameters"] = self.parameters
-        return _dumps(request)
+        return dumps(request)
 
     def _json_parts(self, count: int) -> Tuple[bytes, bytes]:
         header = self._header(count, 0)
-        marker = b'"datatype":' + _dumps(self._input(count)["datatype"])
+        marker = b'"datatype":' + dumps(self._input(count)["datatype"])
         at = header.index(marker) + len(marker)
         return header[:at] + b',"data":[', b"]" + header[at:]
 
@@ -247,7 +246,7 @@ def _unpack(datatype: str, part: bytes) -> list:
 def output_tensors(response: Any) -> List[Tensor]:
     outputs = response.get("outputs") if isinstance(response, dict) else None
     if not isinstance(outputs, list) or not outputs:
-        raise ResponseError(f"response has no outputs: {_snippet(response)}")
+        raise ResponseError(f"response has no outputs: {json_snippet(response)}")
     tensors = []
     for output in outputs:
         try:
@@ -255,7 +254,7 @@ def output_tensors(response: Any) -> List[Tensor]:
             tensors.append(Tensor(str(output["name"]), str(output["datatype"]), shape,
                                   _flat(output["data"])))
         except (KeyError, TypeError, ValueError, OverflowError, RecursionError):
-            raise ResponseError(f"unreadable output tensor: {_snippet(output)}")
+            raise ResponseError(f"unreadable output tensor: {json_snippet(output)}")
         if len(tensors[-1].data) != math.prod(shape):
             raise ResponseError(f"output {tensors[-1].name!r} of shape {list(shape)} has "
                                 f"{len(tensors[-1].data)} elements")
@@ -281,8 +280,8 @@ def instance_outputs(tensors: Sequence[Tensor], count: int) -> List[Dict[str, li
     return [{t.name: r[i] for t, r in zip(tensors, rows)} for i in range(count)]
 
 
-def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> Named:
-    """One image's labels from its slice of the outputs (`transforms.labels` names and
+def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> LabelScores:
+    """One image's labels from its slice of the outputs (`protocols.labels` names and
     checks them): the outputs --labels_field / --scores_field name, else the first output of
     classification strings, else the one numeric output (with the one text output as its
     labels, if there is one)."""
@@ -291,7 +290,7 @@ def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> 
         values = named_output(outputs, spec.scores_field, "--scores_field")
         if values is None and is_triton_classes(labels):
             return triton_classes(labels, spec.names)
-        return combine(labels, values, spec.names)
+        return labels_with_scores(labels, values, spec.names)
     rows = list(outputs.values())
     classified = [r for r in rows if is_triton_classes(r)]
     if classified:
@@ -302,7 +301,7 @@ def read_outputs(outputs: Mapping[str, list], spec: LabelSpec = LabelSpec()) -> 
     if len(numbers) != 1 or len(texts) > 1:
         raise LabelError(f"cannot tell labels from scores among the outputs "
                          f"{', '.join(outputs)}: name them with {FIELD_FLAGS}")
-    return combine(texts[0] if texts else None, numbers[0], spec.names)
+    return labels_with_scores(texts[0] if texts else None, numbers[0], spec.names)
 
 
 def named_output(outputs: Mapping[str, list], name: Optional[str], flag: str) -> Optional[list]:
