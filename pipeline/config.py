@@ -26,7 +26,7 @@ from engine.auth import resolve_auth
 from engine.client import ClientSettings
 from transforms.encode import parse_size
 from protocols.labels import LabelSpec, check_field_path, check_label_names, load_label_names
-from transforms.predict import FailureThreshold, PredictSettings
+from engine.engine import FailureThreshold, PredictSettings
 from protocols import make_protocol
 from protocols.base import Protocol
 from engine.ratelimit import worker_share

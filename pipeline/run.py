@@ -42,7 +42,7 @@ from transforms.backfill import any_match, dead_letter_glob
 from pipeline.earlier_runs import plan_leftovers
 from transforms.limit import estimate, estimate_line
 from transforms.commit import delete_folder, parts_dir
-from transforms.predict import STOPPED_PREFIX
+from engine.engine import STOPPED_PREFIX
 from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
 
 _LOG = logging.getLogger("batch_predict")
@@ -50,7 +50,7 @@ EXIT_STOPPED = 3
 
 
 class JobStoppedEarly(Exception):
-    """The job crossed its failure threshold (`transforms.predict.JobStopped`) and was stopped."""
+    """The job crossed its failure threshold (`engine.engine.JobStopped`) and was stopped."""
 
 
 def stopped_reason(error: BaseException) -> Optional[str]:

@@ -18,7 +18,7 @@ from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
 from tests.helpers import ROOT, assert_accounted, read_dead_letters, read_predictions
 from tests.servers import ServerProcess, free_port, server_python
-from transforms.predict import QUEUED_PER_SLOT
+from engine.engine import QUEUED_PER_SLOT
 
 JOB_TIMEOUT_S = 240
 LABELS = list(LABEL_COLOURS)

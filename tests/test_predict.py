@@ -24,8 +24,8 @@ from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, asse
 from transforms import metrics
 from engine.client import ClientSettings, Outcome, Stats
 from protocols.labels import LabelSpec
-from transforms.predict import (FAILED, Engine, FailureThreshold, JobStopped, Predict,
-                                PredictSettings, Tally, _PredictFn)
+from engine.engine import Engine, FailureThreshold, JobStopped, PredictSettings, Tally
+from transforms.predict import FAILED, Predict, _PredictFn
 from transforms.progress import Progress
 from protocols import make_protocol
 from core.records import PredictRequest, dead_letter
