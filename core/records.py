@@ -5,12 +5,53 @@ Every output row is a plain dict matching `PREDICTION_SCHEMA` (Arrow, for Parque
 are built by `dead_letter()`. Nothing downstream formats strings by hand.
 """
 import datetime
+import enum
 import operator
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
-STAGES = ("read", "decode", "encode", "predict", "parse")
+
+
+class Stage(str, enum.Enum):
+    """Where a record failed: its dead letter's `stage`, counted as `failed_<stage>`."""
+    READ = "read"
+    DECODE = "decode"
+    ENCODE = "encode"
+    PREDICT = "predict"
+    PARSE = "parse"
+
+    @property
+    def counter(self) -> str:
+        return f"failed_{self.value}"
+
+
+class SkipReason(str, enum.Enum):
+    """Why an input was not predicted and is no failure either, counted as `skipped_<reason>`."""
+    HIDDEN = "hidden"  # a dot file, or in a dot folder, under the listed root
+    NOT_IMAGE = "not_image"  # no image file extension
+    SYMLINK = "symlink"
+    NOT_REGULAR_FILE = "not_regular_file"  # a FIFO, socket or device
+    DUPLICATE_KEY = "duplicate_key"  # another record of its key is predicted
+    OVER_LIMIT = "over_limit"  # not among the first --limit keys
+    NOT_DEAD_LETTER = "not_dead_letter"  # --retry_dead_letters: not an earlier dead letter
+    EXISTING = "existing"  # --skip_existing: already in an earlier run's outputs
+
+    @property
+    def counter(self) -> str:
+        return f"skipped_{self.value}"
+
+
+def accounting(counts) -> dict:
+    """The run's outcome from its counters (a name -> count mapping): `failed` and `skipped`
+    with their breakdowns by Stage and SkipReason, the only names they are counted under."""
+    failed_by_stage = {s.value: counts[s.counter] for s in Stage if counts.get(s.counter)}
+    skipped_by_reason = {r.value: counts[r.counter] for r in SkipReason
+                         if counts.get(r.counter)}
+    return {"failed": sum(failed_by_stage.values()),
+            "skipped": sum(skipped_by_reason.values()),
+            "failed_by_stage": failed_by_stage,
+            "skipped_by_reason": skipped_by_reason}
 
 LABEL_TYPE = pa.struct([("label", pa.string()), ("score", pa.float64())])
 # Object detection only (Vertex `bboxes`): one box per detection, score descending;
@@ -125,17 +166,15 @@ def writable(text: str) -> str:
 
 def dead_letter(
         key: str,
-        stage: str,
+        stage: Stage,
         error: str,
         http_status: Optional[int] = None,
         attempts: int = 0,
         failed_at: Optional[datetime.datetime] = None) -> dict:
     """A dead-letter row for one record that could not be predicted."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}")
     return {
             "key": key,
-            "stage": stage,
+            "stage": Stage(stage).value,
             "error": writable(error),
             "http_status": http_status,
             "attempts": attempts,

@@ -39,7 +39,7 @@ import aiohttp
 from engine.auth import AuthError, TokenSource
 from protocols.base import error_message, named_instance, Parsed, Protocol, ResponseError
 from engine.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
-from core.records import dead_letter, prediction_record, utc_now, writable
+from core.records import Stage, dead_letter, prediction_record, utc_now, writable
 from engine.retry import RetryPolicy, parse_retry_after
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
@@ -84,7 +84,7 @@ class Answer(NamedTuple):
 class RequestFailed(Exception):
     """No answer to read predictions from: the whole request failed at `stage`."""
 
-    def __init__(self, message: str, stage: str):
+    def __init__(self, message: str, stage: Stage):
         super().__init__(message)
         self.message, self.stage = message, stage
 
@@ -218,12 +218,12 @@ def outcome(key: str, parsed: Parsed, model: str, now, status: Optional[int],
             attempts: int) -> Outcome:
     """One instance's prediction record, or its `parse` dead letter when it was refused."""
     if parsed.error is not None:
-        return Outcome(False, dead_letter(key, "parse", parsed.error, status, attempts))
+        return Outcome(False, dead_letter(key, Stage.PARSE, parsed.error, status, attempts))
     return Outcome(True, prediction_record(key, parsed.labels, model, now, parsed.boxes,
                                            parsed.prediction))
 
 
-def failed(keys: Sequence[str], stage: str, error: str, status: Optional[int],
+def failed(keys: Sequence[str], stage: Stage, error: str, status: Optional[int],
            attempts: int) -> List[Outcome]:
     """A dead letter for each key."""
     return [Outcome(False, dead_letter(k, stage, error, status, attempts)) for k in keys]
@@ -234,14 +234,14 @@ def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: 
     """One Outcome per key out of a request's last answer (a `parse` dead letter for each
     prediction that cannot be read); RequestFailed when it carries no predictions to read."""
     if answer.error is not None:
-        raise RequestFailed(answer.error, "predict")
+        raise RequestFailed(answer.error, Stage.PREDICT)
     try:
         parsed = protocol.parse(answer.body, len(keys))
     except ResponseError as e:
-        raise RequestFailed(str(e), "predict" if error_message(answer.body) else "parse")
+        raise RequestFailed(str(e), Stage.PREDICT if error_message(answer.body) else Stage.PARSE)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError,
             RecursionError) as e:
-        raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", "parse")
+        raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", Stage.PARSE)
     model = writable(protocol.model_name(answer.body, endpoint))
     now = utc_now()
     return [outcome(k, p, model, now, answer.status, attempts) for k, p in zip(keys, parsed)]
@@ -315,7 +315,7 @@ class PredictClient:
             outcomes = await self._predict(tuple(keys[i] for i in rest),
                                            tuple(instances[i] for i in rest), attempts, stats,
                                            retries)
-            bad = dead_letter(keys[index], "predict", failure, status, attempts)
+            bad = dead_letter(keys[index], Stage.PREDICT, failure, status, attempts)
             outcomes.insert(index, Outcome(False, bad))
             return outcomes
         middle = len(keys) // 2

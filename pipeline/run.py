@@ -34,6 +34,7 @@ from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
 from pipeline import report
 from transforms import metrics
+from core.records import accounting
 from engine.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
 from protocols.v2 import V2, NotReady, check_model, is_raw_predict
@@ -232,8 +233,9 @@ def counter_values(result) -> collections.Counter:
 def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     """What a real run of this command would send, from a dry run's counters."""
     counts = counter_values(result)
-    summary = {"dry_run": True, "inputs": counts["inputs"], "skipped": counts["skipped"],
-               "failed": sum(v for k, v in counts.items() if k.startswith("failed_"))}
+    outcome = accounting(counts)
+    summary = {"dry_run": True, "inputs": counts["inputs"], "skipped": outcome["skipped"],
+               "failed": outcome["failed"]}
     summary.update(estimate(
         counts["dry_run_images"], counts["dry_run_bytes"], counts["dry_run_unsized"],
         config.max_instances_per_request, config.max_request_bytes, qps,
@@ -246,20 +248,13 @@ def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
 def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
     """The run summary from the job's metrics (committed where the runner has them)."""
     counts = counter_values(result)
-    failed_by_stage = {k[len("failed_"):]: v for k, v in counts.items()
-                       if k.startswith("failed_") and v}
-    skipped_by_reason = {k[len("skipped_"):]: v for k, v in counts.items()
-                         if k.startswith("skipped_") and v}
     retries_by_cause = {k[len("retries_"):]: v for k, v in counts.items()
                         if k.startswith("retries_") and v}
     summary = {
         "run_id": config.run_id,
         "inputs": counts["inputs"],
         "predicted": counts["predicted"],
-        "failed": sum(failed_by_stage.values()),
-        "skipped": counts["skipped"],
-        "failed_by_stage": failed_by_stage,
-        "skipped_by_reason": skipped_by_reason,
+        **accounting(counts),
         "requests": counts["requests"],
         "retries": counts["retries"],
         "retries_by_cause": retries_by_cause,

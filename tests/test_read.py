@@ -17,7 +17,7 @@ from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, es
                              glob_root, input_format, input_sources, list_pattern, parse_rows,
                              pattern_for, quote_glob, ref_rank, resolve_uri, row_ref, skip_reason,
                              split_sources, text_lines)
-from core.records import ImageRef
+from core.records import ImageRef, SkipReason, accounting
 from transforms.select import SelectTodo
 
 
@@ -92,11 +92,11 @@ def test_listing_never_follows_links_and_flags_non_regular_files(tmp_path):
               for key, entry in list_pattern(pattern_for(str(tmp_path)))}
     assert listed == {
         str(tmp_path / "b.jpg"): (2, None),
-        str(tmp_path / "c.jpg"): (None, "skipped_symlink"),
-        str(tmp_path / "d.jpg"): (None, "skipped_not_regular_file"),
-        str(tmp_path / "linked"): (None, "skipped_symlink"),
+        str(tmp_path / "c.jpg"): (None, SkipReason.SYMLINK),
+        str(tmp_path / "d.jpg"): (None, SkipReason.NOT_REGULAR_FILE),
+        str(tmp_path / "linked"): (None, SkipReason.SYMLINK),
         str(tmp_path / "sub" / "a.jpg"): (1, None),
-        str(tmp_path / "sub" / "loop"): (None, "skipped_symlink"),
+        str(tmp_path / "sub" / "loop"): (None, SkipReason.SYMLINK),
     }
     named = dict(list_pattern(pattern_for(str(tmp_path / "c.jpg"))))  # named: followed
     assert {k: v.reason for k, v in named.items()} == {str(tmp_path / "c.jpg"): None}
@@ -107,9 +107,9 @@ def test_listing_never_follows_links_and_flags_non_regular_files(tmp_path):
 def test_skip_reason_case_insensitive_hidden_and_not_images():
     assert skip_reason("/d/A.JPG", "/d") is None
     assert skip_reason("/d/b.TiFf", "/d") is None
-    assert skip_reason("/d/.hidden.jpg", "/d") == "skipped_hidden"
-    assert skip_reason("/d/.git/x.png", "/d") == "skipped_hidden"
-    assert skip_reason("/d/notes.txt", "/d") == "skipped_not_image"
+    assert skip_reason("/d/.hidden.jpg", "/d") == SkipReason.HIDDEN
+    assert skip_reason("/d/.git/x.png", "/d") == SkipReason.HIDDEN
+    assert skip_reason("/d/notes.txt", "/d") == SkipReason.NOT_IMAGE
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_read_inputs_mixed_kinds_counts_every_record_once(tmp_path):
     assert counts["skipped_hidden"] == 1 and counts["skipped_not_image"] == 1
     assert counts["skipped_duplicate_key"] == 2  # a.jpg (csv + folder), B.PNG (list + folder)
     assert counts["failed_read"] == 2
-    assert counts["inputs"] == len(expected_keys) + counts["failed_read"] + counts["skipped"]
+    assert counts["inputs"] == len(expected_keys) + counts["failed_read"] + accounting(counts)["skipped"]
 
 
 def test_read_inputs_images_only_has_no_row_steps(tmp_path):

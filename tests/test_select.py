@@ -9,14 +9,14 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.config import new_run_id
 from tests.helpers import LOCAL_RUNNER, counters
 from transforms.limit import _LastKeyFn
-from transforms.read import IMAGE, UNREADABLE_FOLDER, Listed, Outputs
-from core.records import ImageRef
-from transforms.select import SelectTodo, _Key
+from core.records import ImageRef, SkipReason, accounting
+from transforms.read import Listed, Outputs
+from transforms.select import SelectTodo, _GatherKey
 
 
 def entry(key, listed):
     """An image entry as ReadImages matches it."""
-    return key, (IMAGE, tuple(listed))
+    return key, listed
 
 
 def test_one_record_per_key_then_limit_then_existing_with_only_passthrough_values(tmp_path):
@@ -29,8 +29,8 @@ def test_one_record_per_key_then_limit_then_existing_with_only_passthrough_value
             ImageRef("e", "/i/e.jpg", fields={"c": "ee"}, origin="/r.csv:5")]
     images = [entry("b", Listed(7)), entry("b", Listed(7)),  # two patterns matched it
               entry("a", Listed(5)),  # a row names it too: the row wins
-              entry("c", Listed(None, "skipped_hidden")),
-              entry("f", Listed(None, UNREADABLE_FOLDER, error="cannot list folder"))]
+              entry("c", Listed(None, SkipReason.HIDDEN)),
+              entry("f", Listed(None, error="cannot list folder"))]
     p = TestPipeline(runner=LOCAL_RUNNER)
     inputs = Outputs(images=p | "Images" >> beam.Create(images),
                      rows=p | "Rows" >> beam.Create(rows),
@@ -47,9 +47,9 @@ def test_one_record_per_key_then_limit_then_existing_with_only_passthrough_value
     counts = counters(result)
     assert counts == {"inputs": 4, "skipped_hidden": 1, "failed_read": 1,
                       "skipped_duplicate_key": 2, "skipped_over_limit": 1,
-                      "skipped_existing": 1, "skipped": 5}
+                      "skipped_existing": 1}
     # 4 image entries (b, a, c, f) + 4 rows, of which 2 are predicted
-    assert counts["inputs"] + len(rows) == 2 + counts["failed_read"] + counts["skipped"]
+    assert counts["inputs"] + len(rows) == 2 + counts["failed_read"] + accounting(counts)["skipped"]
 
 
 def test_without_passthrough_fields_nothing_of_the_row_is_kept(tmp_path):
@@ -82,11 +82,11 @@ def test_merging_many_accumulators_keeps_the_smallest():
 
 
 def test_an_entry_two_patterns_matched_differently_is_read_whichever_comes_first():
-    hidden, read = (IMAGE, tuple(Listed(None, "skipped_hidden"))), (IMAGE, tuple(Listed(5)))
+    hidden, read = Listed(None, SkipReason.HIDDEN), Listed(5)
     for first, second in ((hidden, read), (read, hidden)):
-        combine = _Key()
-        one = combine.add_input(combine.create_accumulator(), first)
-        other = combine.add_input(combine.create_accumulator(), second)
-        assert combine.add_input(one, second)[0] == tuple(Listed(5))
-        assert combine.merge_accumulators([other, combine.add_input(
-            combine.create_accumulator(), first)])[0] == tuple(Listed(5))
+        gather = _GatherKey()
+        one = gather.add_input(gather.create_accumulator(), first)
+        other = gather.add_input(gather.create_accumulator(), second)
+        assert gather.add_input(one, second).entry == Listed(5)
+        assert gather.merge_accumulators([other, gather.add_input(
+            gather.create_accumulator(), first)]).entry == Listed(5)

@@ -19,7 +19,7 @@ from pipeline.graph import build_pipeline
 from pipeline.run import parse
 from tests.helpers import (LOCAL_RUNNER, assert_accounted, check_jsonl_against_schema_file,
                            check_row, labelled_images)
-from transforms.passthrough import chosen, with_values
+from transforms.passthrough import kept_fields, with_values
 from transforms.read import as_text
 from core.records import (PREDICTION_SCHEMA, bigquery_field, bigquery_schema, prediction_record,
                           prediction_schema, to_json_row)
@@ -301,10 +301,10 @@ def test_passthrough_values_as_text():
 
 def test_passthrough_values_of_a_row_and_of_an_image_join_the_record():
     record = prediction_record("a", [("red", 0.9)], "m", AT)
-    row = chosen({"customer": "acme", "n": 1, "other": "z"}, ("customer", "n"))
+    row = kept_fields({"customer": "acme", "n": 1, "other": "z"}, ("customer", "n"))
     assert row == {"customer": "acme", "n": "1"}
-    assert chosen(None, ("customer", "n")) == {"customer": None, "n": None}  # an image input
-    assert chosen({"customer": "acme"}, ()) is None
+    assert kept_fields(None, ("customer", "n")) == {"customer": None, "n": None}  # an image input
+    assert kept_fields({"customer": "acme"}, ()) is None
     assert with_values(record, row) == {**record, "customer": "acme", "n": "1"}
     assert with_values(record, None) == record
 

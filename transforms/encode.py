@@ -20,14 +20,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
+from core.records import ImageRef, Instance, Stage
 from imaging import jpeg
-from transforms import metrics
-from transforms.progress import PROGRESS
 from protocols.base import Protocol
+from transforms import metrics
+from transforms.failures import FAILED, failure
+from transforms.progress import PROGRESS
 from transforms.read import escaped_key
-from core.records import ImageRef, Instance, dead_letter
 
-FAILED = "failed"
 
 # Formats an endpoint takes as they are, with their MIME types.
 SENDABLE_FORMATS = {
@@ -66,7 +66,7 @@ READ_CHUNK_BYTES = 64 * 1024
 class ImageError(ValueError):
     """An input that cannot become an instance; `stage` says where it failed."""
 
-    def __init__(self, stage: str, message: str):
+    def __init__(self, stage: Stage, message: str):
         super().__init__(message)
         self.stage = stage
 
@@ -104,29 +104,29 @@ def without_quoted(message: str) -> str:
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Parse the image header (no pixels decoded); ImageError(stage='decode') when it is not
+    """Parse the image header (no pixels decoded); ImageError(Stage.DECODE) when it is not
     a readable image, declares more pixels than Pillow's MAX_IMAGE_PIXELS, or is a JPEG of
     more than MAX_JPEG_SCANS scans."""
     if not data:
-        raise ImageError("decode", "empty file (0 bytes)")
+        raise ImageError(Stage.DECODE, "empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageError("decode", f"decompression bomb refused: {e}")
+        raise ImageError(Stage.DECODE, f"decompression bomb refused: {e}")
     except Image.UnidentifiedImageError:
-        raise ImageError("decode", f"not a recognised image format ({len(data)} bytes)")
+        raise ImageError(Stage.DECODE, f"not a recognised image format ({len(data)} bytes)")
     except Exception as e:  # Pillow raises many types for bad headers
-        raise ImageError("decode", f"not a readable image: {type(e).__name__}: "
+        raise ImageError(Stage.DECODE, f"not a readable image: {type(e).__name__}: "
                                    f"{without_quoted(str(e))}")
     width, height = img.size
     if jpeg.over_pixel_limit(width, height):
-        raise ImageError("decode", f"decompression bomb refused: {width}x{height} = "
+        raise ImageError(Stage.DECODE, f"decompression bomb refused: {width}x{height} = "
                                    f"{width * height} pixels, over the limit of "
                                    f"{Image.MAX_IMAGE_PIXELS}")
     if img.format in ("JPEG", "MPO"):
         scans = data.count(SOS_MARKER)
         if scans > MAX_JPEG_SCANS:
-            raise ImageError("decode", f"decompression bomb refused: a JPEG of {scans} "
+            raise ImageError(Stage.DECODE, f"decompression bomb refused: a JPEG of {scans} "
                                        f"scans, over the limit of {MAX_JPEG_SCANS}")
     return img
 
@@ -178,7 +178,7 @@ def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]], exact: b
     except ImageError:
         raise
     except Exception as e:
-        raise ImageError("decode", f"cannot decode image: {without_quoted(str(e))}")
+        raise ImageError(Stage.DECODE, f"cannot decode image: {without_quoted(str(e))}")
 
 
 def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
@@ -244,7 +244,7 @@ def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes
             if _fits(protocol, body, max_request_bytes):
                 return Instance(key, body)
     raise ImageError(
-        "encode", f"image of {len(data)} bytes does not fit --max_request_bytes="
+        Stage.ENCODE, f"image of {len(data)} bytes does not fit --max_request_bytes="
         f"{max_request_bytes} even after re-encoding (smallest request "
         f"{protocol.body_size([len(body)])} bytes)")
 
@@ -261,15 +261,15 @@ def _pixel_rows(img: Image.Image) -> list:
 
 
 def read_bytes(ref: ImageRef) -> bytes:
-    """The image's bytes, from its URI or its inline base64; ImageError(stage='read') if not."""
+    """The image's bytes, from its URI or its inline base64; ImageError(Stage.READ) if not."""
     where = f" (row {ref.origin})" if ref.origin else ""
     if ref.inline_b64 is not None:
         try:
             return base64.b64decode(ref.inline_b64, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise ImageError("read", f"invalid base64{where}: {e}")
+            raise ImageError(Stage.READ, f"invalid base64{where}: {e}")
     if ref.size is not None and ref.size > MAX_FILE_BYTES:
-        raise ImageError("read", _too_large(ref, ref.size, where))
+        raise ImageError(Stage.READ, _too_large(ref, ref.size, where))
     try:
         if "://" in ref.uri:
             with FileSystems.open(ref.uri, compression_type="uncompressed") as f:
@@ -277,15 +277,15 @@ def read_bytes(ref: ImageRef) -> bytes:
         else:
             data = read_local(ref.uri)
     except ImageError as e:
-        raise ImageError("read", f"{e}: {_shown(ref)}{where}")
+        raise ImageError(Stage.READ, f"{e}: {_shown(ref)}{where}")
     except FileNotFoundError:
-        raise ImageError("read", f"file not found: {_shown(ref)}{where}")
+        raise ImageError(Stage.READ, f"file not found: {_shown(ref)}{where}")
     except Exception as e:
         if _is_not_found(e):
-            raise ImageError("read", f"file not found: {_shown(ref)}{where}")
-        raise ImageError("read", f"cannot read {_shown(ref)}{where}: {type(e).__name__}: {e}")
+            raise ImageError(Stage.READ, f"file not found: {_shown(ref)}{where}")
+        raise ImageError(Stage.READ, f"cannot read {_shown(ref)}{where}: {type(e).__name__}: {e}")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError("read", _too_large(ref, len(data), where))
+        raise ImageError(Stage.READ, _too_large(ref, len(data), where))
     return data
 
 
@@ -297,10 +297,10 @@ def read_local(path: str) -> bytes:
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ImageError("read", "not a regular file (a FIFO, socket or device): "
+            raise ImageError(Stage.READ, "not a regular file (a FIFO, socket or device): "
                                      "never read")
         if info.st_size > MAX_FILE_BYTES:  # refused unread (its listing may not have sized it)
-            raise ImageError("read", _over_the_cap(info.st_size))
+            raise ImageError(Stage.READ, _over_the_cap(info.st_size))
         return read_capped(functools.partial(os.read, fd), info.st_size)
     finally:
         os.close(fd)
@@ -372,14 +372,12 @@ class _EncodeFn(beam.DoFn):
             yield instance._replace(fields=ref.fields) if ref.fields else instance
             self._counts.inc("encoded")
         except ImageError as e:
-            self._counts.inc(f"failed_{e.stage}")
             PROGRESS.settled(1)
-            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(ref.key, e.stage, str(e)))
+            yield failure(ref.key, e.stage, str(e), self._counts)
         except Exception as e:  # anything else about one image must not fail the bundle
-            self._counts.inc("failed_encode")
             PROGRESS.settled(1)
-            yield beam.pvalue.TaggedOutput(FAILED, dead_letter(
-                ref.key, "encode", f"cannot encode: {type(e).__name__}: {e}"))
+            yield failure(ref.key, Stage.ENCODE, f"cannot encode: {type(e).__name__}: {e}",
+                          self._counts)
 
     def finish_bundle(self):
         self._counts.flush()

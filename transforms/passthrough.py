@@ -1,7 +1,7 @@
-"""`--passthrough_fields a,b`: chosen columns of an input row copied into its prediction
+"""`--passthrough_fields a,b`: kept_fields columns of an input row copied into its prediction
 record (like Vertex Batch Prediction's includedFields).
 
-`SelectTodo` trims each row to these values before the job's one keyed step (`chosen`); they
+`SelectTodo` trims each row to these values before the job's one keyed step (`kept_fields`); they
 ride with the record through encode, pack and predict (`Instance.fields`,
 `PredictRequest.fields`) and join the prediction record as it is made (`with_values`), so
 the records committed in parts while the job runs hold them too. Values are strings (the
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from transforms.read import as_text
 
 
-def chosen(fields: Optional[dict], names: Sequence[str]) -> Optional[dict]:
+def kept_fields(fields: Optional[dict], names: Sequence[str]) -> Optional[dict]:
     """{name: value as text or None} for the named columns of a row (`fields` None: an image
     input, all null); None when no column is passed through."""
     if not names:

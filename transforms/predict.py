@@ -1,6 +1,6 @@
 """Predict: packed requests -> prediction records, with a `failed` output of dead letters.
 
-Each worker process runs one `Engine`: an asyncio event loop on a background thread with
+Each worker process runs one `engine.engine.Engine`: an asyncio event loop on a background thread with
 one PredictClient (aiohttp connection pool, `--max_concurrent_requests` slots, the process's
 share of `--qps`). The copies of the DoFn in a process share it across bundles through
 Beam's `Shared` handle (as RunInference holds its model); it closes when it is garbage:
@@ -30,13 +30,13 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
 from transforms import metrics
-from core.records import PredictRequest
+from core.records import PredictRequest, Stage
 from engine.client import Stats
 from engine.engine import Engine, JobStopped, PredictSettings
+from transforms.failures import FAILED
 from transforms.passthrough import with_values
 from transforms.progress import PROGRESS
 
-FAILED = "failed"
 class _PredictFn(beam.DoFn):
     def __init__(self, settings: PredictSettings):
         self._settings = settings
@@ -118,7 +118,7 @@ def _count(outcomes, stats: Stats):
         metrics.counter("predicted").inc(predicted)
     for outcome in outcomes:
         if not outcome.ok:
-            metrics.counter(f"failed_{outcome.record['stage']}").inc()
+            metrics.counter(Stage(outcome.record["stage"]).counter).inc()
 
 
 class Predict(beam.PTransform):

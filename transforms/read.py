@@ -24,17 +24,16 @@ import os
 import posixpath
 import re
 import stat
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
+from core.records import ImageRef, SkipReason, Stage, is_unicode
 from transforms import metrics
-from core.records import ImageRef, dead_letter, is_unicode
+from transforms.failures import FAILED, failure, skip
 
-FAILED = "failed"
-IMAGE, ROW = 0, 1  # the kinds of value SelectTodo groups by key (transforms.select)
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 GLOB_CHARS = frozenset("*?[")
@@ -142,18 +141,17 @@ def pattern_for(path: str) -> str:
 
 
 class Listed(NamedTuple):
-    """One entry a pattern matched. `reason` (a `skipped_*` counter, or UNREADABLE_FOLDER)
-    says why it is not read; `raw` holds a local path's bytes when its key had to be
-    escaped, so the file can still be opened."""
+    """One entry a pattern matched. `reason` says why it is skipped; `error`, why a folder
+    could not be listed (a `read` dead letter); `raw` holds a local path's bytes when its
+    key had to be escaped, so the file can still be opened."""
     size: Optional[int]
-    reason: Optional[str] = None
+    reason: Optional[SkipReason] = None
     raw: Optional[bytes] = None
     error: Optional[str] = None
 
-
-SKIPPED_SYMLINK = "skipped_symlink"
-SKIPPED_NOT_REGULAR = "skipped_not_regular_file"
-UNREADABLE_FOLDER = "unreadable_folder"
+    @property
+    def readable(self) -> bool:
+        return self.reason is None and self.error is None
 
 
 def glob_root(pattern: str) -> str:
@@ -166,11 +164,11 @@ def glob_root(pattern: str) -> str:
     return "/".join(unquote_glob(p) for p in parts)
 
 
-def entry_kind(mode: int) -> Optional[str]:
+def entry_kind(mode: int) -> Optional[SkipReason]:
     """None for a regular file; else why it is never opened."""
     if stat.S_ISLNK(mode):
-        return SKIPPED_SYMLINK
-    return None if stat.S_ISREG(mode) else SKIPPED_NOT_REGULAR
+        return SkipReason.SYMLINK
+    return None if stat.S_ISREG(mode) else SkipReason.NOT_REGULAR_FILE
 
 
 def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
@@ -183,8 +181,7 @@ def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            yield folder, Listed(None, UNREADABLE_FOLDER,
-                                 error=f"cannot list folder: {type(e).__name__}")
+            yield folder, Listed(None, error=f"cannot list folder: {type(e).__name__}")
             continue
         subfolders = []
         for entry in entries:
@@ -259,43 +256,33 @@ def is_hidden(path: str, root: str) -> bool:
     return "/." in "/" + relative  # a part of it starts with a dot
 
 
-def skip_reason(path: str, root: str) -> Optional[str]:
-    """Why a listed file is not an input image (a `skipped_*` counter), or None."""
+def skip_reason(path: str, root: str) -> Optional[SkipReason]:
+    """Why a listed file is not an input image, or None."""
     if is_hidden(path, root):
-        return "skipped_hidden"
+        return SkipReason.HIDDEN
     if not is_image_path(path):
-        return "skipped_not_image"
+        return SkipReason.NOT_IMAGE
     return None
 
 
-def match_pattern(pattern: str) -> Iterable[Tuple[str, tuple]]:
-    """(key, (IMAGE, Listed as a plain tuple)) for every entry the pattern matches, with why
-    it is skipped: small values, as these cross the job's keyed step (a named tuple is
-    pickled)."""
+def match_pattern(pattern: str) -> Iterator[Tuple[str, Any]]:
+    """(key, Listed) for every entry the pattern matches, with why it is skipped. (Hinted
+    as Any, here and below: from a NamedTuple hint Beam would infer a row schema.)"""
     root = glob_root(pattern)
-    for key, (size, reason, raw, error) in list_pattern(pattern):
-        yield key, (IMAGE, (size, reason or skip_reason(key, root), raw, error))
-
-
-def match_row_files(pattern: str) -> Iterable[Tuple[str, tuple]]:
-    """(key, Listed as a plain tuple) for every row file the pattern matches."""
     for key, listed in list_pattern(pattern):
-        yield key, tuple(listed)
+        if listed.readable:
+            listed = listed._replace(reason=skip_reason(key, root))
+        yield key, listed
 
 
-def first(values: Iterable):
-    """The first of several matches of one row file (several --input patterns may overlap)."""
-    return next(iter(values), None)
+def match_row_files(pattern: str) -> Iterator[Tuple[str, Any]]:
+    """(key, Listed) for every row file the pattern matches."""
+    return list_pattern(pattern)
 
 
-def _failed(key: str, message: str):
-    metrics.counter("failed_read").inc()
-    return beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", message))
-
-
-def _skipped(reason: str):
-    metrics.counter(reason).inc()
-    metrics.counter("skipped").inc()
+def first_listing(listings: Iterable[Listed]) -> Optional[tuple]:
+    """The first of several listings of one row file (several --input patterns may overlap)."""
+    return next(iter(listings), None)
 
 
 def image_ref(key: str, listed: Listed, fields: Optional[dict] = None) -> ImageRef:
@@ -304,7 +291,7 @@ def image_ref(key: str, listed: Listed, fields: Optional[dict] = None) -> ImageR
 
 
 class ReadImages(beam.PTransform):
-    """Patterns -> (key, (IMAGE, Listed tuple)) per matched entry. An entry two patterns
+    """Patterns -> (key, Listed) per matched entry. An entry two patterns
     match comes twice: `transforms.select.SelectTodo` keeps one, and counts it there."""
 
     def __init__(self, patterns: List[str]):
@@ -570,16 +557,16 @@ class _ParseRowsFn(beam.DoFn):
         self._spec = spec
 
     def process(self, match):
-        source, listed = match[0], Listed(*match[1])
-        if listed.reason is not None:
+        source, listed = match
+        if not listed.readable:
             metrics.counter("inputs").inc()  # the file is one record: it is not read
-            if listed.reason == SKIPPED_NOT_REGULAR:
-                yield _failed(source, f"{source}: not a regular file (a FIFO, socket or "
-                                      f"device): never opened")
-            elif listed.reason == UNREADABLE_FOLDER:
-                yield _failed(source, listed.error)
+            if listed.reason == SkipReason.NOT_REGULAR_FILE:
+                yield failure(source, Stage.READ, f"{source}: not a regular file (a FIFO, "
+                                                  f"socket or device): never opened")
+            elif listed.reason is None:
+                yield failure(source, Stage.READ, listed.error)
             else:
-                _skipped(listed.reason)
+                skip(listed.reason)
             return
         line = 0
         try:
@@ -590,12 +577,13 @@ class _ParseRowsFn(beam.DoFn):
                     if isinstance(ref, ImageRef):
                         yield ref
                     else:
-                        yield _failed(f"{source}:{line}", str(ref))
+                        yield failure(f"{source}:{line}", Stage.READ, str(ref))
         except Exception as e:
             if line:  # rows were already emitted: fail the bundle so the runner retries it
                 raise
             metrics.counter("inputs").inc()  # the file could not be opened: one record for it
-            yield _failed(source, f"{source}: cannot read rows: {type(e).__name__}: {e}")
+            yield failure(source, Stage.READ,
+                          f"{source}: cannot read rows: {type(e).__name__}: {e}")
 
 
 class ReadRows(beam.PTransform):
@@ -616,7 +604,7 @@ class ReadRows(beam.PTransform):
             parsed = (pbegin
                       | f"{name}Patterns" >> beam.Create(patterns)
                       | f"{name}Match" >> beam.FlatMap(match_row_files)
-                      | f"{name}Dedupe" >> beam.CombinePerKey(first)
+                      | f"{name}Dedupe" >> beam.CombinePerKey(first_listing)
                       | f"{name}Parse" >> beam.ParDo(_ParseRowsFn(fmt, self._spec))
                       .with_outputs(FAILED, main="refs"))
             refs.append(parsed.refs)

@@ -8,112 +8,135 @@ Into one CombinePerKey go, keyed by record key:
 - with `--skip_existing`, the keys earlier runs wrote (`ReadExistingKeys`); with
   `--retry_dead_letters`, the keys of earlier dead letters (`ReadDeadLetterKeys`).
 
-The combine keeps, per key, the best-ranked row (`read.ref_rank`), the image entry, how many
-rows there were and whether the key is done or a dead letter: a few values per key, combined
-on each worker before the shuffle. Then `_ChooseFn` counts the image entry as an input, keeps
+The combine keeps, per key, a `KeyRecords`: the best-ranked row (`read.ref_rank`), the image
+entry, how many rows there were and whether the key is done or a dead letter: a few values
+per key, combined on each worker before the shuffle. Then `_ChooseFn` counts the image entry as an input, keeps
 one record (the others are skipped as `duplicate_key`), and skips it if its key is not among
 the first `--limit` keys (`over_limit`), not a dead letter (`not_dead_letter`) or already
 written (`existing`), in that order. Every skip is counted, so
 `inputs == predicted + failed + skipped` holds. On Dataflow this shuffle is also what spreads
 the records over the workers before they are encoded and sent (docs/design.md).
 """
-from typing import Iterable, Optional, Sequence, Tuple
+import dataclasses
+import enum
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 
+from core.records import ImageRef, SkipReason, Stage
 from transforms import metrics
 from transforms.backfill import ReadDeadLetterKeys, ReadExistingKeys
+from transforms.failures import FAILED, failure, skip
 from transforms.limit import LastKey
-from transforms.passthrough import chosen
-from transforms.read import (FAILED, IMAGE, ROW, UNREADABLE_FOLDER, Listed,
-                             image_ref, ref_rank)
-from core.records import ImageRef, dead_letter
+from transforms.passthrough import kept_fields
+from transforms.read import Listed, image_ref, ref_rank
 
-DONE, RETRY = 2, 3  # markers: the key is in earlier outputs / in earlier dead letters
 IMAGE_RANK = (True, "", 0)  # an image entry ranks as a ref without fields or origin (ref_rank)
 
-SKIPPED_DUPLICATE = "skipped_duplicate_key"
-SKIPPED_OVER_LIMIT = "skipped_over_limit"
-SKIPPED_NOT_DEAD_LETTER = "skipped_not_dead_letter"
-SKIPPED_EXISTING = "skipped_existing"
+
+class Row(NamedTuple):
+    """A row's record as it meets the others of its key: its rank (`read.ref_rank`) and its
+    ref, trimmed to the passed-through values."""
+    rank: tuple
+    ref: ImageRef
 
 
-def row_value(ref: ImageRef, names: Sequence[str]) -> Tuple[str, tuple]:
-    """(key, (ROW, rank, ref as a plain tuple)), the ref trimmed to the passed-through values."""
-    rank = ref_rank(ref)
-    return ref.key, (ROW, rank, tuple(ref._replace(fields=chosen(ref.fields, names))))
+class Mark(enum.Enum):
+    """What an earlier run says of a key."""
+    DONE = "done"  # in earlier outputs (--skip_existing)
+    RETRY = "retry"  # in earlier dead letters (--retry_dead_letters)
 
 
-def marker(key: str, kind: int) -> Tuple[str, tuple]:
-    return key, (kind,)
+def keyed_row(ref: ImageRef, names: Sequence[str]) -> Tuple[str, Any]:
+    return ref.key, Row(ref_rank(ref), ref._replace(fields=kept_fields(ref.fields, names)))
 
 
-def record_key(element: Tuple[str, tuple]) -> Iterable[str]:
-    """The key of a value that is a record to predict: a row, or an image entry whose Listed
-    (size, reason, raw, error) gives no reason to skip or fail it."""
+def keyed_mark(key: str, mark: Mark) -> Tuple[str, Any]:
+    return key, mark
+
+
+def record_key(element) -> Iterable[str]:
+    """The key of a value that is a record to predict: a row, or a readable image entry."""
     key, value = element
-    if value[0] == ROW or (value[0] == IMAGE and value[1][1] is None):
+    if isinstance(value, Row) or (isinstance(value, Listed) and value.readable):
         yield key
 
 
-def better_entry(entry: Optional[tuple], other: Optional[tuple]) -> Optional[tuple]:
+def better_entry(entry: Optional[Listed], other: Optional[Listed]) -> Optional[Listed]:
     """Of two image entries of one key (two patterns matched the file, from different roots),
     the one to read if either is, else the first reason by name: the same whatever the
     order."""
     if entry is None or other is None:
         return entry or other
-    return min(entry, other, key=lambda e: (e[1] is not None, e[1] or ""))
+    return min(entry, other, key=lambda e: (not e.readable, e.reason or "", e.error or ""))
 
 
-def better_row(row: Optional[tuple], other: Optional[tuple]) -> Optional[tuple]:
-    """Of two (rank, row) of one key, the better-ranked (`read.ref_rank`); the first on a tie."""
-    if row is None or (other is not None and other[0] < row[0]):
+def better_row(row: Optional[Row], other: Optional[Row]) -> Optional[Row]:
+    """Of two rows of one key, the better-ranked (`read.ref_rank`); the first on a tie."""
+    if row is None or (other is not None and other.rank < row.rank):
         return other
     return row
 
 
-class _Key(beam.CombineFn):
-    """Per key: [image entry, best (rank, row), rows, done, retry]."""
+@dataclasses.dataclass
+class KeyRecords:
+    """What one key's values come to: its image entry, its best row, how many rows it has,
+    and what earlier runs say of it."""
+    entry: Optional[Listed] = None
+    best: Optional[Row] = None
+    rows: int = 0
+    done: bool = False
+    retry: bool = False
+
+    def add(self, value) -> "KeyRecords":
+        if isinstance(value, Listed):
+            self.entry = better_entry(self.entry, value)
+        elif isinstance(value, Row):
+            self.best = better_row(self.best, value)
+            self.rows += 1
+        elif value is Mark.DONE:
+            self.done = True
+        else:
+            self.retry = True
+        return self
+
+    def merge(self, other: "KeyRecords") -> "KeyRecords":
+        self.entry = better_entry(self.entry, other.entry)
+        self.best = better_row(self.best, other.best)
+        self.rows += other.rows
+        self.done = self.done or other.done
+        self.retry = self.retry or other.retry
+        return self
+
+
+class _GatherKey(beam.CombineFn):
+    """All values of a key -> its KeyRecords (combined on each worker before the shuffle)."""
 
     def create_accumulator(self):
-        return [None, None, 0, False, False]
+        return KeyRecords()
 
-    def add_input(self, acc, value):
-        kind = value[0]
-        if kind == IMAGE:
-            acc[0] = better_entry(acc[0], value[1])
-        elif kind == ROW:
-            acc[1] = better_row(acc[1], value[1:])
-            acc[2] += 1
-        elif kind == DONE:
-            acc[3] = True
-        else:
-            acc[4] = True
-        return acc
+    def add_input(self, records, value):
+        return records.add(value)
 
     def merge_accumulators(self, accumulators):
-        merged = self.create_accumulator()
-        for image, best, rows, done, retry in accumulators:
-            merged[0] = better_entry(merged[0], image)
-            merged[1] = better_row(merged[1], best)
-            merged[2] += rows
-            merged[3] = merged[3] or done
-            merged[4] = merged[4] or retry
+        merged = KeyRecords()
+        for records in accumulators:
+            merged.merge(records)
         return merged
 
-    def extract_output(self, acc):
-        return tuple(acc)
+    def extract_output(self, records):
+        return records
 
 
-def pick(key: str, image: Optional[ImageRef], best: Optional[tuple]) -> ImageRef:
+def record_to_predict(image: Optional[ImageRef], best: Optional[Row]) -> ImageRef:
     """The record a key keeps: the best-ranked of its image entry and its best row."""
-    if best is not None and (image is None or best[0] < IMAGE_RANK):
-        return ImageRef(*best[1])
+    if best is not None and (image is None or best.rank < IMAGE_RANK):
+        return best.ref
     return image
 
 
 class _ChooseFn(beam.DoFn):
-    """(key, combined) -> the one record of a key to predict; every other outcome counted."""
+    """(key, KeyRecords) -> the one record of a key to predict; every other outcome counted."""
 
     def __init__(self, names: Sequence[str], retry_only: bool, limited: bool):
         self._names = tuple(names)
@@ -127,39 +150,34 @@ class _ChooseFn(beam.DoFn):
         self._counts.flush()
 
     def process(self, element, last_key: Optional[str] = None):
-        key, (entry, best, rows, done, retry) = element
+        key, found = element
         image = None
-        if entry is not None:
-            listed = Listed(*entry)
+        listed = found.entry
+        if listed is not None:
             self._counts.inc("inputs")
-            if listed.reason is None:
-                image = image_ref(key, listed, chosen(None, self._names))
-            elif listed.reason == UNREADABLE_FOLDER:
-                self._counts.inc("failed_read")
-                yield beam.pvalue.TaggedOutput(FAILED, dead_letter(key, "read", listed.error))
+            if listed.readable:
+                image = image_ref(key, listed, kept_fields(None, self._names))
+            elif listed.reason is None:
+                yield failure(key, Stage.READ, listed.error, self._counts)
             else:
-                self._skip(listed.reason)
-        records = rows + (image is not None)
+                skip(listed.reason, self._counts)
+        records = found.rows + (image is not None)
         if not records:
             return
         for _ in range(records - 1):
-            self._skip(SKIPPED_DUPLICATE)
-        reason = self._reason(key, last_key, done, retry)
+            skip(SkipReason.DUPLICATE_KEY, self._counts)
+        reason = self._reason(key, last_key, found)
         if reason:
-            self._skip(reason)
+            skip(reason, self._counts)
         else:
-            yield pick(key, image, best)
+            yield record_to_predict(image, found.best)
 
-    def _reason(self, key, last_key, done, retry) -> Optional[str]:
+    def _reason(self, key, last_key, found: KeyRecords) -> Optional[SkipReason]:
         if self._limited and (last_key is None or key > last_key):
-            return SKIPPED_OVER_LIMIT
-        if self._retry_only and not retry:
-            return SKIPPED_NOT_DEAD_LETTER
-        return SKIPPED_EXISTING if done else None
-
-    def _skip(self, reason: str):
-        self._counts.inc(reason)
-        self._counts.inc("skipped")
+            return SkipReason.OVER_LIMIT
+        if self._retry_only and not found.retry:
+            return SkipReason.NOT_DEAD_LETTER
+        return SkipReason.EXISTING if found.done else None
 
 
 class SelectTodo(beam.PTransform):
@@ -182,15 +200,15 @@ class SelectTodo(beam.PTransform):
     def expand(self, inputs):
         p = inputs.images.pipeline
         values = [inputs.images,
-                  inputs.rows | "KeyRows" >> beam.Map(row_value, self._names)]
+                  inputs.rows | "KeyRows" >> beam.Map(keyed_row, self._names)]
         if self._existing_output:
             values.append(p
                           | "ReadExistingKeys" >> ReadExistingKeys(self._existing_output)
-                          | "MarkDone" >> beam.Map(marker, DONE))
+                          | "MarkDone" >> beam.Map(keyed_mark, Mark.DONE))
         if self._dead_letters:
             values.append(p
                           | "ReadDeadLetterKeys" >> ReadDeadLetterKeys(self._dead_letters)
-                          | "MarkRetry" >> beam.Map(marker, RETRY))
+                          | "MarkRetry" >> beam.Map(keyed_mark, Mark.RETRY))
         values = values | "AllValues" >> beam.Flatten()
         side = {}
         if self._limit:
@@ -200,5 +218,5 @@ class SelectTodo(beam.PTransform):
                 | "LastKey" >> LastKey(self._limit))
         choose = _ChooseFn(self._names, bool(self._dead_letters), bool(self._limit))
         return (values
-                | "OnePerKey" >> beam.CombinePerKey(_Key())
+                | "OnePerKey" >> beam.CombinePerKey(_GatherKey())
                 | "Choose" >> beam.ParDo(choose, **side).with_outputs(FAILED, main="refs"))
