@@ -36,11 +36,11 @@ from typing import Counter, Dict, List, Mapping, NamedTuple, Optional, Sequence,
 
 import aiohttp
 
+from core.records import dead_letter, prediction_record, Stage, utc_now, writable
 from engine.auth import AuthError, TokenSource
+from engine.ratelimit import RateLimiter, THROTTLE_DELAY_S, THROTTLE_WINDOW_S, Throttler
+from engine.retry import parse_retry_after, RetryPolicy
 from protocols.base import error_message, named_instance, Parsed, Protocol, ResponseError
-from engine.ratelimit import THROTTLE_DELAY_S, THROTTLE_WINDOW_S, RateLimiter, Throttler
-from core.records import Stage, dead_letter, prediction_record, utc_now, writable
-from engine.retry import RetryPolicy, parse_retry_after
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
 SPLIT_RETRIES = 1  # retries of each half of a request split after a persistent 5xx

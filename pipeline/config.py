@@ -21,19 +21,20 @@ from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, G
                                                   PipelineOptions, StandardOptions, TestOptions,
                                                   WorkerOptions)
 
-from pipeline.options import PredictOptions, options_parser
+from core.paths import has_glob, render_path
 from engine.auth import resolve_auth
 from engine.client import ClientSettings
-from transforms.encode import parse_size
-from protocols.labels import LabelSpec, check_field_path, check_label_names, load_label_names
 from engine.engine import FailureThreshold, PredictSettings
+from engine.ratelimit import worker_share
+from engine.retry import RetryPolicy
+from pipeline.options import options_parser, PredictOptions
 from protocols import make_protocol
 from protocols.base import Protocol
-from engine.ratelimit import worker_share
-from transforms.read import InputSource, RowSpec, escaped_key, has_glob, input_sources
-from engine.retry import RetryPolicy
-from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
-                              parse_passthrough_fields, render_path)
+from protocols.labels import check_field_path, check_label_names, LabelSpec, load_label_names
+from transforms.encode import parse_size
+from transforms.read import escaped_key, input_sources, InputSource, RowSpec
+from transforms.write import (bigquery_target, BigQueryTarget, parse_bigquery_table,
+                              parse_passthrough_fields)
 
 
 class ConfigError(ValueError):

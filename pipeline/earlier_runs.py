@@ -18,10 +18,9 @@ from typing import Dict, List, Optional, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.commit import DEAD_LETTER_PART_EXTENSION, delete_folder, parts_dir
-from transforms.read import quote_glob
-from transforms.write import (RUN_ID_PATTERN, parts_glob, parts_regex, render_path, template_glob,
-                              template_regex)
+from core.paths import (DEAD_LETTER_PART_EXTENSION, parts_dir, parts_glob, parts_regex, quote_glob,
+                        render_path, RUN_ID_PATTERN, template_glob, template_regex)
+from transforms.commit import delete_folder
 
 _LOG = logging.getLogger("batch_predict")
 

@@ -1,16 +1,17 @@
 """build_pipeline: wires the stages for a JobConfig. No I/O happens here."""
 import apache_beam as beam
 
+from core.paths import parts_dir
+from core.records import prediction_schema
 from pipeline.config import JobConfig
-from transforms.encode import EncodeInstances
 from transforms.backfill import AdoptParts
+from transforms.commit import CommitParts, DeleteParts
+from transforms.encode import EncodeInstances
 from transforms.limit import CountForEstimate
 from transforms.pack import PackRequests
 from transforms.predict import Predict
 from transforms.progress import NoteTotal
 from transforms.read import ReadInputs
-from transforms.commit import CommitParts, DeleteParts, parts_dir
-from core.records import prediction_schema
 from transforms.select import SelectTodo
 from transforms.write import WriteDeadLetters, WriteResults
 

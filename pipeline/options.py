@@ -12,9 +12,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from engine.auth import AUTH_MODES
 from pipeline.earlier_runs import DEFAULT_STALE_AFTER_S
-from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
-from protocols.v2 import TENSOR_DTYPES
 from protocols.base import INSTANCE_FORMATS, PROTOCOLS
+from protocols.v2 import TENSOR_DTYPES
+from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
 from transforms.read import INPUT_FORMATS
 from transforms.write import OUTPUT_FORMATS
 

@@ -20,9 +20,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from core.paths import quote_glob
 from transforms import metrics
 from transforms.commit import matching
-from transforms.read import quote_glob
 
 CONTACT_SHEET_SIZE = 24
 THUMBNAIL_PX = 160

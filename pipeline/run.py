@@ -29,22 +29,24 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (StandardOptions, GoogleCloudOptions,
                                                   PipelineOptions)
 
-from pipeline.config import DRY_RUN_FLAG, ConfigError, JobConfig, build_config, parse_options
-from pipeline.graph import build_pipeline
-from pipeline.options import PredictOptions
-from pipeline import report
-from transforms import metrics
+from core.paths import dead_letter_glob, parts_dir, quote_glob
 from core.records import accounting
-from engine.auth import SCOPES, AuthError, TokenSource
-from transforms.encode import quiet_pillow_warnings
-from protocols.v2 import V2, NotReady, check_model, is_raw_predict
-from transforms.read import check_input, first_match, open_path, quote_glob
-from transforms.backfill import any_match, dead_letter_glob
-from pipeline.earlier_runs import plan_leftovers
-from transforms.limit import estimate, estimate_line
-from transforms.commit import delete_folder, parts_dir
+from engine.auth import AuthError, SCOPES, TokenSource
 from engine.engine import STOPPED_PREFIX
-from transforms.write import jsonl_load_command, write_bigquery_schema, write_text
+from pipeline import report
+from pipeline.config import build_config, ConfigError, DRY_RUN_FLAG, JobConfig, parse_options
+from pipeline.earlier_runs import plan_leftovers
+from pipeline.estimate import estimate, estimate_line
+from pipeline.graph import build_pipeline
+from pipeline.model_check import check_model, NotReady
+from pipeline.options import PredictOptions
+from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
+from protocols.v2 import is_raw_predict, V2
+from transforms import metrics
+from transforms.backfill import any_match
+from transforms.commit import delete_folder
+from transforms.encode import quiet_pillow_warnings
+from transforms.read import check_input, first_match, open_path
 
 _LOG = logging.getLogger("batch_predict")
 EXIT_STOPPED = 3

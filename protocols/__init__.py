@@ -3,7 +3,7 @@ Vision) and `v2` (the Open Inference Protocol of KServe, Triton and MLServer), o
 `make_protocol` is the one place a `--protocol` name becomes a Protocol."""
 from typing import Optional
 
-from protocols.base import INSTANCE_FORMATS, PROTOCOLS, Protocol
+from protocols.base import INSTANCE_FORMATS, Protocol, PROTOCOLS
 from protocols.google import AutoML, MLEngine, Vertex
 from protocols.labels import LabelSpec
 from protocols.v2 import V2

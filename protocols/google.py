@@ -3,11 +3,10 @@ endpoints and AutoML Vision v1beta1 (../../shared/PROTOCOLS.md has their wire fa
 import dataclasses
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
-from protocols.base import (INSTANCE_FORMATS, Parsed, Protocol, ResponseError, b64, b64_json,
-                            dumps, error_message, json_snippet, parameters_field,
-                            prediction_predictions, prediction_text, read_prediction, refused,
-                            sent_texts)
-from protocols.labels import (LabelError, Labels, LabelSpec, LabelScores, score, snippet,
+from protocols.base import (b64, b64_json, dumps, error_message, INSTANCE_FORMATS, json_snippet,
+                            parameters_field, Parsed, prediction_predictions, prediction_text,
+                            Protocol, read_prediction, refused, ResponseError, sent_texts)
+from protocols.labels import (LabelError, Labels, LabelScores, LabelSpec, score, snippet,
                               unicode_labels)
 
 

@@ -17,12 +17,12 @@ import threading
 import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 
-from localserver.demo import LABEL_COLOURS, color_image, write_image
-from localserver.server import Config as ServerConfig
-from transforms import metrics
-from protocols.google import MLEngine
 from engine.retry import RetryPolicy
+from localserver.demo import color_image, LABEL_COLOURS, write_image
+from localserver.server import Config as ServerConfig
+from protocols.google import MLEngine
 from tests import servers
+from transforms import metrics
 
 # DirectRunner's batch engine, named directly: Beam 2.77's DirectRunner first tries to download
 # the Prism binary from the internet (see pipeline.run.offline_safe_runner).

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from protocols import answers
+from protocols import answers, make_protocol
 from protocols.labels import LabelSpec
-from protocols import make_protocol
 
 BODIES = [
     b'{"predictions":[[0.1,0.9],[0.5,0.5]]}',

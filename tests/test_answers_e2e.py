@@ -19,9 +19,8 @@ import pytest
 
 from localserver.demo import write_image
 from pipeline.run import run
-from tests.helpers import (assert_accounted, read_dead_letters, read_predictions, reply,
-                           serving)
 from protocols.labels import INDEX_WARNING
+from tests.helpers import assert_accounted, read_dead_letters, read_predictions, reply, serving
 
 CLASSES = ("cat", "dog", "cow")
 

@@ -16,14 +16,14 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.records import ImageRef, prediction_schema
 from localserver.demo import write_image
 from pipeline.config import ConfigError, new_run_id
 from pipeline.run import run
-from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, check_jsonl_against_schema_file,
-                           cli, counters, exactly_once, labelled_images, one_error_line,
-                           read_dead_letters, read_predictions)
+from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, cli, counters,
+                           exactly_once, labelled_images, LOCAL_RUNNER, one_error_line,
+                           read_dead_letters, read_predictions, ROOT)
 from transforms.read import Outputs
-from core.records import ImageRef, prediction_schema
 from transforms.select import SelectTodo
 
 LABELS = ["red", "green", "blue", "yellow"]

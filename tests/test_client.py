@@ -15,16 +15,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.helpers import FAST_RETRIES, DuplicatingProtocol, batch, reply, serving
-from engine.auth import SCOPES, TokenSource, needs_refresh, resolve_auth
-from engine.client import (Answer, ClientSettings, PredictClient, RequestFailed, culprit,
-                           read_answer, sort_response, splittable)
-from protocols.v2 import V2
+from core.records import dead_letter
+from engine.auth import needs_refresh, resolve_auth, SCOPES, TokenSource
+from engine.client import (Answer, ClientSettings, culprit, PredictClient, read_answer,
+                           RequestFailed, sort_response, splittable)
+from engine.ratelimit import RateLimiter, Throttler
+from engine.retry import RetryPolicy
 from protocols import make_protocol
 from protocols.google import MLEngine
-from engine.ratelimit import RateLimiter, Throttler
-from core.records import dead_letter
-from engine.retry import RetryPolicy
+from protocols.v2 import V2
+from tests.helpers import batch, DuplicatingProtocol, FAST_RETRIES, reply, serving
 
 
 def settings(server, name="mlengine", **overrides):

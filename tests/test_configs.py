@@ -7,10 +7,10 @@ import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions, SetupOptions,
                                                   WorkerOptions)
 
-from pipeline.config import ConfigError, build_config, is_dry_run, parse_options
+from pipeline.config import build_config, ConfigError, is_dry_run, parse_options
 from pipeline.options import PredictOptions
-from transforms.read import InputSource, RowSpec
 from protocols.base import PROTOCOLS
+from transforms.read import InputSource, RowSpec
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 

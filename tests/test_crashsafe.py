@@ -21,14 +21,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.paths import parts_dir
+from core.records import dead_letter, prediction_record, prediction_schema, utc_now
 from pipeline.config import new_run_id
 from pipeline.graph import build_pipeline, in_columns
 from pipeline.run import parse, run
-from tests.helpers import (LOCAL_RUNNER, ROOT, assert_accounted, exactly_once, labelled_images,
-                           read_predictions)
-from transforms.commit import (CommitParts, DeleteParts, list_folder, parts_dir,
-                             read_parquet_part)
-from core.records import dead_letter, prediction_record, prediction_schema, utc_now
+from tests.helpers import (assert_accounted, exactly_once, labelled_images, LOCAL_RUNNER,
+                           read_predictions, ROOT)
+from transforms.commit import CommitParts, DeleteParts, list_folder, read_parquet_part
 
 LABELS = ["red", "green", "blue", "yellow"]
 JOB_IMAGES = 2000

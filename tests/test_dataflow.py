@@ -35,11 +35,11 @@ from google.protobuf import json_format
 from packaging.requirements import Requirement
 
 from pipeline import run as pipeline_run
-from pipeline.config import (ConfigError, build_config, machine_vcpus, parse_options,
+from pipeline.config import (build_config, ConfigError, machine_vcpus, parse_options,
                              worker_processes)
 from pipeline.graph import build_pipeline
 from pipeline.options import PredictOptions
-from tests.helpers import ROOT, labelled_images
+from tests.helpers import labelled_images, ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "dataflow.yaml")
 DATAFLOW_DIR = os.path.join(ROOT, "dataflow")

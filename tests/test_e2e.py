@@ -4,8 +4,7 @@ import os
 
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
-from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
-                           read_predictions)
+from tests.helpers import assert_accounted, labelled_images, read_dead_letters, read_predictions
 
 LABELS = list(LABEL_COLOURS) * 3  # 24 images, every label three times
 

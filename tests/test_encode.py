@@ -16,13 +16,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from core.records import ImageRef
 from localserver.demo import color_image
+from protocols import make_protocol
 from tests.helpers import LOCAL_RUNNER
 from transforms import encode
-from transforms.encode import (EncodeInstances, ImageError, encode_instance, open_image,
+from transforms.encode import (encode_instance, EncodeInstances, ImageError, open_image,
                                parse_size, prepare, read_bytes)
-from protocols import make_protocol
-from core.records import ImageRef
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline.run import run
-from tests.helpers import LOCAL_RUNNER, cli, labelled_images, one_error_line
+from tests.helpers import cli, labelled_images, LOCAL_RUNNER, one_error_line
 from transforms import progress
 
 

@@ -14,11 +14,11 @@ import zlib
 
 import pytest
 
+from engine.engine import QUEUED_PER_SLOT
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
-from tests.helpers import ROOT, assert_accounted, read_dead_letters, read_predictions
-from tests.servers import ServerProcess, free_port, server_python
-from engine.engine import QUEUED_PER_SLOT
+from tests.helpers import assert_accounted, read_dead_letters, read_predictions, ROOT
+from tests.servers import free_port, server_python, ServerProcess
 
 JOB_TIMEOUT_S = 240
 LABELS = list(LABEL_COLOURS)

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from pipeline.run import YOUNG_GC_THRESHOLD, fewer_collections, run
+from pipeline.run import fewer_collections, run, YOUNG_GC_THRESHOLD
 from tests.helpers import labelled_images
 
 

@@ -14,9 +14,9 @@ import os
 import pytest
 
 from pipeline.run import parse, run
-from tests.helpers import (EMULATOR_BUCKET as BUCKET, assert_accounted, labelled_images,
-                           read_dead_letters, read_predictions)
 from protocols.labels import load_label_names
+from tests.helpers import (assert_accounted, EMULATOR_BUCKET as BUCKET, labelled_images,
+                           read_dead_letters, read_predictions)
 
 def upload_folder(bucket, folder, prefix):
     for root, _, files in os.walk(folder):

@@ -18,11 +18,11 @@ from PIL import Image
 
 from localserver.demo import write_image
 from pipeline.run import main, run
-from tests.helpers import (LOCAL_RUNNER, assert_accounted, labelled_images, read_dead_letters,
+from protocols import make_protocol
+from tests.helpers import (assert_accounted, labelled_images, LOCAL_RUNNER, read_dead_letters,
                            read_predictions)
 from transforms.encode import EncodeInstances
-from protocols import make_protocol
-from transforms.read import ReadInputs, input_sources
+from transforms.read import input_sources, ReadInputs
 from transforms.select import SelectTodo
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"]

@@ -5,9 +5,9 @@ import random
 import pytest
 from PIL import Image
 
-from localserver.demo import color_image
 from imaging import jpeg
-from transforms.encode import ImageError, exif_orientation, open_image, orientation, prepare
+from localserver.demo import color_image
+from transforms.encode import exif_orientation, ImageError, open_image, orientation, prepare
 
 
 def jpeg_bytes(mode="RGB", size=(40, 30), **save_args) -> bytes:

@@ -4,10 +4,10 @@ import logging
 
 import pytest
 
-from protocols.labels import (INDEX_WARNING, LabelError, LabelSpec, LabelScores, check_field_path,
-                              check_label_names, class_index, value_at, label_name,
-                              load_label_names, name_scores, pair, parse_label_names, read_labels,
-                              score, triton_class, warn_if_indexed)
+from protocols.labels import (check_field_path, check_label_names, class_index, INDEX_WARNING,
+                              label_name, LabelError, LabelScores, LabelSpec, load_label_names,
+                              name_scores, pair, parse_label_names, read_labels, score,
+                              triton_class, value_at, warn_if_indexed)
 
 NAMES = ("cat", "dog", "cow")
 

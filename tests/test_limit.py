@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from pipeline.config import ConfigError
+from pipeline.estimate import estimate, estimate_line
 from pipeline.run import run
-from tests.helpers import ROOT, assert_accounted, labelled_images, read_predictions
-from transforms.limit import estimate, estimate_line
+from tests.helpers import assert_accounted, labelled_images, read_predictions, ROOT
 
 LABELS = ["red", "green", "blue", "yellow"] * 5
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from localserver import LocalServer, demo, model
+from localserver import demo, LocalServer, model
 from localserver.demo import LABEL_COLOURS
 from tests.helpers import DEFAULT_SWITCHES
 

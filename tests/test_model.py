@@ -12,10 +12,9 @@ import pytest
 from PIL import Image
 
 from localserver import LocalServer
-from localserver.classifiers import (BadImage, EFFICIENTNET_LITE0, MODELS_DIR,
-                                     Preprocessing, load_classifier, read_labels,
-                                     to_tensor)
-from localserver.demo import PHOTO_CLASSES, PHOTOS_DIR, copy_photos
+from localserver.classifiers import (BadImage, EFFICIENTNET_LITE0, load_classifier, MODELS_DIR,
+                                     Preprocessing, read_labels, to_tensor)
+from localserver.demo import copy_photos, PHOTO_CLASSES, PHOTOS_DIR
 from pipeline.run import run
 from tests.helpers import assert_accounted, read_dead_letters, read_predictions
 

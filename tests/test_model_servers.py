@@ -9,8 +9,8 @@ import pytest
 from localserver.demo import LABEL_COLOURS
 from pipeline.config import ConfigError
 from pipeline.run import run
-from tests.helpers import (assert_accounted, labelled_images, read_dead_letters,
-                           read_predictions, write_poison_jpeg)
+from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,
+                           write_poison_jpeg)
 from tests.servers import kserve_server, mlserver_server
 
 LABELS = list(LABEL_COLOURS) * 2

@@ -17,8 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import worker_processes
 from pipeline.run import run
-from tests.helpers import (ROOT, assert_accounted, labelled_images, read_dead_letters,
-                           read_predictions)
+from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,
+                           ROOT)
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta", "white", "black"] * 5
 QPS = 8.0

@@ -12,12 +12,13 @@ import sys
 
 import pytest
 
+from core.paths import parts_dir, PREDICTION_PART_EXTENSION
+from core.records import prediction_record, prediction_schema, utc_now
 from localserver.demo import write_image
 from pipeline.config import new_run_id
 from tests.helpers import assert_accounted, read_dead_letters, read_predictions
-from transforms.commit import PREDICTION_PART_EXTENSION, parquet_bytes, parts_dir
+from transforms.commit import parquet_bytes
 from transforms.read import escaped_key
-from core.records import prediction_record, prediction_schema, utc_now
 
 JOB_TIMEOUT_S = 180
 

@@ -5,13 +5,13 @@ import struct
 
 import pytest
 
-from protocols.labels import INDEX_WARNING, LabelSpec
-from protocols.v2 import (HEADER_LENGTH, V2, decode_response, instance_outputs, model_path,
-                          output_tensors, read_outputs, unpack)
-from transforms.pack import pack
+from core.records import Instance
 from protocols import make_protocol
 from protocols.base import resource_name, ResponseError
-from core.records import Instance
+from protocols.labels import INDEX_WARNING, LabelSpec
+from protocols.v2 import (decode_response, HEADER_LENGTH, instance_outputs, model_path,
+                          output_tensors, read_outputs, unpack, V2)
+from transforms.pack import pack
 
 IMAGES = [b"\xff\xd8first", b"\x89PNGsecond!", b"third"]
 

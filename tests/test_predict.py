@@ -17,18 +17,18 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.records import dead_letter, PredictRequest
+from engine.client import ClientSettings, Outcome, Stats
+from engine.engine import Engine, FailureThreshold, JobStopped, PredictSettings, Tally
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
-from tests.helpers import (FAST_RETRIES, LOCAL_RUNNER, DuplicatingProtocol, assert_accounted,
-                           batch, labelled_images, read_dead_letters, read_predictions)
-from transforms import metrics
-from engine.client import ClientSettings, Outcome, Stats
-from protocols.labels import LabelSpec
-from engine.engine import Engine, FailureThreshold, JobStopped, PredictSettings, Tally
-from transforms.predict import FAILED, Predict, _PredictFn
-from transforms.progress import Progress
 from protocols import make_protocol
-from core.records import PredictRequest, dead_letter
+from protocols.labels import LabelSpec
+from tests.helpers import (assert_accounted, batch, DuplicatingProtocol, FAST_RETRIES,
+                           labelled_images, LOCAL_RUNNER, read_dead_letters, read_predictions)
+from transforms import metrics
+from transforms.predict import _PredictFn, FAILED, Predict
+from transforms.progress import Progress
 
 LABELS = list(LABEL_COLOURS)
 

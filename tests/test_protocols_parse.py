@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 
-from protocols.labels import LabelSpec
+from core.records import prediction_record, to_json_row
 from protocols import make_protocol
 from protocols.base import named_instance, Parsed, prediction_text, resource_name, ResponseError
 from protocols.google import AutoML, MLEngine, Vertex
-from core.records import prediction_record, to_json_row
+from protocols.labels import LabelSpec
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 

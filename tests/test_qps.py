@@ -11,7 +11,7 @@ import pytest
 
 from localserver.demo import LABEL_COLOURS
 from pipeline.run import run
-from tests.helpers import ROOT, assert_accounted, labelled_images
+from tests.helpers import assert_accounted, labelled_images, ROOT
 
 pytestmark = pytest.mark.alone  # a loaded machine delays sends into the quota's next second
 

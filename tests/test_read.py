@@ -12,12 +12,13 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.helpers import LOCAL_RUNNER, counters
-from transforms.read import (ReadInputs, RowError, RowSpec, check_csv_header, escaped_key,
-                             glob_root, input_format, input_sources, list_pattern, parse_rows,
-                             pattern_for, quote_glob, ref_rank, resolve_uri, row_ref, skip_reason,
-                             split_sources, text_lines)
-from core.records import ImageRef, SkipReason, accounting
+from core.paths import quote_glob
+from core.records import accounting, ImageRef, SkipReason
+from tests.helpers import counters, LOCAL_RUNNER
+from transforms.read import (check_csv_header, escaped_key, glob_root, input_format, input_sources,
+                             list_pattern, parse_rows, pattern_for, ReadInputs, ref_rank,
+                             resolve_uri, row_ref, RowError, RowSpec, skip_reason, split_sources,
+                             text_lines)
 from transforms.select import SelectTodo
 
 

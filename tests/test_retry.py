@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from engine.retry import MAX_RETRY_AFTER_S, RetryPolicy, parse_retry_after
+from engine.retry import MAX_RETRY_AFTER_S, parse_retry_after, RetryPolicy
 
 
 @pytest.mark.parametrize("status,retried", [

@@ -4,7 +4,7 @@ folder)."""
 import json
 import os
 
-from tests.helpers import ROOT, labelled_images, run_in_session
+from tests.helpers import labelled_images, ROOT, run_in_session
 
 RUN_TIMEOUT_S = 300
 DEMO_IMAGES = os.path.join(ROOT, "demo", "images")

@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from core.records import accounting, ImageRef, SkipReason
 from pipeline.config import new_run_id
-from tests.helpers import LOCAL_RUNNER, counters
+from tests.helpers import counters, LOCAL_RUNNER
 from transforms.limit import _LastKeyFn
-from core.records import ImageRef, SkipReason, accounting
 from transforms.read import Listed, Outputs
-from transforms.select import SelectTodo, _GatherKey
+from transforms.select import _GatherKey, SelectTodo
 
 
 def entry(key, listed):

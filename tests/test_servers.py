@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.servers import START_ATTEMPTS, ServerProcess, answers, free_port
+from tests.servers import answers, free_port, ServerProcess, START_ATTEMPTS
 
 
 def http_server(ports):

@@ -23,20 +23,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.textio import ReadAllFromText
 
+from core.paths import dead_letter_glob, parts_glob, parts_regex, shard_glob, shard_regex
 from transforms import metrics
 from transforms.commit import read_parquet_part
-from transforms.read import quote_glob
-from transforms.write import parts_glob, parts_regex, shard_glob, shard_regex
 
 UNREADABLE_SHARDS = "unreadable_shards"
 
 _LOG = logging.getLogger("batch_predict")
-
-
-
-def dead_letter_glob(prefix: str) -> str:
-    """Every dead-letter shard under a `--retry_dead_letters` prefix, from any run."""
-    return f"{quote_glob(prefix)}-*.jsonl"
 
 
 def is_shard(path: str, pattern: str) -> bool:

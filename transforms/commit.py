@@ -30,26 +30,13 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from core.paths import DEAD_LETTER_PART_EXTENSION, part_path, PREDICTION_PART_EXTENSION, quote_glob
 from transforms import metrics
-from transforms.read import quote_glob
 
-PARTS_SUFFIX = ".parts"
-PREDICTION_PART_EXTENSION = "parquet.part"
-DEAD_LETTER_PART_EXTENSION = "jsonl.part"
-PART_NAME_PATTERN = r"part-[0-9a-f]+-[0-9]{5,}\."
 
 DEFAULT_COMMIT_RECORDS = 10_000
 DEFAULT_COMMIT_SECONDS = 30.0
 CHUNK_RECORDS = 1000
-
-
-def parts_dir(run_prefix: str) -> str:
-    """The parts folder of one run's outputs (`<output>-<run_id>.parts`)."""
-    return run_prefix + PARTS_SUFFIX
-
-
-def part_path(folder: str, writer: str, seq: int, extension: str) -> str:
-    return f"{folder}/part-{writer}-{seq:05d}.{extension}"
 
 
 def write_bytes_atomically(path: str, data: bytes):

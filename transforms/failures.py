@@ -5,7 +5,7 @@ from typing import Optional
 
 import apache_beam as beam
 
-from core.records import SkipReason, Stage, dead_letter
+from core.records import dead_letter, SkipReason, Stage
 from transforms import metrics
 
 FAILED = "failed"  # the tag of every composite's dead-letter output

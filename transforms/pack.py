@@ -9,8 +9,8 @@ from typing import Iterator, List, Optional
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from protocols.base import Protocol
 from core.records import Instance, PredictRequest
+from protocols.base import Protocol
 
 
 class Packer:

@@ -29,10 +29,10 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
-from transforms import metrics
 from core.records import PredictRequest, Stage
 from engine.client import Stats
 from engine.engine import Engine, JobStopped, PredictSettings
+from transforms import metrics
 from transforms.failures import FAILED
 from transforms.passthrough import with_values
 from transforms.progress import PROGRESS

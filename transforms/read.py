@@ -30,13 +30,13 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from core.records import ImageRef, SkipReason, Stage, is_unicode
+from core.paths import has_glob, is_glob_part, quote_glob, unquote_glob
+from core.records import ImageRef, is_unicode, SkipReason, Stage
 from transforms import metrics
 from transforms.failures import FAILED, failure, skip
 
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
-GLOB_CHARS = frozenset("*?[")
 
 INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist")
 ROW_FORMATS = ("csv", "jsonl", "filelist")
@@ -53,25 +53,6 @@ COMPRESSED_EXTENSIONS = (".gz", ".bz2", ".deflate", ".zst", ".lzma")
 
 # ----------------------------------------------------------------------------------------------
 # Inputs and their formats
-
-
-def has_glob(path: str) -> bool:
-    return any(c in GLOB_CHARS for c in path)
-
-
-def quote_glob(path: str) -> str:
-    """`path` as a pattern that matches only itself: each glob character in a one-character
-    class (`set[1]` -> `set[[]1]`), the only quoting Beam's patterns know."""
-    return "".join(f"[{c}]" if c in GLOB_CHARS else c for c in path)
-
-
-def unquote_glob(part: str) -> str:
-    return re.sub(r"\[([*?\[])\]", r"\1", part)
-
-
-def is_glob_part(part: str) -> bool:
-    """A path component holding a glob (not only glob characters quoted by quote_glob)."""
-    return has_glob(re.sub(r"\[[*?\[]\]", "", part))
 
 
 def escaped_key(path: str) -> str:

@@ -12,20 +12,14 @@ scheduled job writes each run under its own folder: `--output gs://b/preds/{date
 import dataclasses
 import json
 import re
-import shlex
-import uuid
 from typing import Optional, Sequence, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.commit import (PART_NAME_PATTERN, PARTS_SUFFIX, PREDICTION_PART_EXTENSION,
-                             matching)
-from transforms.read import quote_glob
 from core.records import bigquery_schema, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
@@ -41,10 +35,6 @@ PARQUET_CODEC = "snappy"
 PARQUET_ROW_GROUP_BYTES = 4 * 1024 * 1024
 PARQUET_RECORD_BATCH_SIZE = 1000
 
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-# new_run_id(): `YYYYMMDDThhmmssZ-` and hex.
-RUN_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]+"
-_PLACEHOLDER_PATTERNS = {"date": r"[0-9]{4}-[0-9]{2}-[0-9]{2}", "run_id": RUN_ID_PATTERN}
 
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 _BIGQUERY_TABLE = re.compile(
@@ -53,64 +43,6 @@ _BIGQUERY_TABLE = re.compile(
 
 
 # -- output paths --------------------------------------------------------------------------
-
-def render_path(template: str, date: str, run_id: str) -> str:
-    """`template` with `{date}` and `{run_id}` filled in; ValueError for another `{name}`."""
-    values = {"date": date, "run_id": run_id}
-
-    def fill(match):
-        name = match.group(1)
-        if name not in values:
-            raise ValueError(f"unknown placeholder {{{name}}} in {template!r}; "
-                             f"use {{date}} or {{run_id}}")
-        return values[name]
-
-    return _PLACEHOLDER.sub(fill, template)
-
-
-def template_glob(template: str) -> str:
-    """A glob matching every rendering of `template` (each placeholder becomes `*`; a glob
-    character of its own matches only itself)."""
-    return _PLACEHOLDER.sub("*", quote_glob(template))
-
-
-def shard_regex(template: str, extension: str) -> str:
-    """A regex for the full path of every prediction shard any run of `template` wrote.
-
-    `<output>-<run_id>-SSSSS-of-NNNNN.<ext>`: the run id right after the prefix keeps out the
-    dead letters (`<output>-errors-<run_id>-...`) and any other prefix that starts alike.
-    """
-    return ("^" + template_regex(template) + "-" + RUN_ID_PATTERN
-            + r"-[0-9]{5,}-of-[0-9]{5,}\." + re.escape(extension) + "$")
-
-
-def template_regex(template: str) -> str:
-    """A regex (no anchors) for every rendering of `template`."""
-    parts = []
-    last = 0
-    for match in _PLACEHOLDER.finditer(template):
-        parts.append(re.escape(template[last:match.start()]))
-        parts.append(_PLACEHOLDER_PATTERNS.get(match.group(1), "[^/]*"))
-        last = match.end()
-    parts.append(re.escape(template[last:]))
-    return "".join(parts)
-
-
-def parts_regex(template: str, extension: str = PREDICTION_PART_EXTENSION) -> str:
-    """A regex for every committed part of any run of `template` (see transforms.commit);
-    group 1 is the run's parts folder, group 2 its run id."""
-    return ("^(" + template_regex(template) + "-(" + RUN_ID_PATTERN + ")"
-            + re.escape(PARTS_SUFFIX) + ")/" + PART_NAME_PATTERN + re.escape(extension) + "$")
-
-
-def parts_glob(template: str, extension: str = PREDICTION_PART_EXTENSION) -> str:
-    """The glob that lists candidate parts (filtered by `parts_regex`)."""
-    return f"{template_glob(template)}-*{PARTS_SUFFIX}/part-*.{extension}"
-
-
-def shard_glob(template: str, extension: str) -> str:
-    """The glob that lists candidate prediction shards (filtered by `shard_regex`)."""
-    return f"{template_glob(template)}-*-of-*.{extension}"
 
 
 # -- sink flags ----------------------------------------------------------------------------
@@ -299,60 +231,4 @@ class WriteDeadLetters(beam.PTransform):
 
 # -- launcher-side files -------------------------------------------------------------------
 
-def write_text(path: str, text: str):
-    """Write a small file through Beam's FileSystems (local or gs://), atomically: into a
-    temp name next to it, then renamed, so a killed run never leaves half a file."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp, mime_type="application/json") as f:
-        f.write(text.encode("utf-8"))
-    FileSystems.rename([temp], [path])  # replaces an existing file (os.rename, GCS rewrite)
 
-
-def write_bigquery_schema(path: str, extra_fields: Sequence[str] = ()):
-    """The schema of the rows every run under this prefix writes: the prediction fields and
-    the --passthrough_fields of this run and of the runs before it (the file's own), all
-    nullable, so each run's JSONL loads with it."""
-    earlier = schema_passthrough_fields(path)
-    fields = earlier + tuple(name for name in extra_fields if name not in earlier)
-    write_text(path, json.dumps(bigquery_schema(fields), indent=2) + "\n")
-
-
-def schema_passthrough_fields(path: str) -> Tuple[str, ...]:
-    """The --passthrough_fields columns of a schema file this pipeline wrote (none when there
-    is none, or it cannot be read as one)."""
-    try:
-        with FileSystems.open(path) as f:
-            fields = json.loads(f.read())
-        names = [field["name"] for field in fields
-                 if field["name"] not in prediction_schema().names]
-        return parse_passthrough_fields(",".join(names))
-    except Exception:  # no file (Beam raises several types), or not a schema of ours
-        return ()
-
-
-def bq_load_command(run_prefix: str, schema_path: str, table: Optional[str] = None,
-                    shards: Sequence[str] = ()) -> str:
-    """The `bq load` command that appends this run's JSONL shards to a BigQuery table.
-
-    `bq load` takes a wildcard only for gs:// sources, one file at a time from local disk,
-    and the schema from a local file. `shards` are the run's local shard paths.
-    """
-    table = table or "DATASET.TABLE"
-    load = "bq load --source_format=NEWLINE_DELIMITED_JSON " + shlex.quote(table)
-    if run_prefix.startswith("gs://"):
-        local_schema = "./" + schema_path.rsplit("/", 1)[-1]
-        return (f"gcloud storage cp {shlex.quote(schema_path)} {shlex.quote(local_schema)} && "
-                f"{load} {shlex.quote(run_prefix + '-*.jsonl')} {shlex.quote(local_schema)}")
-    if len(shards) == 1:
-        return f"{load} {shlex.quote(shards[0])} {shlex.quote(schema_path)}"
-    pattern = shlex.quote(run_prefix) + "-*.jsonl"
-    return (f"for f in {pattern}; do {load} \"$f\" {shlex.quote(schema_path)} || break; "
-            "done")
-
-
-def jsonl_load_command(run_prefix: str, schema_path: str, table: Optional[str] = None) -> str:
-    """`bq_load_command` for a finished run, listing its local shards."""
-    shards = ()
-    if not run_prefix.startswith("gs://"):
-        shards = matching(run_prefix, "-*.jsonl")
-    return bq_load_command(run_prefix, schema_path, table, shards)
