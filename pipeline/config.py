@@ -5,7 +5,6 @@ YAML config holds the same options as the command line: `input: [...]`, `endpoin
 and Beam options such as `runner`; flags given on the command line win), and
 `build_config` turns them into a JobConfig holding each stage's settings, built once.
 """
-import argparse
 import dataclasses
 import datetime
 import json
@@ -14,11 +13,10 @@ import os
 import re
 import secrets
 import urllib.parse
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
-import yaml
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
-                                                  PipelineOptions, StandardOptions, TestOptions,
+                                                  PipelineOptions, StandardOptions,
                                                   WorkerOptions)
 
 from core.paths import has_glob, render_path
@@ -27,18 +25,17 @@ from engine.client import ClientSettings
 from engine.engine import FailureThreshold, PredictSettings
 from engine.ratelimit import worker_share
 from engine.retry import RetryPolicy
-from pipeline.options import options_parser, PredictOptions
+from pipeline.label_names import check_label_names, load_label_names
+from pipeline.options import ConfigError, is_dry_run, PredictOptions
 from protocols import make_protocol
 from protocols.base import Protocol
-from protocols.labels import check_field_path, check_label_names, LabelSpec, load_label_names
+from protocols.labels import check_field_path, LabelSpec
 from transforms.encode import parse_size
-from transforms.read import escaped_key, input_sources, InputSource, RowSpec
+from transforms.listing import escaped_key
+from transforms.read import input_sources, InputSource
+from transforms.rows import RowSpec
 from transforms.write import (bigquery_target, BigQueryTarget, parse_bigquery_table,
                               parse_passthrough_fields)
-
-
-class ConfigError(ValueError):
-    """A bad invocation: reported as one line on stderr, exit status 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,125 +102,6 @@ class JobConfig:
 
 
 # -- the command line and --config ---------------------------------------------------------
-
-DRY_RUN_FLAG = "--dry_run"
-_TRUE = ("true", "1", "yes")
-_BOOL_WORDS = _TRUE + ("false", "0", "no")
-
-
-def with_bare_dry_run(argv: Sequence[str]) -> List[str]:
-    """argv with a bare `--dry_run` as `--dry_run=true`.
-
-    Beam declares `--dry_run` itself (TestOptions, taking a value; DataflowRunner then
-    submits nothing), so this pipeline reads that option rather than declaring its own,
-    and lets it be given as a plain switch too: `--dry_run`, `--dry_run true`.
-    """
-    out = []
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        following = argv[i + 1] if i + 1 < len(argv) else ""
-        if arg == DRY_RUN_FLAG and following.lower() not in _BOOL_WORDS:
-            arg = f"{DRY_RUN_FLAG}=true"
-        out.append(arg)
-    return out
-
-
-def is_dry_run(options: PipelineOptions) -> bool:
-    return str(options.view_as(TestOptions).dry_run).lower() in _TRUE
-
-
-def parse_options(argv: Sequence[str]) -> PipelineOptions:
-    """The PipelineOptions of a command line and its `--config` YAML (the command line
-    wins); ConfigError for an unknown flag, a bad value or an unreadable config."""
-    argv = with_bare_dry_run(argv)
-    parser = options_parser()
-    known = parse_strictly(parser, argv)
-    if not known.config:
-        return PipelineOptions(argv)
-    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
-    values = yaml_options(parser, read_yaml(known.config), given)
-    parser.set_defaults(**values)  # typed and checked by the parser like a flag's value
-    merged = parse_strictly(parser, argv)
-    return PipelineOptions(argv, **{name: getattr(merged, name) for name in values})
-
-
-def parse_strictly(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
-    """The options of argv; ConfigError for a bad value, or for a flag or argument that
-    neither this pipeline nor Beam knows."""
-    try:
-        known, unknown = parser.parse_known_args(list(argv))
-    except argparse.ArgumentError as e:
-        raise ConfigError(str(e))
-    flags = [a for a in unknown if a.startswith("-")]
-    if flags:
-        raise ConfigError(f"unknown flag {flags[0].split('=', 1)[0]} (see --help)")
-    if unknown:  # e.g. an unquoted glob the shell expanded: `--input a.jpg b.jpg`
-        raise ConfigError(f"unexpected argument {unknown[0]!r} (quote globs given to --input; "
-                          f"repeat --input for several)")
-    return known
-
-
-def read_yaml(path: str) -> dict:
-    """The mapping of option: value in a YAML --config file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"cannot read --config {path}: not UTF-8 text (byte {e.start})")
-    except (OSError, yaml.YAMLError) as e:  # a YAML error spans several lines
-        raise ConfigError(f"cannot read --config {path}: {' '.join(str(e).split())}")
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path} must be a mapping of option: value")
-    return data
-
-
-def yaml_options(parser: argparse.ArgumentParser, data: dict, given: set) -> dict:
-    """The YAML options the command line leaves to the file, by option (dest), in the form
-    argparse takes as defaults (a string is typed and checked by the parser as a flag's value
-    would be): true/false for a switch, a list for a repeatable option (`input`, Beam's
-    `experiments`, ...), else one value, a list comma-separated (`passthrough_fields: [a, b]`).
-    A key may be any of an option's flag names (Beam's `worker_machine_type`)."""
-    actions = option_actions(parser)
-    given = {actions[flag].dest for flag in given if flag in actions}
-    values = {}
-    for name, value in data.items():
-        action = actions.get(name)
-        if action is None:
-            raise ConfigError(f"unknown flag --{name} (see --help)")
-        if value is None or action.dest in given:
-            continue  # the command line wins, whole (a list included)
-        if action.nargs == 0:
-            values.update(switch_value(name, action, value))
-            continue
-        items = [str(item).lower() if isinstance(item, bool) else str(item)
-                 for item in (value if isinstance(value, list) else [value])]
-        values[action.dest] = items if is_repeatable(parser, action) else ",".join(items)
-    return values
-
-
-def option_actions(parser: argparse.ArgumentParser) -> dict:
-    """Each long flag's name (`worker_machine_type`) -> its argparse action."""
-    flags = parser._option_string_actions  # pylint: disable=protected-access
-    return {flag[2:]: action for flag, action in flags.items() if flag.startswith("--")}
-
-
-def switch_value(name: str, action: argparse.Action, value) -> dict:
-    """{dest: value} of a switch given true or false (`no_use_public_ips: true` and
-    `use_public_ips: false` both set use_public_ips False)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"--{name} is a switch: give true or false, not {value!r}")
-    if value:
-        return {action.dest: action.const}
-    return {action.dest: not action.const} if isinstance(action.const, bool) else {}
-
-
-def is_repeatable(parser: argparse.ArgumentParser, action: argparse.Action) -> bool:
-    """Whether the option collects its values into a list (argparse's action="append")."""
-    try:
-        parsed = parser.parse_known_args([f"{action.option_strings[0]}=x"])[0]
-        return isinstance(getattr(parsed, action.dest), list)
-    except argparse.ArgumentError:  # a switch, or a type that does not take "x"
-        return False
 
 
 # Shared-core machine types, whose names do not end in their vCPU count.

@@ -9,7 +9,7 @@ import urllib.parse
 from typing import Any, List, Mapping, Optional, Sequence
 
 from protocols.labels import LabelSpec
-from protocols.v2 import TENSOR_DTYPES, V2, model_path
+from protocols.v2 import model_path, TENSOR_DTYPES, V2
 
 
 class NotReady(Exception):

@@ -8,10 +8,8 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
     --temp_location gs://B/tmp --setup_file ./setup.py (see docs/dataflow.md).
 """
 import argparse
-import asyncio
 import collections
 import contextlib
-import functools
 import gc
 import json
 import logging
@@ -24,29 +22,23 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (StandardOptions, GoogleCloudOptions,
                                                   PipelineOptions)
 
-from core.paths import dead_letter_glob, parts_dir, quote_glob
+from core.paths import parts_dir
 from core.records import accounting
-from engine.auth import AuthError, SCOPES, TokenSource
 from engine.engine import STOPPED_PREFIX
 from pipeline import report
-from pipeline.config import build_config, ConfigError, DRY_RUN_FLAG, JobConfig, parse_options
-from pipeline.earlier_runs import plan_leftovers
+from pipeline.config import build_config, JobConfig
 from pipeline.estimate import estimate, estimate_line
 from pipeline.graph import build_pipeline
-from pipeline.model_check import check_model, NotReady
-from pipeline.options import PredictOptions
+from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
 from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
-from protocols.v2 import is_raw_predict, V2
+from pipeline.preflight import clean_up_leftovers, preflight
 from transforms import metrics
-from transforms.backfill import any_match
 from transforms.commit import delete_folder
 from transforms.encode import quiet_pillow_warnings
-from transforms.read import check_input, first_match, open_path
 
 _LOG = logging.getLogger("batch_predict")
 EXIT_STOPPED = 3
@@ -118,108 +110,12 @@ def run_and_wait(p: beam.Pipeline):
             raise
         raise JobStoppedEarly(reason) from None
     return result
-PREFLIGHT_TIMEOUT_S = 10.0
 
 
 def parse(argv: Sequence[str]):
     """(PipelineOptions, JobConfig) for a command line; ConfigError for a bad one."""
     options = parse_options(argv)
     return options, build_config(options)
-
-
-def preflight(config: JobConfig) -> JobConfig:
-    """Checks that need I/O, made before the job starts: every --input matches something;
-    a v2 model is ready. Returns the config completed from what was found."""
-    for source in config.sources:
-        given, pattern = source.given, source.pattern
-        try:
-            matched = first_match(pattern)
-        except Exception as e:  # Beam raises BeamIOError with the cause inside
-            raise ConfigError(f"--input {given}: cannot list {pattern}: {e}")
-        if matched is None:
-            raise ConfigError(f"--input {given}: no file matched {pattern}")
-        key, listed = matched
-        if listed.reason is not None:  # a link, a FIFO: never opened, counted by the job
-            continue
-        try:  # a CSV whose header lacks the image (or key) column: say so now
-            check_input(source, open_path(key, listed), config.row_spec)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"--input {given}: {e}")
-    if config.retry_dead_letters:
-        pattern = dead_letter_glob(config.retry_dead_letters)
-        if not any_match(pattern):
-            raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
-    if not config.dry_run:  # a dry run writes nothing, not even a probe
-        check_writable(config.errors_run_prefix, "--errors")
-    if config.client.auth == "adc" and config.local:  # on Dataflow, workers use their own account
-        check_credentials()
-    if isinstance(config.protocol, V2):
-        return config.with_protocol(check_v2_model(config))
-    return config
-
-
-def check_writable(prefix: str, flag: str):
-    """ConfigError when no file can be written under `prefix` (a probe, removed at once)."""
-    probe = f"{prefix}-preflight.tmp"
-    try:
-        FileSystems.create(probe).close()
-        FileSystems.delete([quote_glob(probe)])  # Beam's delete takes a pattern
-    except Exception as e:  # Beam's filesystems raise several types
-        raise ConfigError(f"cannot write under {flag} {prefix}: {_first_line(e)}")
-
-
-CREDENTIALS_TIMEOUT_S = 20
-
-
-def check_credentials():
-    """ConfigError when Application Default Credentials are missing or give no token."""
-    import google.auth
-    from google.auth.transport.requests import Request
-    try:
-        credentials, _ = google.auth.default(scopes=list(SCOPES))
-        request = Request()
-        credentials.refresh(functools.partial(request, timeout=CREDENTIALS_TIMEOUT_S))
-    except Exception as e:  # google.auth.exceptions.DefaultCredentialsError, RefreshError, ...
-        raise ConfigError(f"--auth adc: no usable Application Default Credentials "
-                          f"({type(e).__name__}: {_first_line(e)}); run `gcloud auth "
-                          f"application-default login`, or use --auth none")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
-
-
-def check_v2_model(config: JobConfig) -> V2:
-    """The v2 server and model are ready; the protocol completed from the model metadata."""
-    client = config.client
-    try:
-        token = asyncio.run(TokenSource(client.auth, client.endpoint).token())
-    except AuthError as e:
-        raise ConfigError(f"cannot get credentials for --endpoint: {e}")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if is_raw_predict(client.endpoint):  # the model's own routes are not reachable
-        if not client.protocol.input_name:
-            raise ConfigError("--protocol v2 through :rawPredict needs --model_input (the "
-                              "model metadata cannot be read through Vertex)")
-        return client.protocol
-    try:
-        return check_model(client.protocol, client.endpoint, headers,
-                           min(client.request_timeout_s, PREFLIGHT_TIMEOUT_S),
-                           client.max_response_bytes)
-    except (NotReady, ValueError) as e:
-        raise ConfigError(str(e))
-
-
-def clean_up_leftovers(config: JobConfig):
-    """Remove what finished or dead earlier runs left; which killed runs' parts to adopt."""
-    try:
-        return plan_leftovers(
-            config.output_template, config.errors_template, config.run_id,
-            adopt=config.skip_existing and config.bigquery is None,
-            stale_after_s=config.parts_stale_after_s)
-    except Exception as e:  # Beam's filesystems raise several types
-        raise ConfigError(f"cannot list earlier runs under --output {config.output}: {e}")
 
 
 def counter_values(result) -> collections.Counter:

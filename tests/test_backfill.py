@@ -18,7 +18,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from core.records import ImageRef, prediction_schema
 from localserver.demo import write_image
-from pipeline.config import ConfigError, new_run_id
+from pipeline.config import new_run_id
+from pipeline.options import ConfigError
 from pipeline.run import run
 from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, cli, counters,
                            exactly_once, labelled_images, LOCAL_RUNNER, one_error_line,

@@ -7,10 +7,11 @@ import pytest
 from apache_beam.options.pipeline_options import (DebugOptions, GoogleCloudOptions, SetupOptions,
                                                   WorkerOptions)
 
-from pipeline.config import build_config, ConfigError, is_dry_run, parse_options
-from pipeline.options import PredictOptions
+from pipeline.config import build_config
+from pipeline.options import ConfigError, is_dry_run, parse_options, PredictOptions
 from protocols.base import PROTOCOLS
-from transforms.read import InputSource, RowSpec
+from transforms.read import InputSource
+from transforms.rows import RowSpec
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
 

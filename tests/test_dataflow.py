@@ -35,10 +35,9 @@ from google.protobuf import json_format
 from packaging.requirements import Requirement
 
 from pipeline import run as pipeline_run
-from pipeline.config import (build_config, ConfigError, machine_vcpus, parse_options,
-                             worker_processes)
+from pipeline.config import build_config, machine_vcpus, worker_processes
 from pipeline.graph import build_pipeline
-from pipeline.options import PredictOptions
+from pipeline.options import ConfigError, parse_options, PredictOptions
 from tests.helpers import labelled_images, ROOT
 
 CONFIG = os.path.join(ROOT, "configs", "dataflow.yaml")

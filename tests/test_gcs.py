@@ -13,8 +13,8 @@ import os
 
 import pytest
 
+from pipeline.label_names import load_label_names
 from pipeline.run import parse, run
-from protocols.labels import load_label_names
 from tests.helpers import (assert_accounted, EMULATOR_BUCKET as BUCKET, labelled_images,
                            read_dead_letters, read_predictions)
 

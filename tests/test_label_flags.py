@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.config import ConfigError
+from pipeline.options import ConfigError
 from pipeline.run import parse
 from protocols.labels import LabelSpec
 

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
-from protocols.labels import (check_field_path, check_label_names, class_index, INDEX_WARNING,
-                              label_name, LabelError, LabelScores, LabelSpec, load_label_names,
-                              name_scores, pair, parse_label_names, read_labels, score,
+from pipeline.label_names import check_label_names, load_label_names, parse_label_names
+from protocols.labels import (check_field_path, class_index, INDEX_WARNING, label_name, LabelError,
+                              LabelScores, LabelSpec, name_scores, pair, read_labels, score,
                               triton_class, value_at, warn_if_indexed)
 
 NAMES = ("cat", "dog", "cow")

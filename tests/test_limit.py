@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pipeline.config import ConfigError
 from pipeline.estimate import estimate, estimate_line
+from pipeline.options import ConfigError
 from pipeline.run import run
 from tests.helpers import assert_accounted, labelled_images, read_predictions, ROOT
 

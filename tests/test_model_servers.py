@@ -7,7 +7,7 @@ import json
 import pytest
 
 from localserver.demo import LABEL_COLOURS
-from pipeline.config import ConfigError
+from pipeline.options import ConfigError
 from pipeline.run import run
 from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,
                            write_poison_jpeg)

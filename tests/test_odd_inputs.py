@@ -18,7 +18,7 @@ from localserver.demo import write_image
 from pipeline.config import new_run_id
 from tests.helpers import assert_accounted, read_dead_letters, read_predictions
 from transforms.commit import parquet_bytes
-from transforms.read import escaped_key
+from transforms.listing import escaped_key
 
 JOB_TIMEOUT_S = 180
 

@@ -15,9 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from core.paths import quote_glob
 from core.records import accounting, ImageRef, SkipReason
 from tests.helpers import counters, LOCAL_RUNNER
-from transforms.read import (check_csv_header, escaped_key, glob_root, input_format, input_sources,
-                             list_pattern, parse_rows, pattern_for, ReadInputs, ref_rank,
-                             resolve_uri, row_ref, RowError, RowSpec, skip_reason, split_sources,
+from transforms.listing import escaped_key, glob_root, list_pattern
+from transforms.read import (input_format, input_sources, pattern_for, ReadInputs, ref_rank,
+                             skip_reason, split_sources)
+from transforms.rows import (check_csv_header, parse_rows, resolve_uri, row_ref, RowError, RowSpec,
                              text_lines)
 from transforms.select import SelectTodo
 

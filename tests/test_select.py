@@ -10,7 +10,8 @@ from core.records import accounting, ImageRef, SkipReason
 from pipeline.config import new_run_id
 from tests.helpers import counters, LOCAL_RUNNER
 from transforms.limit import _LastKeyFn
-from transforms.read import Listed, Outputs
+from transforms.listing import Listed
+from transforms.read import Outputs
 from transforms.select import _GatherKey, SelectTodo
 
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from localserver.demo import LABEL_COLOURS
-from pipeline.config import ConfigError
 from pipeline.model_check import check_model, NotReady
+from pipeline.options import ConfigError
 from pipeline.run import run
 from protocols.v2 import V2
 from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,

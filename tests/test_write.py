@@ -17,14 +17,15 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from core.paths import render_path, shard_glob, shard_regex, template_glob
 from core.records import (bigquery_field, bigquery_schema, prediction_record, PREDICTION_SCHEMA,
                           prediction_schema, to_json_row)
-from pipeline.config import ConfigError, new_run_id
+from pipeline.config import new_run_id
 from pipeline.graph import build_pipeline
+from pipeline.options import ConfigError
 from pipeline.outputs import bq_load_command, write_bigquery_schema
 from pipeline.run import parse
 from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, check_row,
                            labelled_images, LOCAL_RUNNER)
 from transforms.passthrough import kept_fields, with_values
-from transforms.read import as_text
+from transforms.rows import as_text
 from transforms.write import parse_bigquery_table, parse_passthrough_fields, WriteResults
 
 AT = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone.utc)

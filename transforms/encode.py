@@ -25,8 +25,8 @@ from imaging import jpeg
 from protocols.base import Protocol
 from transforms import metrics
 from transforms.failures import FAILED, failure
+from transforms.listing import escaped_key
 from transforms.progress import PROGRESS
-from transforms.read import escaped_key
 
 
 # Formats an endpoint takes as they are, with their MIME types.

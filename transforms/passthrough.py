@@ -9,7 +9,7 @@ output schema declares them STRING); a missing column, or an image input, gives 
 """
 from typing import Optional, Sequence
 
-from transforms.read import as_text
+from transforms.rows import as_text
 
 
 def kept_fields(fields: Optional[dict], names: Sequence[str]) -> Optional[dict]:

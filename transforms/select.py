@@ -28,8 +28,9 @@ from transforms import metrics
 from transforms.backfill import ReadDeadLetterKeys, ReadExistingKeys
 from transforms.failures import FAILED, failure, skip
 from transforms.limit import LastKey
+from transforms.listing import Listed
 from transforms.passthrough import kept_fields
-from transforms.read import image_ref, Listed, ref_rank
+from transforms.read import image_ref, ref_rank
 
 IMAGE_RANK = (True, "", 0)  # an image entry ranks as a ref without fields or origin (ref_rank)
 
