@@ -16,10 +16,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from core.records import ImageRef
+from core.records import ImageRef, Stage
 from localserver.demo import color_image
 from protocols import make_protocol
-from tests.helpers import LOCAL_RUNNER
+from tests.helpers import LOCAL_RUNNER, counters
 from transforms import encode
 from transforms.encode import (encode_instance, EncodeInstances, ImageError, open_image,
                                parse_size, prepare, read_bytes)
@@ -242,7 +242,7 @@ def test_image_too_large_even_after_reencoding_fails_at_encode_with_its_size():
     data = noisy_jpeg((200, 200))
     with pytest.raises(ImageError) as error:
         encode_instance("k", data, make_protocol("mlengine"), 120)
-    assert error.value.stage == "encode"
+    assert error.value.stage == Stage.ENCODE
     assert f"image of {len(data)} bytes" in str(error.value)
     assert "--max_request_bytes=120" in str(error.value)
 
@@ -379,14 +379,22 @@ def test_encode_instances_composite(tmp_path):
     good.write_bytes(image_bytes())
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"text")
+    big = tmp_path / "big.jpg"
+    big.write_bytes(noisy_jpeg((200, 200)))
     refs = [ImageRef(str(good), str(good)), ImageRef(str(bad), str(bad)),
-            ImageRef("row:1", None, "%%%")]
-    with TestPipeline(runner=LOCAL_RUNNER) as p:
-        out = p | beam.Create(refs) | EncodeInstances(make_protocol("mlengine"), 1_500_000)
-        assert_that(out.instances | beam.Map(lambda i: i.key), equal_to([str(good)]),
-                    label="instances")
-        assert_that(out.failed | beam.Map(lambda r: (r["key"], r["stage"])),
-                    equal_to([(str(bad), "decode"), ("row:1", "read")]), label="failed")
+            ImageRef("row:1", None, "%%%"), ImageRef(str(big), str(big))]
+    p = TestPipeline(runner=LOCAL_RUNNER)
+    out = p | beam.Create(refs) | EncodeInstances(make_protocol("mlengine"), 2_000)
+    assert_that(out.instances | beam.Map(lambda i: i.key), equal_to([str(good)]),
+                label="instances")
+    assert_that(out.failed | beam.Map(lambda r: (r["key"], r["stage"])),
+                equal_to([(str(bad), "decode"), ("row:1", "read"), (str(big), "encode")]),
+                label="failed")
+    result = p.run()
+    result.wait_until_finish()
+    # each dead letter is counted under its own stage, and under no other
+    assert {k: v for k, v in counters(result).items() if k.startswith("failed_")} == {
+        "failed_decode": 1, "failed_read": 1, "failed_encode": 1}
 
 
 # -- every protocol's encoding, against the local server ---------------------------------------

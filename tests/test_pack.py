@@ -55,6 +55,19 @@ def test_pack_never_breaks_a_cap_on_random_sizes():
                 assert 1 <= len(request.keys) <= max_instances
                 assert len(protocol.body(request.instances)) <= max_bytes
             assert [k for r in requests for k in r.keys] == [i.key for i in items]
+            for request, following in zip(requests, requests[1:]):  # each one filled up
+                with_next = request.instances + following.instances[:1]
+                assert (len(request.keys) == max_instances
+                        or len(protocol.body(with_next)) > max_bytes)
+
+
+def test_a_request_fills_up_to_exactly_the_byte_cap():
+    protocol = make_protocol("mlengine")
+    items = instances([100, 100, 100, 100])
+    exact = len(protocol.body([i.body for i in items[:3]]))
+    requests = list(pack(items, protocol, max_instances=32, max_bytes=exact))
+    assert [len(r.keys) for r in requests] == [3, 1]
+    assert len(protocol.body(requests[0].instances)) == exact
 
 
 def test_partial_requests_are_flushed_at_each_bundle_end():
