@@ -20,10 +20,13 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each server's pip requirements; changing a list reinstalls that venv.
+# Each server's pip requirements; changing a list reinstalls that venv. onnxruntime and numpy
+# are for the raw EfficientNet-Lite0 servers (model_servers/*_onnx_raw.py).
 REQUIREMENTS = {
-    "kserve": ["kserve>=0.15,<0.22", "pillow>=10,<13"],
-    "mlserver": ["mlserver>=1.6,<1.8", "pillow>=10,<13"],
+    "kserve": ["kserve>=0.15,<0.22", "pillow>=10,<13", "onnxruntime>=1.17,<2",
+               "numpy>=1.24,<3"],
+    "mlserver": ["mlserver>=1.6,<1.8", "pillow>=10,<13", "onnxruntime>=1.17,<2",
+                 "numpy>=1.24,<3"],
 }
 MODEL_SERVERS = os.path.join(ROOT, "tests", "model_servers")
 INSTALL_TIMEOUT_S = 900
@@ -147,6 +150,11 @@ def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
     with open(os.path.join(model_dir, "model-settings.json"), "w", encoding="utf-8") as f:
         json.dump({"name": model_name, "implementation": "mlserver_colour.ColourRuntime",
                    **tensors}, f)
+    return _mlserver(folder, model_name)
+
+
+def _mlserver(folder: str, model_name: str) -> ServerProcess:
+    """`mlserver start folder` on fresh ports, ready once MODEL is."""
     mlserver = os.path.join(os.path.dirname(server_python("mlserver")), "mlserver")
 
     def command():  # the settings name fresh ports each time
@@ -157,6 +165,40 @@ def mlserver_server(folder: str, model_name: str = "colour") -> ServerProcess:
         return [mlserver, "start", folder], f"http://127.0.0.1:{port}"
 
     return ServerProcess(command, f"/v2/models/{model_name}/ready", _env())
+
+
+RAW_MODEL = "efficientnet_lite0"
+RAW_MODEL_PATH = os.path.join(ROOT, "localserver", "models", "efficientnet_lite0.onnx")
+# EfficientNet-Lite0's tensors, which both raw servers check against the graph.
+RAW_INPUT = {"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
+RAW_OUTPUT = {"name": "scores", "datatype": "FP32", "shape": [-1, 1000]}
+
+
+def kserve_onnx_raw_server(model_name: str = RAW_MODEL) -> ServerProcess:
+    """KServe's ModelServer running EfficientNet-Lite0 on tensors as received
+    (`tests/model_servers/kserve_onnx_raw.py`) as MODEL; `.url` is its base URL."""
+    script = os.path.join(MODEL_SERVERS, "kserve_onnx_raw.py")
+
+    def command():
+        port = free_port()
+        return ([server_python("kserve"), script, "--model_name", model_name,
+                 "--model_path", RAW_MODEL_PATH, "--http_port", str(port)],
+                f"http://127.0.0.1:{port}")
+
+    return ServerProcess(command, f"/v2/models/{model_name}/ready", _env())
+
+
+def mlserver_onnx_raw_server(folder: str, model_name: str = RAW_MODEL) -> ServerProcess:
+    """MLServer running EfficientNet-Lite0 on tensors as received
+    (`tests/model_servers/mlserver_onnx_raw.py`) as MODEL, its settings written under
+    `folder`; `.url` is its base URL."""
+    model_dir = os.path.join(folder, model_name)
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "model-settings.json"), "w", encoding="utf-8") as f:
+        json.dump({"name": model_name, "implementation": "mlserver_onnx_raw.OnnxRawRuntime",
+                   "parameters": {"uri": RAW_MODEL_PATH},
+                   "inputs": [RAW_INPUT], "outputs": [RAW_OUTPUT]}, f)
+    return _mlserver(folder, model_name)
 
 
 if __name__ == "__main__":
