@@ -187,21 +187,16 @@ class OnnxClassifier:
         return self.infer(images).ranked
 
     def infer(self, images: Sequence[Image.Image], embed: bool = False) -> Inference:
+        import numpy as np  # pylint: disable=import-outside-toplevel
         if embed and self.embedding_size is None:
             raise ValueError(f"{self.name} has no {EMBEDDING_OUTPUT!r} output")
         if not images:
-            return Inference([], self.embed_tensor(None) if embed else None)
+            return Inference([], np.zeros((0, self.embedding_size), np.float32) if embed
+                             else None)
         names = [self._scores, EMBEDDING_OUTPUT] if embed else [self._scores]
         got = self._session.run(names, {self._input: to_tensor(images, self.pre)})
         ranked = [self._ranked(row) for row in softmax_rows(got[0].reshape(len(images), -1))]
-        return Inference(ranked, self.embed_tensor(got[1]) if embed else None)
-
-    def embed_tensor(self, tensor):
-        """The embedding output as a float32 ``[n, embedding_size]`` array."""
-        import numpy as np  # pylint: disable=import-outside-toplevel
-        if tensor is None:
-            return np.zeros((0, self.embedding_size), np.float32)
-        return np.asarray(tensor, np.float32).reshape(len(tensor), self.embedding_size)
+        return Inference(ranked, np.asarray(got[1], np.float32) if embed else None)
 
     def predict(self, blobs: Sequence[bytes]) -> List[Prediction]:
         return self.classify(decode_all(blobs))

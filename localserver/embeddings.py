@@ -149,8 +149,9 @@ def parse_multimodal(body: Dict) -> MultimodalRequest:
 def image_bytes(text) -> bytes:
     if not isinstance(text, str):
         raise EmbeddingError("instances[0].image.bytesBase64Encoded must be a string.")
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")  # either alphabet
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except binascii.Error as exc:
         raise EmbeddingError(f"instances[0].image.bytesBase64Encoded is not base64: "
                              f"{exc}") from None
