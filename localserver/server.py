@@ -680,6 +680,10 @@ def parse_v2(raw: bytes, headers: Mapping[str, str], config: Config, classifier)
     except v2.V2Error as exc:
         raise BadRequest(exc.message, exc.code) from None
 
+    if served.constant:
+        return len(images), lambda: (200, v2.constant_answer(len(images), outputs, served),
+                                     len(images))
+
     def run() -> Tuple[int, Any, int]:
         status, header, binary = v2.run(images, outputs, served, classifier,
                                         bool(config.name_instances), keep)

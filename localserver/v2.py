@@ -15,6 +15,7 @@ are ``{"error": "message"}``.
 """
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -156,9 +157,6 @@ def _image(value: Any):
 def run(images: List[Any], outputs: Dict[str, Dict[str, Any]], served: Model, classifier,
         name_instances: bool = True, keep: int = 0):
     """(status, JSON header, binary tail) of the answer; a failing image fails the request."""
-    if served.constant:
-        vectors = [embeddings.constant_vector(served.embedding)] * len(images)
-        return _answer(served.name, outputs, lambda name, parameters: _vectors(vectors))
     decoded = []
     for index, value in enumerate(images):
         try:
@@ -191,6 +189,29 @@ def _answer(model_name: str, outputs: Dict[str, Dict[str, Any]], tensor_of):
             tail += part
         tensors.append(tensor)
     return 200, {"model_name": model_name, "model_version": "1", "outputs": tensors}, tail
+
+
+def constant_answer(count: int, outputs: Dict[str, Dict[str, Any]],
+                    served: Model) -> Tuple[bytes, Optional[Dict[str, str]]]:
+    """The constant mode's answer for ``count`` images, as :func:`answer_parts` gives it: the
+    vector's JSON text or packed bytes are made once and repeated."""
+    width = served.embedding
+    tensor = {"name": EMBEDDING, "datatype": "FP32", "shape": [count, width]}
+    if outputs[EMBEDDING].get("binary_data"):
+        part = _packed_constant(width) * count
+        tensor["parameters"] = {"binary_data_size": len(part)}
+        return answer_parts({"model_name": served.name, "model_version": "1",
+                             "outputs": [tensor]}, part)
+    row = embeddings.constant_vector_json(width)[1:-1]
+    data = b"[" + b",".join([row] * count) + b"]"
+    head = json.dumps({"model_name": served.name, "model_version": "1"})[:-1].encode()
+    return head + b', "outputs": [' + json.dumps(tensor)[:-1].encode() + b', "data": ' + \
+        data + b"}]}", None
+
+
+@functools.lru_cache(maxsize=4)
+def _packed_constant(width: int) -> bytes:
+    return _pack("FP32", embeddings.constant_vector(width))
 
 
 def _vectors(rows: List[List[float]]) -> Dict[str, Any]:
