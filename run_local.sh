@@ -55,7 +55,7 @@ if ! has_flag --endpoint; then
     server_pid=$!
     url=""
     for _ in $(seq 1 300); do
-        url="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$server_log" || true)"
+        url="$(grep -m1 -o 'http://127\.0\.0\.1:[0-9]*' "$server_log" || true)"
         [ -n "$url" ] && break
         kill -0 "$server_pid" 2>/dev/null || { cat "$server_log" >&2; exit 1; }
         sleep 0.1

@@ -3,7 +3,8 @@
 ``python -m localserver --host 127.0.0.1 --port 0 [switches]`` serves the ML
 Engine, AutoML v1beta1, Vertex AI (also ``:rawPredict``) and v2 (Open Inference Protocol)
 predict protocols with a small colour
-classifier (see :mod:`localserver.server` and :mod:`localserver.model`).
+classifier (see :mod:`localserver.server` and :mod:`localserver.model`), and, with a model
+that has an embedding, Vertex AI multimodal embeddings (:mod:`localserver.embeddings`).
 
 :class:`LocalServer` starts that command from Python and talks to its admin
 routes with ``urllib`` only, so importing this package stays cheap (no
@@ -28,13 +29,14 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-__all__ = ["LocalServer", "PROTOCOLS"]
+__all__ = ["LocalServer", "PROTOCOLS", "endpoint_paths"]
 
 PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
 PROJECT = "local-project"
 LOCATION = "us-central1"
 ENDPOINT_ID = "local-endpoint"
 DEFAULT_MODEL_NAME = "local-color-classifier"
+MULTIMODAL_MODEL = "multimodalembedding@001"
 
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
@@ -45,6 +47,22 @@ _READY_PREFIX = "LISTENING "
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: urllib opener that never goes through an HTTP proxy (the server is local).
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def endpoint_paths(model_name: str = DEFAULT_MODEL_NAME) -> Dict[str, str]:
+    """Each protocol's predict path on the local server for the model ``model_name``:
+    ``mlengine``, ``automl``, ``vertex``, ``raw`` (Vertex ``:rawPredict``), ``v2`` and
+    ``multimodal`` (Vertex multimodal embeddings)."""
+    model = urllib.parse.quote(model_name, safe="")
+    location = f"projects/{PROJECT}/locations/{LOCATION}"
+    return {
+        "mlengine": f"/v1/projects/{PROJECT}/models/{model}:predict",
+        "automl": f"/v1beta1/{location}/models/{model}:predict",
+        "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
+        "raw": f"/v1/{location}/endpoints/{ENDPOINT_ID}:rawPredict",
+        "v2": f"/v2/models/{model}/infer",
+        "multimodal": f"/v1/{location}/publishers/google/models/{MULTIMODAL_MODEL}:predict",
+    }
 
 
 class LocalServer:
@@ -152,20 +170,12 @@ class LocalServer:
     # -- URLs --------------------------------------------------------------
 
     def endpoint(self, protocol: str) -> str:
-        """Full predict URL for ``"mlengine"``, ``"automl"``, ``"vertex"``, ``"v2"`` or
-        ``"raw"`` (Vertex ``:rawPredict``)."""
+        """Full predict URL for ``"mlengine"``, ``"automl"``, ``"vertex"``, ``"v2"``,
+        ``"raw"`` (Vertex ``:rawPredict``) or ``"multimodal"`` (Vertex multimodal
+        embeddings)."""
         if not self.url:
             raise RuntimeError("LocalServer not started")
-        name = str(self.switches.get("model_name", DEFAULT_MODEL_NAME))
-        model = urllib.parse.quote(name, safe="")
-        location = f"projects/{PROJECT}/locations/{LOCATION}"
-        paths = {
-            "mlengine": f"/v1/projects/{PROJECT}/models/{model}:predict",
-            "automl": f"/v1beta1/{location}/models/{model}:predict",
-            "vertex": f"/v1/{location}/endpoints/{ENDPOINT_ID}:predict",
-            "v2": f"/v2/models/{model}/infer",
-            "raw": f"/v1/{location}/endpoints/{ENDPOINT_ID}:rawPredict",
-        }
+        paths = endpoint_paths(str(self.switches.get("model_name", DEFAULT_MODEL_NAME)))
         if protocol not in paths:
             raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
         return self.url + paths[protocol]

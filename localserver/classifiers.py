@@ -1,20 +1,24 @@
 """The image classifiers the local server can serve, behind one small interface.
 
-A classifier has ``name``, ``labels`` and two methods:
+A classifier has ``name``, ``labels``, ``embedding_size`` (None when it has no embedding) and
+three methods:
 
 * ``classify(images)``: Pillow images -> one ``[(label, score), ...]`` list per image, best first;
 * ``predict(blobs)``: encoded image bytes -> the same; an undecodable image raises
   :class:`BadImage` naming its index, so a server can fail that request and a client can
-  isolate the image.
+  isolate the image;
+* ``infer(images, embed)``: an :class:`Inference`, the ranked labels and, with ``embed``, each
+  image's embedding (a float32 numpy array ``[n, embedding_size]``) from the same model run.
 
 :class:`ColourClassifier` is the deterministic colour model of :mod:`localserver.model`.
 :class:`OnnxClassifier` runs any ONNX image classifier on the CPU with ``onnxruntime``
 (an optional dependency: the ``model`` extra); :func:`load_classifier` builds either from the
-server's ``--model`` flag. EfficientNet-Lite0 (ImageNet-1k) ships in ``localserver/models/``.
+server's ``--model`` flag. EfficientNet-Lite0 (ImageNet-1k) ships in ``localserver/models/``;
+its graph's second output, ``embedding``, is the pooled 1,280-float feature vector.
 """
 import dataclasses
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from PIL import Image
 
@@ -30,6 +34,15 @@ BUILTIN_ONNX = {
     EFFICIENTNET_LITE0: (os.path.join(MODELS_DIR, "efficientnet_lite0.onnx"),
                          os.path.join(MODELS_DIR, "imagenet_labels.txt")),
 }
+#: The ONNX graph output read as the image's embedding, when a model has one.
+EMBEDDING_OUTPUT = "embedding"
+
+
+class Inference(NamedTuple):
+    """One model run over a batch: ranked labels per image, and the embeddings when asked."""
+
+    ranked: List[Prediction]
+    embeddings: Optional[Any] = None  # float32 numpy array [n, embedding_size]
 
 
 class BadImage(ValueError):
@@ -57,9 +70,15 @@ class ColourClassifier:
 
     name = "local-color-classifier"
     labels = model.LABELS
+    embedding_size = None
 
     def classify(self, images: Sequence[Image.Image]) -> List[Prediction]:
         return [model.classify_image(img) for img in images]
+
+    def infer(self, images: Sequence[Image.Image], embed: bool = False) -> Inference:
+        if embed:
+            raise ValueError(f"the {self.name} has no embedding")
+        return Inference(self.classify(images))
 
     def predict(self, blobs: Sequence[bytes]) -> List[Prediction]:
         return self.classify(decode_all(blobs))
@@ -136,7 +155,9 @@ def read_labels(path: str) -> Tuple[str, ...]:
 
 
 class OnnxClassifier:
-    """An ONNX image classifier (one image input, one ``[n, classes]`` score output)."""
+    """An ONNX image classifier: one image input; the first output other than ``embedding``
+    is the ``[n, classes]`` scores, and an output named ``embedding`` (``[n, d]``), if the
+    graph has one, the image's embedding."""
 
     def __init__(self, path: str, labels: Sequence[str], pre: Preprocessing = Preprocessing(),
                  top_k: int = 5, name: Optional[str] = None, threads: int = 0):
@@ -151,16 +172,31 @@ class OnnxClassifier:
         self.pre = pre
         self.top_k = top_k
         self.name = name or os.path.splitext(os.path.basename(path))[0]
-        classes = self._session.get_outputs()[0].shape[-1]
+        outputs = self._session.get_outputs()
+        scores = [o for o in outputs if o.name != EMBEDDING_OUTPUT]
+        if not scores:
+            raise ValueError(f"{path} has no score output")
+        self._scores = scores[0].name
+        classes = scores[0].shape[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise ValueError(f"{path} has {classes} classes but {len(self.labels)} labels "
                              "were given")
+        self.embedding_size = embedding_size(outputs, path)
 
     def classify(self, images: Sequence[Image.Image]) -> List[Prediction]:
+        return self.infer(images).ranked
+
+    def infer(self, images: Sequence[Image.Image], embed: bool = False) -> Inference:
+        import numpy as np  # pylint: disable=import-outside-toplevel
+        if embed and self.embedding_size is None:
+            raise ValueError(f"{self.name} has no {EMBEDDING_OUTPUT!r} output")
         if not images:
-            return []
-        scores = self._session.run(None, {self._input: to_tensor(images, self.pre)})[0]
-        return [self._ranked(row) for row in softmax_rows(scores.reshape(len(images), -1))]
+            return Inference([], np.zeros((0, self.embedding_size), np.float32) if embed
+                             else None)
+        names = [self._scores, EMBEDDING_OUTPUT] if embed else [self._scores]
+        got = self._session.run(names, {self._input: to_tensor(images, self.pre)})
+        ranked = [self._ranked(row) for row in softmax_rows(got[0].reshape(len(images), -1))]
+        return Inference(ranked, np.asarray(got[1], np.float32) if embed else None)
 
     def predict(self, blobs: Sequence[bytes]) -> List[Prediction]:
         return self.classify(decode_all(blobs))
@@ -170,6 +206,18 @@ class OnnxClassifier:
         if self.top_k:
             order = order[:self.top_k]
         return [(self.labels[i], float(row[i])) for i in order]
+
+
+def embedding_size(outputs, path: str) -> Optional[int]:
+    """The width of the graph output named ``embedding`` (``[n, d]``), None without one."""
+    for output in outputs:
+        if output.name == EMBEDDING_OUTPUT:
+            width = output.shape[-1] if len(output.shape) == 2 else None
+            if not isinstance(width, int) or width < 1:
+                raise ValueError(f"{path}: output {EMBEDDING_OUTPUT!r} must be [n, d], "
+                                 f"not {output.shape}")
+            return width
+    return None
 
 
 def load_classifier(name: str = COLOUR_MODEL, labels: Optional[str] = None,

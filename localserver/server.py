@@ -16,6 +16,8 @@ Routes (predict routes match on the path *suffix*, under any prefix):
 * ``POST .../endpoints/{endpoint}:rawPredict`` -- Vertex AI raw predict: ML Engine
   ``instances`` or a v2 infer body, answered with ``X-Vertex-AI-Deployed-Model-id``.
 * ``/v2/...`` -- the Open Inference Protocol (see :mod:`localserver.v2`).
+* ``POST .../publishers/google/models/multimodalembedding@001:predict`` -- Vertex AI multimodal
+  embeddings, one image per request (see :mod:`localserver.embeddings`).
 * ``GET /stats``, ``POST /stats/reset``, ``GET|POST /config``, ``GET /healthz``.
 
 Order of events for a predict request: arrival (counted in ``in_flight``),
@@ -39,13 +41,15 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from aiohttp import web
 
-from localserver import classifiers, model, v2
+import localserver
+from localserver import classifiers, embeddings, model, v2
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 1572864
@@ -77,6 +81,7 @@ MODELS_ROUTE = "models"  # ML Engine or AutoML, told apart by the body
 ENDPOINTS_ROUTE = "endpoints"  # Vertex AI
 V2_ROUTE = "v2"  # Open Inference Protocol
 RAW_ROUTE = "raw"  # Vertex :rawPredict: the body as the model takes it (v1 instances or v2)
+MULTIMODAL_ROUTE = "multimodal"  # Vertex multimodal embeddings (a publisher model)
 
 FAULT_RESET = "reset"
 FAULT_503 = "503"
@@ -107,6 +112,9 @@ class Config:
     v2_model_ready: int = 1
     v2_input_datatype: str = "BYTES"
     v2_outputs: str = "labels_scores"
+    embeddings: int = 0
+    constant_embedding: int = 0
+    read_gcs: int = 1
 
     def validate(self) -> None:
         """Raise ``ValueError`` if any switch is out of range."""
@@ -129,6 +137,12 @@ class Config:
             raise ValueError("v2_input_datatype must be BYTES, UINT8 or FP32")
         if self.v2_outputs not in v2.OUTPUT_MODES:
             raise ValueError(f"v2_outputs must be one of {', '.join(v2.OUTPUT_MODES)}")
+        if self.embeddings not in (0, 1) or self.read_gcs not in (0, 1):
+            raise ValueError("embeddings and read_gcs must be 0 or 1")
+        if self.constant_embedding < 0:
+            raise ValueError("constant_embedding must be >= 0 (0 = off)")
+        if self.constant and self.constant_embedding:
+            raise ValueError("constant and constant_embedding cannot both be on")
 
 
 CONFIG_HELP = {
@@ -151,7 +165,22 @@ CONFIG_HELP = {
     "v2_input_datatype": "datatype of the v2 model's input in its metadata (BYTES, UINT8, FP32)",
     "v2_outputs": "v2 outputs: labels_scores (ranked labels and scores) or scores (FP32 "
                   "[n, 8] in label order)",
+    "embeddings": "1 (or the bare flag): ML Engine, Vertex and :rawPredict predictions carry "
+                  "the model's \"embedding\" (a list of floats) beside their labels, and the "
+                  "v2 model has a last output, embedding FP32 [-1, d]; needs a model with an "
+                  "embedding output (--model efficientnet_lite0: 1,280 pooled features); "
+                  "the multimodal route is served either way",
+    "constant_embedding": "N > 0: every embedding is one fixed vector of N floats, no image "
+                          "decoded and no model run (benchmarks): ML Engine and Vertex "
+                          "predictions are {\"embedding\": [...]}, the v2 model's one output is "
+                          "embedding FP32 [-1, N], multimodal answers the fixed vector of the "
+                          "requested dimension; 0: off",
+    "read_gcs": "1: a multimodal gcsUri image is read through STORAGE_EMULATOR_HOST when that "
+                "is set; 0 (or no emulator): its vector is derived from the URI",
 }
+
+#: Switches that also work as a bare flag (``--embeddings`` = ``--embeddings 1``).
+FLAG_SWITCHES = ("embeddings",)
 
 
 def config_types() -> Dict[str, type]:
@@ -212,6 +241,7 @@ class Stats:
     injected_429: int = 0
     injected_503: int = 0
     injected_resets: int = 0
+    gcs_reads: int = 0  # multimodal gcsUri images read through the storage emulator
     per_second: Dict[int, int] = dataclasses.field(default_factory=dict)
     started_at: float = dataclasses.field(default_factory=time.time)
 
@@ -295,7 +325,9 @@ class ServerState:
     def __init__(self, config: Config, classifier=None):
         self.config = config
         self.classifier = classifier or classifiers.ColourClassifier()
+        check_embeddings(config, self.classifier)
         self.stats = Stats()
+        self.stats_lock = threading.Lock()
         self.slots = asyncio.Semaphore(config.capacity)
         self.quota = make_quota(config.quota_qps)
         self.rng = random.Random(config.seed)
@@ -308,7 +340,9 @@ class ServerState:
         after the change.
         """
         old = self.config
-        self.config = updated_config(old, changes)
+        new = updated_config(old, changes)
+        check_embeddings(new, self.classifier)
+        self.config = new
         if self.config.capacity != old.capacity:
             self.slots = asyncio.Semaphore(self.config.capacity)
         if "quota_qps" in changes:
@@ -320,6 +354,27 @@ class ServerState:
     def admit(self) -> bool:
         """Quota check; True if the request may proceed."""
         return self.quota is None or self.quota.try_acquire()
+
+    def count_gcs_read(self) -> None:
+        """One gcsUri image read (called from the model's worker threads)."""
+        with self.stats_lock:
+            self.stats.gcs_reads += 1
+
+
+def check_embeddings(config: Config, classifier) -> None:
+    """``ValueError`` when ``--embeddings 1`` asks for vectors the model cannot give."""
+    if config.embeddings and not config.constant_embedding and classifier.embedding_size is None:
+        raise ValueError(f"--embeddings 1 needs a model with an "
+                         f"{classifiers.EMBEDDING_OUTPUT!r} output (--model "
+                         f"{classifiers.EFFICIENTNET_LITE0}) or --constant_embedding N; "
+                         f"{classifier.name} has none")
+
+
+def embedding_width(config: Config, classifier) -> int:
+    """The length of the vectors the instance protocols and v2 answer (0: none)."""
+    if config.constant_embedding:
+        return config.constant_embedding
+    return classifier.embedding_size if config.embeddings else 0
 
 
 def make_quota(quota_qps: float) -> Optional[SecondQuota]:
@@ -451,17 +506,25 @@ def decoded_images(values: List[Any], to_image: Callable[[Any], Any]) -> List[An
     return images
 
 
-def run_mlengine(instances: List[Any], classifier,
-                 name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
+def with_embeddings(predictions: List[Dict[str, Any]], vectors) -> List[Dict[str, Any]]:
+    """Each prediction with its image's ``embedding`` (when there are ``vectors``)."""
+    if vectors is None:
+        return predictions
+    return [{**one, "embedding": row.tolist()} for one, row in zip(predictions, vectors)]
+
+
+def run_mlengine(instances: List[Any], classifier, name_instances: bool = True,
+                 embed: bool = False) -> Tuple[int, Dict[str, Any], int]:
     """Predict every instance in one batch; any failure fails the whole request."""
     try:
-        ranked = classifier.classify(decoded_images(instances, mlengine_image))
+        inference = classifier.infer(decoded_images(instances, mlengine_image), embed)
     except classifiers.BadImage as exc:
         where = f"instance {exc.index}: " if name_instances else ""
         return 400, {"error": f"Prediction failed: {where}{exc.reason}"}, 0
     predictions = [mlengine_prediction(instance, one)
-                   for instance, one in zip(instances, ranked)]
-    return 200, {"predictions": predictions}, len(predictions)
+                   for instance, one in zip(instances, inference.ranked)]
+    return 200, {"predictions": with_embeddings(predictions, inference.embeddings)}, \
+        len(predictions)
 
 
 #: The answer of ``--constant 1`` to every ML Engine instance.
@@ -485,14 +548,27 @@ def constant_scores(count: int) -> bytes:
     return json.dumps([w / total for w in weights]).encode()
 
 
+def run_constant_embedding(count: int, size: int,
+                           extra: Optional[Dict[str, Any]] = None) -> Tuple[int, Any, int]:
+    """``{"embedding": <the constant vector>}`` for each of ``count`` instances, none of them
+    looked at (the JSON text of the vector made once), then ``extra``'s fields."""
+    one = b'{"embedding":' + embeddings.constant_vector_json(size) + b"}"
+    tail = b"," + json.dumps(extra)[1:-1].encode() if extra else b""
+    return 200, (b'{"predictions":[' + b",".join([one] * count) + b"]" + tail + b"}",
+                 None), count
+
+
 def parse_mlengine(body: Dict[str, Any], classifier, name_instances: bool = True,
-                   constant: int = 0) -> Job:
+                   constant: int = 0, embed: bool = False, constant_embedding: int = 0) -> Job:
     instances = body["instances"]
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
     if constant:
         return len(instances), lambda: run_constant(len(instances), constant)
-    return len(instances), lambda: run_mlengine(instances, classifier, name_instances)
+    if constant_embedding:
+        return len(instances), lambda: run_constant_embedding(len(instances),
+                                                              constant_embedding)
+    return len(instances), lambda: run_mlengine(instances, classifier, name_instances, embed)
 
 
 def run_automl(image_b64: Any, threshold: float,
@@ -539,27 +615,34 @@ def vertex_prediction(ranked: model.Prediction, threshold: float, limit: int,
     }
 
 
+def vertex_model_fields(model_name: str) -> Dict[str, str]:
+    """The fields a Vertex answer carries beside its predictions."""
+    return {
+        "deployedModelId": DEPLOYED_MODEL_ID,
+        "model": f"projects/local/locations/local/models/{model_name}",
+        "modelDisplayName": model_name,
+    }
+
+
 def run_vertex(instances: List[Any], threshold: float, limit: int, model_name: str,
-               classifier, name_instances: bool = True) -> Tuple[int, Dict[str, Any], int]:
+               classifier, name_instances: bool = True,
+               embed: bool = False) -> Tuple[int, Dict[str, Any], int]:
     try:
-        ranked = classifier.classify(decoded_images(instances, vertex_image))
+        inference = classifier.infer(decoded_images(instances, vertex_image), embed)
     except classifiers.BadImage as exc:
         where = f" at instances[{exc.index}]" if name_instances else ""
         message = f"Invalid image content{where}: {exc.reason}"
         return 400, google_error_body(400, message), 0
     predictions = [vertex_prediction(one, threshold, limit, classifier.labels)
-                   for one in ranked]
-    body = {
-        "predictions": predictions,
-        "deployedModelId": DEPLOYED_MODEL_ID,
-        "model": f"projects/local/locations/local/models/{model_name}",
-        "modelDisplayName": model_name,
-    }
+                   for one in inference.ranked]
+    body = {"predictions": with_embeddings(predictions, inference.embeddings),
+            **vertex_model_fields(model_name)}
     return 200, body, len(predictions)
 
 
 def parse_vertex(body: Dict[str, Any], model_name: str, classifier,
-                 name_instances: bool = True) -> Job:
+                 name_instances: bool = True, embed: bool = False,
+                 constant_embedding: int = 0) -> Job:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BadRequest("Invalid JSON payload: 'instances' must be a non-empty list.")
@@ -572,40 +655,89 @@ def parse_vertex(body: Dict[str, Any], model_name: str, classifier,
                          "parameters.maxPredictions")
     if limit < 1 or limit != int(limit):
         raise BadRequest("Invalid value for parameters.maxPredictions: must be a positive integer.")
+    if constant_embedding:
+        return len(instances), lambda: run_constant_embedding(
+            len(instances), constant_embedding, vertex_model_fields(model_name))
     return len(instances), lambda: run_vertex(instances, threshold, int(limit), model_name,
-                                              classifier, name_instances)
+                                              classifier, name_instances, embed)
+
+
+def v2_model(config: Config, classifier) -> v2.Model:
+    """What the v2 model's metadata and answers show of the server's model and switches."""
+    return v2.Model(config.model_name, config.v2_input_datatype, config.v2_outputs,
+                    tuple(classifier.labels), embedding_width(config, classifier),
+                    bool(config.constant_embedding))
 
 
 def parse_v2(raw: bytes, headers: Mapping[str, str], config: Config, classifier) -> Job:
     """A v2 infer request as a job whose answer may carry binary outputs."""
+    served = v2_model(config, classifier)
     try:
         request, tail = v2.split_body(raw, headers)
         images = v2.read_images(request, tail)
-        outputs = v2.requested_outputs(request, config.v2_outputs, classifier.labels)
+        outputs = v2.requested_outputs(request, served)
         keep = v2.top_k(request)
     except v2.V2Error as exc:
         raise BadRequest(exc.message, exc.code) from None
 
+    if served.constant:
+        return len(images), lambda: (200, v2.constant_answer(len(images), outputs, served),
+                                     len(images))
+
     def run() -> Tuple[int, Any, int]:
-        status, header, binary = v2.run(images, outputs, config.v2_outputs, config.model_name,
-                                        classifier, bool(config.name_instances), keep)
+        status, header, binary = v2.run(images, outputs, served, classifier,
+                                        bool(config.name_instances), keep)
         return status, v2.answer_parts(header, binary), len(images) if status == 200 else 0
     return len(images), run
 
 
+def run_multimodal(request: embeddings.MultimodalRequest, config: Config, classifier,
+                   on_read: Callable[[], None]) -> Tuple[int, Any, int]:
+    """One multimodal instance's answer (the constant vector, or the model's, projected)."""
+    if config.constant_embedding:
+        return 200, embeddings.answer(embeddings.constant_vector(request.dimension)), 1
+    try:
+        vector = embeddings.embed_multimodal(request, classifier, classifiers.decode_image,
+                                             bool(config.read_gcs), on_read)
+    except embeddings.EmbeddingError as exc:
+        return exc.code, google_error_body(exc.code, exc.message), 0
+    return 200, embeddings.answer(vector), 1
+
+
+def parse_multimodal(body: Dict[str, Any], config: Config, classifier,
+                     on_read: Callable[[], None]) -> Job:
+    """A multimodal embeddings request (one instance) as a job."""
+    if not config.constant_embedding and classifier.embedding_size is None:
+        raise BadRequest(f"Publisher model multimodalembedding is not served: {classifier.name} "
+                         f"has no embedding; start the local server with --model "
+                         f"{classifiers.EFFICIENTNET_LITE0} or --constant_embedding N.", 404)
+    try:
+        request = embeddings.parse_multimodal(body)
+    except embeddings.EmbeddingError as exc:
+        raise BadRequest(exc.message, exc.code) from None
+    return 1, lambda: run_multimodal(request, config, classifier, on_read)
+
+
 def parse_predict(route: str, raw: bytes, config: Config, classifier,
-                  headers: Mapping[str, str] = None) -> Job:
-    """Parse a predict body for ``route`` into a job (raises ``BadRequest``)."""
+                  headers: Mapping[str, str] = None,
+                  on_read: Callable[[], None] = lambda: None) -> Job:
+    """Parse a predict body for ``route`` into a job (raises ``BadRequest``); ``on_read`` is
+    called for each gcsUri image the job reads."""
     headers = headers or {}
     if route == V2_ROUTE or (route == RAW_ROUTE and v2.HEADER_LENGTH in headers):
         return parse_v2(raw, headers, config, classifier)
     body = parse_json_object(raw)
+    if route == MULTIMODAL_ROUTE:
+        return parse_multimodal(body, config, classifier, on_read)
     if route == RAW_ROUTE and "inputs" in body:
         return parse_v2(raw, headers, config, classifier)
+    embed = bool(config.embeddings)
     if route == ENDPOINTS_ROUTE:
-        return parse_vertex(body, config.model_name, classifier, bool(config.name_instances))
+        return parse_vertex(body, config.model_name, classifier, bool(config.name_instances),
+                            embed, config.constant_embedding)
     if "instances" in body:
-        return parse_mlengine(body, classifier, bool(config.name_instances), config.constant)
+        return parse_mlengine(body, classifier, bool(config.name_instances), config.constant,
+                              embed, config.constant_embedding)
     if "payload" in body:
         return parse_automl(body, classifier)
     raise BadRequest("Invalid JSON payload: expected 'instances' (ML Engine) "
@@ -681,7 +813,8 @@ async def predict(request: web.Request, route: str) -> Optional[web.Response]:
     if len(raw) > config.max_body_bytes:
         return fail(400, size_limit_message(config.max_body_bytes))
     try:
-        count, run = parse_predict(route, raw, config, state.classifier, request.headers)
+        count, run = parse_predict(route, raw, config, state.classifier, request.headers,
+                                   state.count_gcs_read)
     except BadRequest as exc:
         return fail(exc.code, exc.message)
     state.stats.count_instances(count)
@@ -777,8 +910,7 @@ async def handle_v2_get(request: web.Request) -> web.Response:
         if not config.v2_model_ready:
             return v2_error(503, f"model {name} is not ready")
         return web.json_response({"name": name, "ready": True})
-    return web.json_response(v2.metadata(name, config.v2_input_datatype, config.v2_outputs,
-                                         tuple(request.app[STATE].classifier.labels)))
+    return web.json_response(v2.metadata(v2_model(config, request.app[STATE].classifier)))
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -794,6 +926,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
             return v2_error(404, f"model {match.group(1)} not found")
         return await handle_predict(request, V2_ROUTE)
     if request.method == "POST":
+        if embeddings.MULTIMODAL_PATH.search(path):
+            return await handle_predict(request, MULTIMODAL_ROUTE)
         if RAW_PREDICT_PATH.search(path):
             return await handle_predict(request, RAW_ROUTE)
         if ENDPOINT_PREDICT_PATH.search(path):
@@ -849,11 +983,22 @@ async def serve(host: str, port: int, config: Config, classifier=None) -> None:
     sock = bind_socket(host, port)
     try:
         await web.SockSite(runner, sock).start()
-        print(f"LISTENING {listening_url(sock)}", flush=True)
+        url = listening_url(sock)
+        print(f"LISTENING {url}", flush=True)
+        print(routes_text(url, config, classifier or classifiers.ColourClassifier()),
+              flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
         sock.close()
+
+
+def routes_text(url: str, config: Config, classifier) -> str:
+    """The predict URLs, one protocol a line (printed after the ``LISTENING`` line)."""
+    paths = localserver.endpoint_paths(config.model_name)
+    if not (config.constant_embedding or classifier.embedding_size):
+        del paths["multimodal"]
+    return "\n".join(f"  {name:<12}{url}{path}" for name, path in paths.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -865,8 +1010,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="port to bind (0 = any free port)")
     defaults = Config()
     for name, kind in config_types().items():
+        bare = {"nargs": "?", "const": 1} if name in FLAG_SWITCHES else {}
         parser.add_argument(f"--{name}", type=kind, default=getattr(defaults, name),
-                            help=f"{CONFIG_HELP[name]} (default: %(default)s)")
+                            help=f"{CONFIG_HELP[name]} (default: %(default)s)", **bare)
     classifiers.add_model_flags(parser)
     return parser
 
@@ -881,6 +1027,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             args["model_name"] = classifier.name
         config = Config(**args)
         config.validate()
+        check_embeddings(config, classifier)
     except (ValueError, ImportError, OSError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,

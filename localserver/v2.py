@@ -6,24 +6,30 @@ JSON, raw bytes in binary), or UINT8/FP32 ``[n, H, W, 3]`` RGB pixels. It answer
 outputs, ``labels`` (BYTES ``[n, 8]``) and ``scores`` (FP32 ``[n, 8]``), score descending;
 the request parameter ``top_k`` keeps the first K; with the ``v2_outputs=scores`` switch
 only ``scores``, in :data:`model.LABELS` order, as a
-plain classifier's softmax. A requested output with ``"classification": K`` comes back as
-Triton's ``"score:index:label"`` strings, top K. Errors are ``{"error": "message"}``.
+plain classifier's softmax. With the server's ``embeddings`` switch a last output,
+``embedding`` (FP32 ``[n, d]``: EfficientNet-Lite0's 1,280 pooled features), comes from the
+same model run; with ``constant_embedding`` N it is the model's one output, a fixed vector
+of N floats per image, and no image is decoded. A requested output with
+``"classification": K`` comes back as Triton's ``"score:index:label"`` strings, top K. Errors
+are ``{"error": "message"}``.
 """
 import base64
 import binascii
+import functools
 import json
 import math
 import re
 import struct
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from localserver import classifiers, model
+from localserver import classifiers, embeddings, model
 
 INPUT_NAME = "image"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 MODEL_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$")
 OUTPUT_MODES = ("labels_scores", "scores")
+EMBEDDING = "embedding"
 _CODES = {"UINT8": "B", "FP32": "f", "INT64": "q", "FP64": "d", "INT32": "i"}
 
 
@@ -34,16 +40,37 @@ class V2Error(Exception):
         self.message = message
 
 
-def metadata(name: str, input_datatype: str, outputs: str,
-             labels: Tuple[str, ...] = model.LABELS) -> Dict[str, Any]:
-    shape = [-1] if input_datatype == "BYTES" else [-1, -1, -1, 3]
-    tensors = [{"name": "scores", "datatype": "FP32", "shape": [-1, len(labels)]}]
-    if outputs == "labels_scores":
+class Model(NamedTuple):
+    """The v2 model as its metadata shows it: ``outputs`` is one of :data:`OUTPUT_MODES`;
+    ``embedding`` the width of its ``embedding`` output (0: none); ``constant`` that the
+    embedding is the constant vector and the model's only output."""
+
+    name: str
+    input_datatype: str = "BYTES"
+    outputs: str = "labels_scores"
+    labels: Tuple[str, ...] = model.LABELS
+    embedding: int = 0
+    constant: bool = False
+
+
+def output_tensors(served: Model) -> List[Dict[str, Any]]:
+    """The model's outputs, in the order an answer lists them."""
+    vector = {"name": EMBEDDING, "datatype": "FP32", "shape": [-1, served.embedding]}
+    if served.constant:
+        return [vector]
+    tensors = [{"name": "scores", "datatype": "FP32", "shape": [-1, len(served.labels)]}]
+    if served.outputs == "labels_scores":
         tensors.insert(0, {"name": "labels", "datatype": "BYTES",
-                           "shape": [-1, len(labels)]})
-    return {"name": name, "versions": ["1"], "platform": "localserver",
-            "inputs": [{"name": INPUT_NAME, "datatype": input_datatype, "shape": shape}],
-            "outputs": tensors}
+                           "shape": [-1, len(served.labels)]})
+    return tensors + [vector] if served.embedding else tensors
+
+
+def metadata(served: Model) -> Dict[str, Any]:
+    shape = [-1] if served.input_datatype == "BYTES" else [-1, -1, -1, 3]
+    return {"name": served.name, "versions": ["1"], "platform": "localserver",
+            "inputs": [{"name": INPUT_NAME, "datatype": served.input_datatype,
+                        "shape": shape}],
+            "outputs": output_tensors(served)}
 
 
 def split_body(raw: bytes, headers: Mapping[str, str]) -> Tuple[Dict[str, Any], bytes]:
@@ -90,10 +117,9 @@ def read_images(request: Dict[str, Any], tail: bytes) -> List[Any]:
     raise V2Error(f"unsupported input datatype {datatype!r}")
 
 
-def requested_outputs(request: Dict[str, Any], modes: str,
-                      labels: Tuple[str, ...] = model.LABELS) -> Dict[str, Dict[str, Any]]:
+def requested_outputs(request: Dict[str, Any], served: Model) -> Dict[str, Dict[str, Any]]:
     """Output name -> its parameters; every output of the model when none are named."""
-    known = [t["name"] for t in metadata("", "BYTES", modes, labels)["outputs"]]
+    known = [t["name"] for t in output_tensors(served)]
     binary_all = bool((request.get("parameters") or {}).get("binary_data_output"))
     asked = request.get("outputs")
     if not asked:
@@ -104,6 +130,8 @@ def requested_outputs(request: Dict[str, Any], modes: str,
         if name not in known:
             raise V2Error(f"unknown output {name!r}; the model's outputs are {known}")
         parameters = dict(item.get("parameters") or {})
+        if name == EMBEDDING and parameters.get("classification"):
+            raise V2Error(f"output {EMBEDDING!r} is a vector, not scores to classify")
         parameters.setdefault("binary_data", binary_all)
         wanted[name] = parameters
     return wanted
@@ -126,8 +154,8 @@ def _image(value: Any):
     return model.array_to_image(value)
 
 
-def run(images: List[Any], outputs: Dict[str, Dict[str, Any]], modes: str,
-        model_name: str, classifier, name_instances: bool = True, keep: int = 0):
+def run(images: List[Any], outputs: Dict[str, Dict[str, Any]], served: Model, classifier,
+        name_instances: bool = True, keep: int = 0):
     """(status, JSON header, binary tail) of the answer; a failing image fails the request."""
     decoded = []
     for index, value in enumerate(images):
@@ -136,20 +164,61 @@ def run(images: List[Any], outputs: Dict[str, Dict[str, Any]], modes: str,
         except ValueError as exc:
             where = f"instance {index}: " if name_instances else ""
             return 400, {"error": f"Prediction failed: {where}{exc}"}, b""
-    ranked = classifier.classify(decoded)
+    inference = classifier.infer(decoded, EMBEDDING in outputs)
+    ranked = inference.ranked
     labels = tuple(classifier.labels)
-    if keep and modes == "labels_scores":
+    if keep and served.outputs == "labels_scores":
         ranked = [r[:keep] for r in ranked]
+
+    def tensor(name: str, parameters: Dict[str, Any]) -> Dict[str, Any]:
+        if name == EMBEDDING:
+            return _vectors(inference.embeddings.tolist())
+        return _output(name, ranked, served.outputs,
+                       int(parameters.get("classification") or 0), labels)
+    return _answer(served.name, outputs, tensor)
+
+
+def _answer(model_name: str, outputs: Dict[str, Dict[str, Any]], tensor_of):
+    """(200, JSON header, binary tail) with ``tensor_of(name, parameters)`` for each output."""
     tensors, tail = [], b""
     for name, parameters in outputs.items():
-        tensor = _output(name, ranked, modes, int(parameters.get("classification") or 0),
-                         labels)
+        tensor = tensor_of(name, parameters)
         if parameters.get("binary_data"):
             part = _pack(tensor["datatype"], tensor.pop("data"))
             tensor["parameters"] = {"binary_data_size": len(part)}
             tail += part
         tensors.append(tensor)
     return 200, {"model_name": model_name, "model_version": "1", "outputs": tensors}, tail
+
+
+def constant_answer(count: int, outputs: Dict[str, Dict[str, Any]],
+                    served: Model) -> Tuple[bytes, Optional[Dict[str, str]]]:
+    """The constant mode's answer for ``count`` images, as :func:`answer_parts` gives it: the
+    vector's JSON text or packed bytes are made once and repeated."""
+    width = served.embedding
+    tensor = {"name": EMBEDDING, "datatype": "FP32", "shape": [count, width]}
+    if outputs[EMBEDDING].get("binary_data"):
+        part = _packed_constant(width) * count
+        tensor["parameters"] = {"binary_data_size": len(part)}
+        return answer_parts({"model_name": served.name, "model_version": "1",
+                             "outputs": [tensor]}, part)
+    row = embeddings.constant_vector_json(width)[1:-1]
+    data = b"[" + b",".join([row] * count) + b"]"
+    head = json.dumps({"model_name": served.name, "model_version": "1"})[:-1].encode()
+    return head + b', "outputs": [' + json.dumps(tensor)[:-1].encode() + b', "data": ' + \
+        data + b"}]}", None
+
+
+@functools.lru_cache(maxsize=4)
+def _packed_constant(width: int) -> bytes:
+    return _pack("FP32", embeddings.constant_vector(width))
+
+
+def _vectors(rows: List[List[float]]) -> Dict[str, Any]:
+    """The ``embedding`` output of one vector per image."""
+    return {"name": EMBEDDING, "datatype": "FP32",
+            "shape": [len(rows), len(rows[0]) if rows else 0],
+            "data": [v for row in rows for v in row]}
 
 
 def _output(name: str, ranked, modes: str, classes: int, labels) -> Dict[str, Any]:

