@@ -1,0 +1,271 @@
+"""TFRecord inputs (transforms/tfrecords.py): framing, Example parsing, the ReadTFRecords
+composite, and jobs end to end against the local server, local and gs:// (emulator).
+
+Every TFRecord file is written here by an independent writer: the `tfrecord` package
+(its TFRecordWriter, its CRC from the `crc32c` package, its protoc-generated `example_pb2`),
+not by the Beam code and hand-built descriptors the pipeline reads with.
+"""
+import gzip
+import os
+import struct
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from tfrecord import example_pb2
+from tfrecord.writer import TFRecordWriter
+
+from localserver.demo import LABEL_COLOURS
+from tests.helpers import LOCAL_RUNNER, counters, jpeg
+from transforms import tfrecords
+from transforms.records import ImageRef
+from transforms.tfrecords import (Damage, ReadTFRecords, Record, RecordError, TFRecordSpec,
+                                  _ReadTFRecordsFn, framed_records, record_ref)
+
+LABELS = list(LABEL_COLOURS)
+IMAGES = {label: jpeg(label, size=(16, 12), seed=i) for i, label in enumerate(LABELS)}
+
+
+# -- the independent writer -----------------------------------------------------------------
+
+def example(i, **extra):
+    """The datum of record `i` for TFRecordWriter: an image of LABELS[i % 8], its name and
+    label, and `extra` features ({name: (value, "byte"|"int"|"float")})."""
+    label = LABELS[i % len(LABELS)]
+    datum = {"image/encoded": (IMAGES[label], "byte"),
+             "image/filename": (f"img_{i:05d}.jpg".encode(), "byte"),
+             "image/class/text": (label.encode(), "byte"),
+             "image/class/label": (i % len(LABELS), "int")}
+    datum.update(extra)
+    return datum
+
+
+def write_examples(path, data):
+    """TFRecord file of these Examples (datums); returns each record's byte offset."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    offsets, offset = [], 0
+    writer = TFRecordWriter(str(path))
+    for datum in data:
+        offsets.append(offset)
+        writer.write(datum)
+        offset += 16 + len(TFRecordWriter.serialize_tf_example(datum))
+    writer.close()
+    return offsets
+
+
+def write_raw(path, records):
+    """TFRecord file whose records are these bytes (the writer's own masked CRC)."""
+    with open(str(path), "wb") as f:
+        for data in records:
+            length = struct.pack("<Q", len(data))
+            f.write(length + TFRecordWriter.masked_crc(length) + data
+                    + TFRecordWriter.masked_crc(data))
+
+
+def gzip_file(path):
+    """`path` gzip-compressed as `path`.gz (the original removed)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(f"{path}.gz", "wb") as f:
+        f.write(data)
+    os.remove(path)
+    return f"{path}.gz"
+
+
+def flip_byte(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def truth_of(path, count, first=0):
+    return {f"{path}:{i}": LABELS[(first + i) % len(LABELS)] for i in range(count)}
+
+
+def records_of(path):
+    with tfrecords.open_stream(str(path)) as f:
+        return list(framed_records(f.read))
+
+
+# -- the Example messages, against protoc's -------------------------------------------------
+
+def test_examples_read_the_same_as_protoc_generated_messages_both_ways():
+    datum = example(3, **{"scores": ([0.1, 2.5, -1e-3], "float"), "ids": ([7, -2**63], "int"),
+                          "empty": ([], "byte")})
+    theirs = TFRecordWriter.serialize_tf_example(datum)
+    features = tfrecords.example_features(theirs, "here")
+    assert features["image/encoded"].bytes_list.value == [IMAGES["yellow"]]
+    assert list(features["ids"].int64_list.value) == [7, -2**63]
+    assert tfrecords.feature_text(features["scores"]) == "[0.1,2.5,-0.001]"
+    assert tfrecords.feature_text(features["image/class/label"]) == "3"
+    assert tfrecords.feature_text(features["empty"]) is None
+
+    ours = tfrecords.Example.FromString(theirs).SerializeToString(deterministic=True)
+    parsed = example_pb2.Example.FromString(ours)
+    assert parsed == example_pb2.Example.FromString(theirs)
+
+
+def test_a_record_that_is_not_an_example_says_how_to_read_raw_records():
+    with pytest.raises(RecordError, match=r"here: not a tf.train.Example .*--tfrecord_feature ''"):
+        tfrecords.example_features(b"\xff\xd8\xff\xe0 a JPEG's bytes", "here")
+
+
+def test_passthrough_text_of_each_kind_of_feature():
+    data = TFRecordWriter.serialize_tf_example({
+        "f": (0.1, "float"), "i": (-5, "int"), "b": ("héllo".encode(), "byte"),
+        "bin": (b"\xff\x00a", "byte"), "several": ([b"a", b"b"], "byte")})
+    features = tfrecords.example_features(data, "x")
+    texts = {name: tfrecords.feature_text(features[name]) for name in features}
+    assert texts == {"f": "0.1", "i": "-5", "b": "héllo", "bin": "\\xff\x00a",
+                     "several": '["a","b"]'}
+
+
+def test_record_ref_takes_image_key_and_fields_from_features():
+    data = TFRecordWriter.serialize_tf_example(example(1, id=(b"cat-17", "byte")))
+    record = Record(4, 1000, data)
+    spec = TFRecordSpec("image/encoded", "id", ("image_filename", "image_class_label", "id",
+                                                "nope"))
+    ref = record_ref(record, "/d/a.tfrecord", spec)
+    assert ref.key == "cat-17" and ref.origin == "/d/a.tfrecord:4"
+    assert ref.uri is None and ref.size == len(IMAGES["green"])
+    assert ref.fields == {"image_filename": "img_00001.jpg", "image_class_label": "1",
+                          "id": "cat-17", "nope": None}
+    default = record_ref(record, "/d/a.tfrecord", TFRecordSpec())
+    assert default.key == "/d/a.tfrecord:4" and default.fields == {}
+    raw = record_ref(Record(0, 0, b"bytes"), "/d/r.tfrecord", TFRecordSpec(None))
+    assert raw.key == "/d/r.tfrecord:0" and raw.inline_b64 == "Ynl0ZXM="
+
+
+@pytest.mark.parametrize("spec, message", [
+    (TFRecordSpec("image/jpeg"), "no feature 'image/jpeg' (--tfrecord_feature; features: "
+                                 "image/class/label, image/class/text, image/encoded, "
+                                 "image/filename)"),
+    (TFRecordSpec("image/class/label"), "feature 'image/class/label' holds 1 int64 value, not "
+                                        "one bytes value (--tfrecord_feature)"),
+    (TFRecordSpec(key_field="id"), "no feature 'id' (--key_field; features: "),
+    (TFRecordSpec(key_field="image/encoded"), "key feature 'image/encoded' is not valid UTF-8"),
+])
+def test_record_without_the_named_feature_is_an_error_naming_what_it_has(spec, message):
+    data = TFRecordWriter.serialize_tf_example(example(0))
+    with pytest.raises(RecordError) as raised:
+        record_ref(Record(2, 88, data), "/d/a.tfrecord", spec)
+    assert str(raised.value).startswith("/d/a.tfrecord: record 2 at byte 88: " + message)
+
+
+# -- framing --------------------------------------------------------------------------------
+
+def test_records_come_in_order_with_their_offsets(tmp_path):
+    path = tmp_path / "a.tfrecord"
+    data = [example(i) for i in range(5)]
+    offsets = write_examples(path, data)
+    records = records_of(path)
+    assert records == [Record(i, offsets[i], TFRecordWriter.serialize_tf_example(d))
+                       for i, d in enumerate(data)]
+    gz = gzip_file(str(path))
+    assert records_of(gz) == records
+
+
+def test_a_bad_data_crc_skips_one_record_and_a_truncated_tail_ends_the_file(tmp_path):
+    path = str(tmp_path / "a.tfrecord")
+    offsets = write_examples(path, [example(i) for i in range(6)])
+    flip_byte(path, offsets[2] + 20)  # inside record 2's data
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size - 30)  # record 5 loses its last bytes
+    items = records_of(path)
+    assert [type(item).__name__ for item in items] == ["Record"] * 2 + ["Damage"] + \
+        ["Record"] * 2 + ["Damage"]
+    assert items[2] == Damage(2, offsets[2], "data CRC mismatch: record skipped", False)
+    assert [r.index for r in items if isinstance(r, Record)] == [0, 1, 3, 4]
+    tail = items[5]
+    assert (tail.index, tail.offset, tail.ends_file) == (5, offsets[5], True)
+    assert tail.error.startswith("truncated: the file ends ")
+
+
+def test_a_bad_length_crc_ends_the_file(tmp_path):
+    path = str(tmp_path / "a.tfrecord")
+    offsets = write_examples(path, [example(i) for i in range(4)])
+    flip_byte(path, offsets[1] + 3)  # record 1's length
+    items = records_of(path)
+    assert len(items) == 2 and isinstance(items[0], Record)
+    assert items[1] == Damage(1, offsets[1], "length CRC mismatch: the rest of the file "
+                                             "cannot be framed and is not read", True)
+
+
+def test_a_record_longer_than_allowed_is_skipped_unread(tmp_path):
+    path = str(tmp_path / "raw.tfrecord")
+    write_raw(path, [b"a" * 10, b"b" * 100, b"c" * 10])
+    with open(path, "rb") as f:
+        items = list(framed_records(f.read, max_record_bytes=50))
+    assert [getattr(i, "data", None) for i in items] == [b"a" * 10, None, b"c" * 10]
+    assert items[1].error.startswith("a record of 100 bytes, over the 50 bytes")
+
+
+def test_a_cut_gzip_stream_ends_the_file_after_its_whole_records(tmp_path):
+    path = str(tmp_path / "a.tfrecord")
+    write_raw(path, [os.urandom(3000) for _ in range(20)])  # incompressible: cut lands mid-way
+    gz = gzip_file(path)
+    with open(gz, "r+b") as f:
+        f.truncate(os.path.getsize(gz) // 2)
+    items = records_of(gz)
+    assert 5 <= len(items) <= 15
+    assert all(isinstance(i, Record) for i in items[:-1])
+    assert items[-1].ends_file and items[-1].index == len(items) - 1
+    assert items[-1].error.startswith("the compressed stream breaks here (EOFError: ")
+
+
+def test_a_file_that_cannot_be_opened_is_one_dead_letter_keyed_by_the_file(tmp_path):
+    fn = _ReadTFRecordsFn(TFRecordSpec())
+    fn.start_bundle()
+    gone = str(tmp_path / "gone.tfrecord")
+    [letter] = list(fn.process((gone, (100, None, None, None))))
+    assert letter.tag == "failed" and letter.value["key"] == gone
+    assert letter.value["error"].startswith(f"{gone}: cannot read TFRecords: ")
+
+
+# -- the composite --------------------------------------------------------------------------
+
+def test_read_tfrecords_gives_refs_and_read_dead_letters_with_file_and_offset(tmp_path):
+    good = str(tmp_path / "in" / "good.tfrecord")
+    write_examples(good, [example(i) for i in range(3)])
+    gz = gzip_file(good)
+    bad = str(tmp_path / "in" / "bad.tfrecords")
+    offsets = write_examples(bad, [example(i) if i != 2 else {"x": (b"no image", "byte")}
+                                   for i in range(5)])
+    flip_byte(bad, offsets[1] + 30)
+    with open(bad, "r+b") as f:
+        f.truncate(offsets[4] + 5)
+    empty = tmp_path / "in" / "empty.tfrecord"
+    empty.write_bytes(b"")
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        read = p | ReadTFRecords([str(tmp_path / "in" / "*"), bad])
+        assert_that(read.refs | "Keys" >> beam.Map(lambda r: (r.key, r.size)), equal_to(
+            [(f"{gz}:{i}", len(IMAGES[LABELS[i]])) for i in range(3)]
+            + [(f"{bad}:0", len(IMAGES["red"])), (f"{bad}:3", len(IMAGES["yellow"]))]),
+            label="refs")
+        assert_that(read.failed | "Letters" >> beam.Map(
+            lambda d: (d["key"], d["stage"], d["error"])), equal_to([
+                (f"{bad}:1", "read", f"{bad}: record 1 at byte {offsets[1]}: data CRC "
+                                     f"mismatch: record skipped"),
+                (f"{bad}:2", "read", f"{bad}: record 2 at byte {offsets[2]}: no feature "
+                                     f"'image/encoded' (--tfrecord_feature; features: x)"),
+                (f"{bad}:4", "read", f"{bad}: record 4 at byte {offsets[4]}: truncated: the "
+                                     f"file ends 5 bytes into a record's 12-byte header")]),
+            label="failed")
+    totals = counters(p.result)
+    assert totals["inputs"] == 3 + 5 and totals["failed_read"] == 3
+
+
+def test_raw_records_are_the_images(tmp_path):
+    path = str(tmp_path / "raw.tfrecord")
+    write_raw(path, [IMAGES["red"], IMAGES["blue"]])
+    with TestPipeline(runner=LOCAL_RUNNER) as p:
+        refs = p | ReadTFRecords([path], TFRecordSpec(None))
+        assert_that(refs.refs, equal_to([
+            ImageRef(f"{path}:0", None, tfrecords.base64.b64encode(IMAGES["red"]).decode(),
+                     len(IMAGES["red"]), {}, f"{path}:0"),
+            ImageRef(f"{path}:1", None, tfrecords.base64.b64encode(IMAGES["blue"]).decode(),
+                     len(IMAGES["blue"]), {}, f"{path}:1")]))
