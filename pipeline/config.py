@@ -29,8 +29,10 @@ from transforms.labels import LabelSpec, check_field_path, check_label_names, lo
 from transforms.predict import FailureThreshold, PredictSettings
 from transforms.protocols import Protocol, make_protocol
 from transforms.ratelimit import worker_share
-from transforms.read import InputSource, RowSpec, escaped_key, has_glob, input_sources
+from transforms.read import (TFRECORD, InputSource, RowSpec, escaped_key, has_glob,
+                             input_sources)
 from transforms.retry import RetryPolicy
+from transforms.tfrecords import TFRecordSpec
 from transforms.write import (BigQueryTarget, bigquery_target, parse_bigquery_table,
                               parse_passthrough_fields, render_path)
 
@@ -66,6 +68,7 @@ class JobConfig:
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
     single_process: bool = True  # the whole job runs in this one process (local runs)
     local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
+    tfrecord: TFRecordSpec = TFRecordSpec()  # how TFRecord inputs hold images and keys
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -371,6 +374,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         image_size = parse_size(o.image_size)
         client = client_settings(o, image_size)
         outputs = output_settings(o, options, now.strftime("%Y-%m-%d"), run_id)
+        tfrecord = tfrecord_settings(o, sources, outputs["passthrough_fields"])
         processes = worker_processes(options)
     except ValueError as e:  # ConfigError included
         raise ConfigError(str(e))
@@ -391,6 +395,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         worker_processes=processes,
         single_process=runs_in_one_process(options, processes),
         local=runs_locally(options),
+        tfrecord=tfrecord,
     )
 
 
@@ -414,6 +419,17 @@ def input_settings(o: PredictOptions) -> Tuple[InputSource, ...]:
             raise ValueError(f"--input {escaped_key(given)} is not valid UTF-8: give the "
                              f"folder that holds it, or a glob")
     return input_sources(o.input, o.input_format)
+
+
+def tfrecord_settings(o: PredictOptions, sources: Sequence[InputSource],
+                      passthrough_fields: Tuple[str, ...]) -> TFRecordSpec:
+    """Which Example features hold a TFRecord's image, key and pass-through values."""
+    feature = o.tfrecord_feature or None
+    if feature is None and o.key_field and any(s.format == TFRECORD for s in sources):
+        raise ValueError("--key_field names a feature of a tf.train.Example: with "
+                         "--tfrecord_feature '' (each record an image's bytes) TFRecord keys "
+                         "are <file>:<record index>")
+    return TFRecordSpec(feature, o.key_field, passthrough_fields)
 
 
 def check_endpoint(url: str):

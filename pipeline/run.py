@@ -36,7 +36,8 @@ from transforms import metrics
 from transforms.auth import SCOPES, AuthError, TokenSource
 from transforms.encode import quiet_pillow_warnings
 from transforms.oip import V2, NotReady, check_model, is_raw_predict
-from transforms.read import check_input, first_match, open_path, quote_glob
+from transforms.read import TFRECORD, check_input, first_match, open_path, quote_glob
+from transforms.tfrecords import check_first_record
 from transforms.existing import any_match, dead_letter_glob
 from transforms.leftovers import plan_leftovers
 from transforms.limit import estimate, estimate_line
@@ -137,8 +138,11 @@ def preflight(config: JobConfig) -> JobConfig:
         key, listed = matched
         if listed.reason is not None:  # a link, a FIFO: never opened, counted by the job
             continue
-        try:  # a CSV whose header lacks the image (or key) column: say so now
+        try:  # a CSV whose header, or a TFRecord whose first Example, lacks the image (or
+            # key) column: say so now
             check_input(source, open_path(key, listed), config.row_spec)
+            if source.format == TFRECORD:
+                check_first_record(open_path(key, listed), config.tfrecord)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--input {given}: {e}")
     if config.retry_dead_letters:

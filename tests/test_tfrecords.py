@@ -8,6 +8,7 @@ not by the Beam code and hand-built descriptors the pipeline reads with.
 import gzip
 import os
 import struct
+import time
 
 import apache_beam as beam
 import pytest
@@ -17,8 +18,12 @@ from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
 
 from localserver.demo import LABEL_COLOURS
-from tests.helpers import LOCAL_RUNNER, counters, jpeg
+from pipeline.config import ConfigError, build_config, parse_options
+from pipeline.run import run
+from tests.helpers import (EMULATOR_BUCKET as BUCKET, LOCAL_RUNNER, assert_accounted, counters,
+                           exactly_once, jpeg, read_dead_letters, read_predictions)
 from transforms import tfrecords
+from transforms.read import input_format
 from transforms.records import ImageRef
 from transforms.tfrecords import (Damage, ReadTFRecords, Record, RecordError, TFRecordSpec,
                                   _ReadTFRecordsFn, framed_records, record_ref)
@@ -226,6 +231,32 @@ def test_a_file_that_cannot_be_opened_is_one_dead_letter_keyed_by_the_file(tmp_p
     assert letter.value["error"].startswith(f"{gone}: cannot read TFRecords: ")
 
 
+# -- formats and flags ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a.tfrecord", "gs://b/x/A.TFRecords", "a.tfrecord.gz",
+                                  "mnist-train.tfrecord-00003-of-00016"])
+def test_tfrecord_files_are_known_by_their_names(name):
+    assert input_format(name) == "tfrecord"
+    assert input_format("train-00000-of-01024", "tfrecord") == "tfrecord"
+    assert input_format("a.tfrecord.json") == "jsonl"
+
+
+def options(tmp_path, *extra):
+    return parse_options(["--input", str(tmp_path / "a.tfrecord"), "--endpoint",
+                          "http://127.0.0.1:9/v1/m:predict", "--output", str(tmp_path / "p"),
+                          *extra])
+
+
+def test_flags_make_the_tfrecord_spec(tmp_path):
+    config = build_config(options(tmp_path, "--key_field", "id", "--passthrough_fields",
+                                  "image_filename"))
+    assert config.tfrecord == TFRecordSpec("image/encoded", "id", ("image_filename",))
+    assert config.sources[0].format == "tfrecord"
+    assert build_config(options(tmp_path, "--tfrecord_feature", "")).tfrecord.feature is None
+    with pytest.raises(ConfigError, match="--key_field names a feature of a tf.train.Example"):
+        build_config(options(tmp_path, "--tfrecord_feature", "", "--key_field", "id"))
+
+
 # -- the composite --------------------------------------------------------------------------
 
 def test_read_tfrecords_gives_refs_and_read_dead_letters_with_file_and_offset(tmp_path):
@@ -269,3 +300,134 @@ def test_raw_records_are_the_images(tmp_path):
                      len(IMAGES["red"]), {}, f"{path}:0"),
             ImageRef(f"{path}:1", None, tfrecords.base64.b64encode(IMAGES["blue"]).decode(),
                      len(IMAGES["blue"]), {}, f"{path}:1")]))
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+def job(server, output, *inputs_and_flags):
+    return run([*inputs_and_flags, "--endpoint", server.endpoint("mlengine"),
+                "--output", str(output)])
+
+
+def test_corrupt_truncated_and_featureless_records_are_dead_letters_and_the_rest_predicted(
+        tmp_path, server):
+    folder = tmp_path / "data"
+    whole = str(folder / "train-0.tfrecord")
+    write_examples(whole, [example(i) for i in range(8)])
+    broken = str(folder / "train-1.tfrecord")
+    offsets = write_examples(broken, [example(i, id=(f"id-{i}".encode(), "byte"))
+                                      if i != 4 else {"image/png": (b"x", "byte"),
+                                                      "id": (b"id-4", "byte")}
+                                      for i in range(8)])
+    flip_byte(broken, offsets[2] + 40)  # record 2's data: skipped, the file goes on
+    with open(broken, "r+b") as f:
+        f.truncate(offsets[7] + 10)  # record 7 cut in its header
+    summary = job(server, tmp_path / "out" / "p", "--input", str(folder / "*.tfrecord"),
+                  "--output_format", "both", "--passthrough_fields",
+                  "image_filename,image_class_text")
+    rows = read_predictions(str(tmp_path / "out" / "p"))
+    expected = {**truth_of(whole, 8), **{f"{broken}:{i}": LABELS[i] for i in (0, 1, 3, 5, 6)}}
+    assert {r["key"]: r["top_label"] for r in rows} == expected
+    assert all(r["image_class_text"] == r["top_label"] for r in rows)
+    assert {r["image_filename"] for r in rows if r["key"].startswith(broken)} == \
+        {f"img_{i:05d}.jpg" for i in (0, 1, 3, 5, 6)}
+    letters = {d["key"]: d for d in read_dead_letters(summary["errors"])}
+    assert sorted(letters) == [f"{broken}:{i}" for i in (2, 4, 7)]
+    assert {d["stage"] for d in letters.values()} == {"read"}
+    assert letters[f"{broken}:2"]["error"] == \
+        f"{broken}: record 2 at byte {offsets[2]}: data CRC mismatch: record skipped"
+    assert letters[f"{broken}:4"]["error"].endswith(
+        "no feature 'image/encoded' (--tfrecord_feature; features: id, image/png)")
+    assert letters[f"{broken}:7"]["error"].startswith(
+        f"{broken}: record 7 at byte {offsets[7]}: truncated")
+    assert summary["inputs"] == 16 and summary["predicted"] == 13
+    assert summary["failed_by_stage"] == {"read": 3}
+    assert_accounted(summary)
+
+
+def test_key_field_and_a_missing_first_feature_stop_before_the_job(tmp_path, server):
+    path = str(tmp_path / "a.tfrecord")
+    write_examples(path, [example(i, id=(f"photo-{i}".encode(), "byte")) for i in range(4)])
+    summary = job(server, tmp_path / "p", "--input", path, "--key_field", "id",
+                  "--output_format", "jsonl")
+    rows = read_predictions(str(tmp_path / "p"), "jsonl")
+    assert {r["key"]: r["top_label"] for r in rows} == {f"photo-{i}": LABELS[i]
+                                                        for i in range(4)}
+    assert_accounted(summary)
+    with pytest.raises(ConfigError, match=r"a.tfrecord: record 0 at byte 0: no feature "
+                                          r"'image/jpeg' \(--tfrecord_feature; features: "):
+        job(server, tmp_path / "q", "--input", path, "--tfrecord_feature", "image/jpeg")
+    raw = str(tmp_path / "raw.tfrecord")
+    write_raw(raw, [IMAGES["red"]])
+    with pytest.raises(ConfigError, match=r"raw.tfrecord: record 0 at byte 0: not a "
+                                          r"tf.train.Example .*give --tfrecord_feature ''"):
+        job(server, tmp_path / "r", "--input", raw)
+    assert server.stats()["requests"] == 1
+
+
+def test_gs_tfrecords_plain_and_gzip_against_the_emulator(tmp_path, server, gcs):
+    plain = str(tmp_path / "a.tfrecord")
+    write_examples(plain, [example(i) for i in range(5)])
+    zipped = str(tmp_path / "b.tfrecord")
+    offsets = write_examples(zipped, [example(i) for i in range(6)])
+    with open(zipped, "r+b") as f:
+        f.truncate(offsets[5] + 20)
+    zipped = gzip_file(zipped)
+    for path in (plain, zipped):
+        gcs.blob(f"sets/{os.path.basename(path)}").upload_from_filename(path)
+    summary = job(server, tmp_path / "out" / "p", "--input", f"gs://{BUCKET}/sets/a.tfrecord",
+                  "--input", f"gs://{BUCKET}/sets/*.tfrecord.gz")
+    rows = read_predictions(str(tmp_path / "out" / "p"))
+    a, b = f"gs://{BUCKET}/sets/a.tfrecord", f"gs://{BUCKET}/sets/b.tfrecord.gz"
+    assert {r["key"]: r["top_label"] for r in rows} == {**truth_of(a, 5), **truth_of(b, 5)}
+    letters = read_dead_letters(summary["errors"])
+    assert [(d["key"], d["stage"]) for d in letters] == [(f"{b}:5", "read")]
+    assert letters[0]["error"].startswith(
+        f"{b}: record 5 at byte {offsets[5]} of the decompressed stream: truncated")
+    assert summary["inputs"] == 11 and summary["predicted"] == 10
+    assert_accounted(summary)
+
+
+def test_backfill_and_resume_with_tfrecord_keys(tmp_path, server):
+    path = str(tmp_path / "a.tfrecord.gz")
+    write_examples(path[:-3], [example(i) for i in range(12)])
+    gzip_file(path[:-3])
+    out = tmp_path / "out" / "p"
+    first = job(server, out, "--input", path, "--limit", "5")
+    assert first["predicted"] == 5 and server.stats()["instances"] == 5
+    server.reset_stats()
+    rest = job(server, out, "--input", path, "--skip_existing")
+    assert rest["predicted"] == 7 and server.stats()["instances"] == 7
+    assert rest["skipped_by_reason"] == {"existing": 5}
+    server.reset_stats()
+    again = job(server, out, "--input", path, "--skip_existing")
+    assert again["predicted"] == 0 and server.stats()["instances"] == 0
+    assert again["skipped_by_reason"] == {"existing": 12}
+    keys = [r["key"] for r in read_predictions(str(out))]
+    assert exactly_once(keys) == {} and set(keys) == set(truth_of(path, 12))
+    for summary in (first, rest, again):
+        assert_accounted(summary)
+
+
+def test_ten_thousand_records_end_to_end(tmp_path, server):
+    count, files = 10_000, 4
+    per_file = count // files
+    paths = []
+    for n in range(files):
+        path = str(tmp_path / "set" / f"part-{n}.tfrecord")
+        write_examples(path, [example(n * per_file + i) for i in range(per_file)])
+        paths.append(gzip_file(path) if n % 2 else path)
+    started = time.monotonic()
+    summary = job(server, tmp_path / "out" / "p", "--input", str(tmp_path / "set"),
+                  "--input_format", "tfrecord", "--max_instances_per_request", "100")
+    elapsed = time.monotonic() - started
+    rows = read_predictions(str(tmp_path / "out" / "p"))
+    truth = {}
+    for n, path in enumerate(paths):
+        truth.update(truth_of(path, per_file, first=n * per_file))
+    assert len(rows) == count
+    assert {r["key"]: r["top_label"] for r in rows} == truth
+    assert summary["inputs"] == summary["predicted"] == count
+    assert server.stats()["instances"] == count
+    assert_accounted(summary)
+    print(f"\n10,000 TFRecord records end to end: {elapsed:.1f} s")

@@ -1,12 +1,14 @@
 """ReadInputs: every --input -> its records (image entries, row refs), without reading any
-image bytes.
+image bytes (but those a TFRecord holds).
 
-Two kinds of input:
+Three kinds of input:
 - images (`ReadImages`): folders, globs and `gs://` prefixes, matched through Beam's
   FileSystems, so the same code lists a laptop folder and a bucket;
 - rows (`ReadRows`): CSV and JSONL files whose rows name an image (`--uri_field`) or carry it
   inline as base64 (`--b64_field`), and file lists (one URI per line), one streamed pass per
   file.
+- TFRecord files (`transforms.tfrecords.ReadTFRecords`): one record per image, its bytes
+  inline.
 
 Local paths are listed here (`list_local`), not by Beam's local filesystem, which cannot tell
 a link or a FIFO from a file, nor take a folder whose name holds glob characters literally;
@@ -39,8 +41,11 @@ IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 GLOB_CHARS = frozenset("*?[")
 
-INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist")
+INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist", "tfrecord")
 ROW_FORMATS = ("csv", "jsonl", "filelist")
+TFRECORD = "tfrecord"  # read by transforms.tfrecords
+# `.tfrecord`, `.tfrecords`, and TFDS's shard names (`train.tfrecord-00000-of-00016`).
+TFRECORD_NAME = re.compile(r"\.tfrecords?(-\d+-of-\d+)?$")
 ROW_EXTENSIONS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -97,6 +102,8 @@ def input_format(given: str, requested: str = "auto") -> str:
     for compressed in COMPRESSED_EXTENSIONS:
         if name.endswith(compressed):
             name = name[:-len(compressed)]
+    if TFRECORD_NAME.search(name):
+        return TFRECORD
     return ROW_EXTENSIONS.get(posixpath.splitext(name)[1], "images")
 
 
@@ -637,13 +644,18 @@ def ref_rank(ref: ImageRef) -> tuple:
 
 class ReadInputs(beam.PTransform):
     """Every --input (`input_sources`) -> image entries, row refs and read dead letters. Image
-    folders and row files may be mixed in one job; one keyed step after this (`SelectTodo`)
-    keeps one record per key and counts the image entries."""
+    folders, row files and TFRecord files may be mixed in one job; one keyed step after this
+    (`SelectTodo`) keeps one record per key and counts the image entries. `tfrecord`: a
+    `transforms.tfrecords.TFRecordSpec` (default: its defaults)."""
 
-    def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec()):
+    def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec(),
+                 tfrecord=None):
         super().__init__()
-        self._images, self._rows = split_sources(sources)
+        self._images, rows = split_sources(sources)
+        self._rows = [(p, f) for p, f in rows if f != TFRECORD]
+        self._tfrecords = [p for p, f in rows if f == TFRECORD]
         self._spec = spec
+        self._tfrecord = tfrecord
 
     def expand(self, pbegin):
         p = pbegin.pipeline
@@ -652,6 +664,12 @@ class ReadInputs(beam.PTransform):
             images.append(pbegin | "ReadImages" >> ReadImages(self._images))
         if self._rows:
             read = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
+            rows.append(read.refs)
+            failed.append(read.failed)
+        if self._tfrecords:
+            from transforms.tfrecords import ReadTFRecords, TFRecordSpec  # builds on this module
+            read = pbegin | "ReadTFRecords" >> ReadTFRecords(
+                self._tfrecords, self._tfrecord or TFRecordSpec())
             rows.append(read.refs)
             failed.append(read.failed)
         return Outputs(images | "Images" >> beam.Flatten(pipeline=p),
