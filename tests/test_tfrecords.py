@@ -234,11 +234,14 @@ def test_a_file_that_cannot_be_opened_is_one_dead_letter_keyed_by_the_file(tmp_p
 # -- formats and flags ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["a.tfrecord", "gs://b/x/A.TFRecords", "a.tfrecord.gz",
-                                  "mnist-train.tfrecord-00003-of-00016"])
+                                  "mnist-train.tfrecord-00003-of-00016", "gs://b/d/*.tfrecord*",
+                                  "d/train.tfrecord-*", "d/*.tfrecord.gz"])
 def test_tfrecord_files_are_known_by_their_names(name):
     assert input_format(name) == "tfrecord"
     assert input_format("train-00000-of-01024", "tfrecord") == "tfrecord"
     assert input_format("a.tfrecord.json") == "jsonl"
+    assert input_format("d/x.tfrecord-notes.csv") == "csv"
+    assert input_format("gs://b/sets/*") == "images"
 
 
 def options(tmp_path, *extra):

@@ -44,8 +44,9 @@ GLOB_CHARS = frozenset("*?[")
 INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist", "tfrecord")
 ROW_FORMATS = ("csv", "jsonl", "filelist")
 TFRECORD = "tfrecord"  # read by transforms.tfrecords
-# `.tfrecord`, `.tfrecords`, and TFDS's shard names (`train.tfrecord-00000-of-00016`).
-TFRECORD_NAME = re.compile(r"\.tfrecords?(-\d+-of-\d+)?$")
+# `.tfrecord`, `.tfrecords`, TFDS's shard names (`train.tfrecord-00000-of-00016`) and globs
+# of them (`*.tfrecord*`, `train.tfrecord-*`).
+TFRECORD_NAME = re.compile(r"\.tfrecords?([-*?\[][^/]*)?$")
 ROW_EXTENSIONS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -102,9 +103,10 @@ def input_format(given: str, requested: str = "auto") -> str:
     for compressed in COMPRESSED_EXTENSIONS:
         if name.endswith(compressed):
             name = name[:-len(compressed)]
-    if TFRECORD_NAME.search(name):
+    extension = posixpath.splitext(name)[1]
+    if extension not in ROW_EXTENSIONS and TFRECORD_NAME.search(name):
         return TFRECORD
-    return ROW_EXTENSIONS.get(posixpath.splitext(name)[1], "images")
+    return ROW_EXTENSIONS.get(extension, "images")
 
 
 class InputSource(NamedTuple):

@@ -155,11 +155,15 @@ def feature_names(features) -> str:
     return ", ".join(sorted(features)) or "none"
 
 
+def no_feature(features, name: str, flag: str, where: str) -> str:
+    """`<where>: no feature 'image/encoded' (--tfrecord_feature; features: id, label)`."""
+    return f"{where}: no feature {name!r} ({flag}; features: {feature_names(features)})"
+
+
 def one_value(features, name: str, kinds: Sequence[str], flag: str, where: str):
     """The one value of feature `name` of one of `kinds`; RecordError naming what is there."""
     if name not in features:
-        raise RecordError(f"{where}: no feature {name!r} ({flag}; features: "
-                          f"{feature_names(features)})")
+        raise RecordError(no_feature(features, name, flag, where))
     kind, values = feature_values(features[name])
     if kind not in kinds or len(values) != 1:
         wanted = " or ".join(kinds)
@@ -383,8 +387,7 @@ def missing_features(data: bytes, source: str, spec: TFRecordSpec) -> Optional[s
         return str(e)
     for name, flag in ((spec.feature, "--tfrecord_feature"), (spec.key_field, "--key_field")):
         if name and name not in features:
-            return (f"{where}: no feature {name!r} ({flag}; features: "
-                    f"{feature_names(features)})")
+            return no_feature(features, name, flag, where)
     return None
 
 
