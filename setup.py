@@ -36,8 +36,10 @@ setuptools.setup(
         # (tests/test_packaging.py). pytest-xdist: ./run_tests.sh runs the test modules in
         # parallel processes (the suite mostly waits on servers and subprocesses). onnx: reads
         # the shipped model's graph (its embedding output is the classifier head's input).
+        # tfrecord: an independent TFRecord writer (its own CRC32C and protoc-generated
+        # Example) for tests/test_tfrecords.py.
         "test": ["pytest>=7,<10", "pytest-xdist>=3.5,<4", "gcp-storage-emulator>=2024.0",
-                 "build>=1,<2", "wheel>=0.40,<1", "onnx>=1.15,<2"],
+                 "build>=1,<2", "wheel>=0.40,<1", "onnx>=1.15,<2", "tfrecord>=1.14,<2"],
         # model: the local server's real image classifiers (EfficientNet-Lite0, a user's ONNX
         # model) on the CPU; the demo and the tests install it.
         "model": ["onnxruntime>=1.17,<2", "numpy>=1.24,<3"],

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 import urllib.parse
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
                                                   PipelineOptions, StandardOptions,
@@ -32,8 +32,9 @@ from protocols.base import Protocol
 from protocols.labels import check_field_path, LabelSpec
 from transforms.encode import parse_size
 from transforms.listing import escaped_key
-from transforms.read import input_sources, InputSource
+from transforms.read import input_sources, InputSource, TFRECORD
 from transforms.rows import RowSpec
+from transforms.tfrecords import TFRecordSpec
 from transforms.write import (bigquery_target, BigQueryTarget, parse_bigquery_table,
                               parse_passthrough_fields)
 
@@ -65,6 +66,7 @@ class JobConfig:
     worker_processes: int = 1  # processes sharing --qps (for the dry-run estimate)
     single_process: bool = True  # the whole job runs in this one process (local runs)
     local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
+    tfrecord: TFRecordSpec = TFRecordSpec()  # how TFRecord inputs hold images and keys
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -251,6 +253,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         image_size = parse_size(o.image_size)
         client = client_settings(o, image_size)
         outputs = output_settings(o, options, now.strftime("%Y-%m-%d"), run_id)
+        tfrecord = tfrecord_settings(o, sources, outputs["passthrough_fields"])
         processes = worker_processes(options)
     except ValueError as e:  # ConfigError included
         raise ConfigError(str(e))
@@ -271,6 +274,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         worker_processes=processes,
         single_process=runs_in_one_process(options, processes),
         local=runs_locally(options),
+        tfrecord=tfrecord,
     )
 
 
@@ -294,6 +298,17 @@ def input_settings(o: PredictOptions) -> Tuple[InputSource, ...]:
             raise ValueError(f"--input {escaped_key(given)} is not valid UTF-8: give the "
                              f"folder that holds it, or a glob")
     return input_sources(o.input, o.input_format)
+
+
+def tfrecord_settings(o: PredictOptions, sources: Sequence[InputSource],
+                      passthrough_fields: Tuple[str, ...]) -> TFRecordSpec:
+    """Which Example features hold a TFRecord's image, key and pass-through values."""
+    feature = o.tfrecord_feature or None
+    if feature is None and o.key_field and any(s.format == TFRECORD for s in sources):
+        raise ValueError("--key_field names a feature of a tf.train.Example: with "
+                         "--tfrecord_feature '' (each record an image's bytes) TFRecord keys "
+                         "are <file>:<record index>")
+    return TFRecordSpec(feature, o.key_field, passthrough_fields)
 
 
 def check_endpoint(url: str):

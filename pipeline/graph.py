@@ -65,7 +65,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, adopt_parts=(), adopt_fo
     own shards) are deleted once the shards are in place. See docs/crash-safety.md.
     `count_only` (--dry_run): read and select the inputs, count them, nothing more.
     """
-    inputs = p | "ReadInputs" >> ReadInputs(config.sources, config.row_spec)
+    inputs = p | "ReadInputs" >> ReadInputs(config.sources, config.row_spec,
+                                                      config.tfrecord)
     selected = select_todo(inputs, config)
     if count_only:
         selected.refs | "CountForEstimate" >> CountForEstimate()

@@ -17,6 +17,7 @@ from protocols.base import INSTANCE_FORMATS, PROTOCOLS
 from protocols.v2 import TENSOR_DTYPES
 from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
 from transforms.read import INPUT_FORMATS
+from transforms.tfrecords import DEFAULT_FEATURE
 from transforms.write import OUTPUT_FORMATS
 
 DEFAULT_MAX_REQUEST_BYTES = 1_500_000
@@ -55,13 +56,18 @@ def _input_flags(add):
     add("--input", action="append", default=None,
         help="Required (here or in --config), repeatable. A folder, a glob "
              "(photos/**/*.jpg), a gs://bucket/prefix/** glob, a .csv/.jsonl file of rows, "
-             "or a file list (one URI per line).")
+             "a file list (one URI per line), or TFRecord files (.tfrecord, .tfrecords, "
+             ".tfrecord.gz).")
     add("--input_format", default="auto", **enumerated(INPUT_FORMATS),
         help="How to read --input: by extension (auto), or as named.")
     add("--uri_field", default="uri", help="Row column holding an image URI.")
     add("--b64_field", default=None, help="Row column holding inline base64 image bytes.")
-    add("--key_field", default=None, help="Row column holding the record key "
-                                          "(default: the URI).")
+    add("--key_field", default=None,
+        help="Row column, or TFRecord Example feature, holding the record key (default: the "
+             "URI; for TFRecords <file>:<record index>).")
+    add("--tfrecord_feature", default=DEFAULT_FEATURE,
+        help="TFRecord inputs: the tf.train.Example feature holding the image bytes; '' "
+             "when each record is an image's bytes.")
 
 
 def _endpoint_flags(add):
@@ -160,7 +166,8 @@ def _output_flags(add):
         help="Leave the model's raw prediction (the `prediction` column, JSON text) out "
              "of the outputs.")
     add("--passthrough_fields", default=None,
-        help="Comma-separated columns of CSV/JSONL input rows copied into the outputs.")
+        help="Comma-separated columns of CSV/JSONL input rows (or features of TFRecord "
+             "Examples) copied into the outputs.")
     add("--bigquery_table", default=None,
         help="For --output_format bigquery: project:dataset.table (appended to).")
     add("--bigquery_temp_location", default=None,

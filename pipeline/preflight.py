@@ -15,7 +15,8 @@ from pipeline.options import ConfigError
 from protocols.v2 import is_raw_predict, V2
 from transforms.backfill import any_match
 from transforms.listing import first_match, open_path
-from transforms.read import check_input
+from transforms.read import check_input, TFRECORD
+from transforms.tfrecords import check_first_record
 
 
 PREFLIGHT_TIMEOUT_S = 10.0
@@ -33,10 +34,14 @@ def preflight(config: JobConfig) -> JobConfig:
         if matched is None:
             raise ConfigError(f"--input {given}: no file matched {pattern}")
         key, listed = matched
-        if listed.reason is not None:  # a link, a FIFO: never opened, counted by the job
+        if not listed.readable:  # a link, a FIFO: never opened, counted by the job
             continue
-        try:  # a CSV whose header lacks the image (or key) column: say so now
-            check_input(source, open_path(key, listed), config.row_spec)
+        try:  # a CSV whose header, or a TFRecord whose first Example, lacks the image (or
+            # key) column: say so now
+            if source.format == TFRECORD:
+                check_first_record(open_path(key, listed), config.tfrecord)
+            else:
+                check_input(source, open_path(key, listed), config.row_spec)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--input {given}: {e}")
     if config.retry_dead_letters:

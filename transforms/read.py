@@ -1,7 +1,7 @@
 """ReadInputs: every --input -> its records (image entries, row refs), without reading any
-image bytes.
+image bytes (but those a TFRecord holds).
 
-Two kinds of input:
+Three kinds of input:
 - images (`ReadImages`): folders, globs and `gs://` prefixes, matched through Beam's
   FileSystems, so the same code lists a laptop folder and a bucket;
 - rows (`ReadRows`): CSV and JSONL files whose rows name an image (`--uri_field`) or carry it
@@ -20,6 +20,7 @@ letters naming their file and line.
 """
 import os
 import posixpath
+import re
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -28,11 +29,16 @@ from core.paths import has_glob, quote_glob
 from core.records import ImageRef, SkipReason
 from transforms.listing import glob_root, list_pattern, Listed, open_path
 from transforms.rows import check_csv_header, ReadRows, RowSpec
+from transforms.tfrecords import ReadTFRecords, TFRecordSpec
 
 IMAGE_EXTENSIONS = frozenset(
     (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"))
 
-INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist")
+INPUT_FORMATS = ("auto", "images", "csv", "jsonl", "filelist", "tfrecord")
+TFRECORD = "tfrecord"  # read by transforms.tfrecords
+# `.tfrecord`, `.tfrecords`, TFDS's shard names (`train.tfrecord-00000-of-00016`) and globs
+# of them (`*.tfrecord*`, `train.tfrecord-*`).
+TFRECORD_NAME = re.compile(r"\.tfrecords?([-*?\[][^/]*)?$")
 ROW_EXTENSIONS = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -60,7 +66,10 @@ def input_format(given: str, requested: str = "auto") -> str:
     for compressed in COMPRESSED_EXTENSIONS:
         if name.endswith(compressed):
             name = name[:-len(compressed)]
-    return ROW_EXTENSIONS.get(posixpath.splitext(name)[1], "images")
+    extension = posixpath.splitext(name)[1]
+    if extension not in ROW_EXTENSIONS and TFRECORD_NAME.search(name):
+        return TFRECORD
+    return ROW_EXTENSIONS.get(extension, "images")
 
 
 class InputSource(NamedTuple):
@@ -186,12 +195,16 @@ def ref_rank(ref: ImageRef) -> tuple:
 
 class ReadInputs(beam.PTransform):
     """Every --input (`input_sources`) -> image entries, row refs and read dead letters. Image
-    folders and row files may be mixed in one job; one keyed step after this (`SelectTodo`)
-    keeps one record per key and counts the image entries."""
+    folders, row files and TFRecord files may be mixed in one job; one keyed step after this
+    (`SelectTodo`) keeps one record per key and counts the image entries."""
 
-    def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec()):
+    def __init__(self, sources: Sequence[InputSource], spec: RowSpec = RowSpec(),
+                 tfrecord: TFRecordSpec = TFRecordSpec()):
         super().__init__()
-        self._images, self._rows = split_sources(sources)
+        self._images, rows = split_sources(sources)
+        self._rows = [(p, f) for p, f in rows if f != TFRECORD]
+        self._tfrecords = [p for p, f in rows if f == TFRECORD]
+        self._tfrecord = tfrecord
         self._spec = spec
 
     def expand(self, pbegin):
@@ -201,6 +214,10 @@ class ReadInputs(beam.PTransform):
             images.append(pbegin | "ReadImages" >> ReadImages(self._images))
         if self._rows:
             read = pbegin | "ReadRows" >> ReadRows(self._rows, self._spec)
+            rows.append(read.refs)
+            failed.append(read.failed)
+        if self._tfrecords:
+            read = pbegin | "ReadTFRecords" >> ReadTFRecords(self._tfrecords, self._tfrecord)
             rows.append(read.refs)
             failed.append(read.failed)
         return Outputs(images | "Images" >> beam.Flatten(pipeline=p),

@@ -10,10 +10,10 @@ from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from core.records import ImageRef, SkipReason, Stage, is_unicode
+from core.records import ImageRef, is_unicode, SkipReason, Stage
 from transforms import metrics
 from transforms.failures import FAILED, failure, skip
-from transforms.listing import Listed, list_pattern, open_path
+from transforms.listing import list_pattern, Listed, open_path
 
 
 def match_row_files(pattern: str) -> Iterator[Tuple[str, Any]]:
@@ -252,6 +252,22 @@ def check_csv_header(path: str, spec: RowSpec):
                          f"(columns: {', '.join(header) or 'none'})")
 
 
+def unopened(source: str, listed: Listed, counts: Optional[metrics.BundleCounts] = None):
+    """A listed file of records that is not read, counted as one input: a `read` dead letter
+    when it is not a regular file or its folder could not be listed, else a skip."""
+    if counts is None:
+        metrics.counter("inputs").inc()
+    else:
+        counts.inc("inputs")
+    if listed.reason == SkipReason.NOT_REGULAR_FILE:
+        yield failure(source, Stage.READ, f"{source}: not a regular file (a FIFO, socket or "
+                                          f"device): never opened", counts)
+    elif listed.reason is None:
+        yield failure(source, Stage.READ, listed.error, counts)
+    else:
+        skip(listed.reason, counts)
+
+
 class _ParseRowsFn(beam.DoFn):
     """A listed row file -> ImageRef per row, streamed; bad rows are failed. A row file that
     is not a regular file is never opened."""
@@ -263,14 +279,7 @@ class _ParseRowsFn(beam.DoFn):
     def process(self, match):
         source, listed = match
         if not listed.readable:
-            metrics.counter("inputs").inc()  # the file is one record: it is not read
-            if listed.reason == SkipReason.NOT_REGULAR_FILE:
-                yield failure(source, Stage.READ, f"{source}: not a regular file (a FIFO, "
-                                                  f"socket or device): never opened")
-            elif listed.reason is None:
-                yield failure(source, Stage.READ, listed.error)
-            else:
-                skip(listed.reason)
+            yield from unopened(source, listed)
             return
         line = 0
         try:
