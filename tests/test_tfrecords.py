@@ -19,14 +19,17 @@ from tfrecord.writer import TFRecordWriter
 
 from core.records import ImageRef
 from localserver.demo import LABEL_COLOURS
-from pipeline.config import build_config, ConfigError, parse_options
+from pipeline.config import build_config
+from pipeline.options import ConfigError, parse_options
 from pipeline.run import run
 from tests.helpers import (assert_accounted, counters, EMULATOR_BUCKET as BUCKET, exactly_once,
                            jpeg, LOCAL_RUNNER, read_dead_letters, read_predictions)
-from transforms import tfrecords
+from transforms import examples, tfrecords
+from transforms.examples import RecordError
+from transforms.listing import Listed
 from transforms.read import input_format
 from transforms.tfrecords import (_ReadTFRecordsFn, Damage, framed_records, ReadTFRecords, Record,
-                                  record_ref, RecordError, TFRecordSpec)
+                                  record_ref, TFRecordSpec)
 
 LABELS = list(LABEL_COLOURS)
 IMAGES = {label: jpeg(label, size=(16, 12), seed=i) for i, label in enumerate(LABELS)}
@@ -101,29 +104,29 @@ def test_examples_read_the_same_as_protoc_generated_messages_both_ways():
     datum = example(3, **{"scores": ([0.1, 2.5, -1e-3], "float"), "ids": ([7, -2**63], "int"),
                           "empty": ([], "byte")})
     theirs = TFRecordWriter.serialize_tf_example(datum)
-    features = tfrecords.example_features(theirs, "here")
+    features = examples.example_features(theirs, "here")
     assert features["image/encoded"].bytes_list.value == [IMAGES["yellow"]]
     assert list(features["ids"].int64_list.value) == [7, -2**63]
-    assert tfrecords.feature_text(features["scores"]) == "[0.1,2.5,-0.001]"
-    assert tfrecords.feature_text(features["image/class/label"]) == "3"
-    assert tfrecords.feature_text(features["empty"]) is None
+    assert examples.feature_text(features["scores"]) == "[0.1,2.5,-0.001]"
+    assert examples.feature_text(features["image/class/label"]) == "3"
+    assert examples.feature_text(features["empty"]) is None
 
-    ours = tfrecords.Example.FromString(theirs).SerializeToString(deterministic=True)
+    ours = examples.Example.FromString(theirs).SerializeToString(deterministic=True)
     parsed = example_pb2.Example.FromString(ours)
     assert parsed == example_pb2.Example.FromString(theirs)
 
 
 def test_a_record_that_is_not_an_example_says_how_to_read_raw_records():
     with pytest.raises(RecordError, match=r"here: not a tf.train.Example .*--tfrecord_feature ''"):
-        tfrecords.example_features(b"\xff\xd8\xff\xe0 a JPEG's bytes", "here")
+        examples.example_features(b"\xff\xd8\xff\xe0 a JPEG's bytes", "here")
 
 
 def test_passthrough_text_of_each_kind_of_feature():
     data = TFRecordWriter.serialize_tf_example({
         "f": (0.1, "float"), "i": (-5, "int"), "b": ("héllo".encode(), "byte"),
         "bin": (b"\xff\x00a", "byte"), "several": ([b"a", b"b"], "byte")})
-    features = tfrecords.example_features(data, "x")
-    texts = {name: tfrecords.feature_text(features[name]) for name in features}
+    features = examples.example_features(data, "x")
+    texts = {name: examples.feature_text(features[name]) for name in features}
     assert texts == {"f": "0.1", "i": "-5", "b": "héllo", "bin": "\\xff\x00a",
                      "several": '["a","b"]'}
 
@@ -226,7 +229,7 @@ def test_a_file_that_cannot_be_opened_is_one_dead_letter_keyed_by_the_file(tmp_p
     fn = _ReadTFRecordsFn(TFRecordSpec())
     fn.start_bundle()
     gone = str(tmp_path / "gone.tfrecord")
-    [letter] = list(fn.process((gone, (100, None, None, None))))
+    [letter] = list(fn.process((gone, Listed(100))))
     assert letter.tag == "failed" and letter.value["key"] == gone
     assert letter.value["error"].startswith(f"{gone}: cannot read TFRecords: ")
 
