@@ -1,4 +1,5 @@
-"""Installs the `pipeline` and `transforms` packages with the `batch-predict` console script.
+"""Installs the `pipeline`, `transforms` and `imaging` packages with the `batch-predict`
+console script.
 This is also the file Dataflow workers install: `--setup_file ./setup.py`.
 
 `localserver` (the demo and test prediction server) is not installed: workers never need it.
@@ -14,12 +15,14 @@ setuptools.setup(
                 "endpoints: concurrent, rate limited, with per-record dead letters.",
     python_requires=">=3.9",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms",
-                                               "transforms.*"]),
+                                               "transforms.*", "imaging", "imaging.*"]),
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "google-auth>=2.20,<3",
         "google-cloud-storage>=2.10,<4",
         "pillow>=10,<13",
+        # imaging's tensors (numpy arrays end to end); apache-beam already depends on numpy.
+        "numpy>=1.24,<3",
         "pyarrow>=14,<26",
         # async HTTP for the concurrent fan-out inside the Predict DoFn, and for the local
         # prediction server: the field's standard asyncio HTTP client/server.
