@@ -104,9 +104,10 @@ class TensorSpec:
             raise ValueError(f"a mean {self.mean} / std {self.std} needs dtype FP16 or FP32: "
                              f"UINT8 holds only the 0..255 pixels")
         reach = max(abs(p - m) / s for m, s in zip(self.mean, self.std) for p in (0, 255))
-        if self.dtype == "FP16" and reach > float(np.finfo(np.float16).max):
+        largest = float(np.finfo(DTYPES[self.dtype]).max) if self.dtype != "UINT8" else 255
+        if reach > largest:
             raise ValueError(f"mean {self.mean} / std {self.std} give values up to {reach:g}, "
-                             f"over FP16's largest ({np.finfo(np.float16).max:g})")
+                             f"over {self.dtype}'s largest ({largest:g})")
 
     @property
     def normalises(self) -> bool:
@@ -338,9 +339,10 @@ def _lookup(mean: Channels, std: Channels, dtype: str) -> np.ndarray:
     """(3, 256): every pixel value's `(pixel - mean) / std` per tensor channel, computed in
     float32, in `dtype`."""
     pixels = np.arange(256, dtype=np.float32)
-    table = ((pixels[None, :] - np.asarray(mean, np.float32)[:, None])
-             / np.asarray(std, np.float32)[:, None])
-    return table.astype(DTYPES[dtype])
+    with np.errstate(over="ignore"):  # an overflow is to_tensor's to refuse
+        table = ((pixels[None, :] - np.asarray(mean, np.float32)[:, None])
+                 / np.asarray(std, np.float32)[:, None])
+        return table.astype(DTYPES[dtype])
 
 
 def _size(size) -> Tuple[int, int]:
