@@ -45,7 +45,7 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 DRAFT_MARGIN = 2.0
 
 Channels = Tuple[float, float, float]
-_CHANNELS = np.arange(3)
+_TABLE_ROWS = np.array([0, 256, 512], np.uint16)  # where each channel's row starts
 
 
 class Preset(NamedTuple):
@@ -213,20 +213,21 @@ def to_tensor(img: Image.Image, spec: TensorSpec) -> np.ndarray:
         raise ValueError(f"to_tensor takes an RGB image of {spec.size}, not {img.mode} "
                          f"{img.size} (resize it first)")
     pixels = np.asarray(img)
+    if spec.channel_order == "BGR":
+        pixels = pixels[..., ::-1]
     if spec.dtype == "UINT8":
-        if spec.channel_order == "BGR":
-            pixels = pixels[..., ::-1]
-        if spec.layout == "NCHW":
-            pixels = pixels.transpose(2, 0, 1)
-        return np.ascontiguousarray(pixels)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1) if spec.layout == "NCHW"
+                                    else pixels)
     table = _lookup(spec.mean, spec.std, spec.dtype)
-    sources = (2, 1, 0) if spec.channel_order == "BGR" else (0, 1, 2)
+    # mode="clip": the indices are in range by construction, and numpy then writes `out`
+    # directly instead of through a buffer
     if spec.layout == "NCHW":
         tensor = np.empty(spec.shape, DTYPES[spec.dtype])
-        for channel, source in enumerate(sources):
-            np.take(table[channel], pixels[:, :, source], out=tensor[channel])
+        for channel in range(3):
+            np.take(table[channel], pixels[:, :, channel], out=tensor[channel], mode="clip")
     else:
-        tensor = table[_CHANNELS, pixels[..., sources]]
+        rows = np.add(pixels, _TABLE_ROWS, dtype=np.uint16)  # channel c reads row c
+        tensor = table.ravel().take(rows, mode="clip")
     if not np.isfinite(tensor).all():
         raise ImageError("encode", f"the tensor holds values that are not finite "
                                    f"(mean {spec.mean}, std {spec.std}, {spec.dtype})")
