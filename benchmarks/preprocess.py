@@ -8,8 +8,9 @@ Writes 640x480 and 4000x3000 (12 MP) JPEGs into a temporary folder (the demo pho
 resized, with noise: photo-like content, quality 90), then times each way in its own
 process, alternating, `--repeats` times; prints the median images per second of each (by
 wall time, and per CPU-second of the process, which a shared machine disturbs less) and the
-ratio of each adjacent pair of runs. The bytes are read before the clock starts: the figures are decode + resize +
-tensor. Before timing, it checks the two ways agree on 640x480 images (no draft there).
+ratio of each adjacent pair of runs. The bytes are read before the clock starts: the
+figures are decode + resize + tensor. Before timing, it checks the two ways agree on 640x480
+images (no draft there).
 """
 import argparse
 import io

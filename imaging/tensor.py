@@ -240,12 +240,12 @@ def decode_for_tensor(data: bytes, spec: TensorSpec) -> Image.Image:
     or 1/8 scale (DCT scaling), and resized from the area it covers. ImageError(stage=
     'decode') when the bytes are not a readable image."""
     img = open_image(data)
-    draft = _drafted(img, spec)
+    draft = drafted(img, spec)
     upright = normalised(img, None)
     if draft is None:
         return resized(upright, spec)
     return _placed(upright, draft.where, spec,
-                   _valid_box(upright.size, draft.excess, draft.transpose))
+                   covered_box(upright.size, draft.excess, draft.transpose))
 
 
 def image_tensor(data: bytes, spec: TensorSpec) -> np.ndarray:
@@ -270,34 +270,36 @@ def _placed(img: Image.Image, where: Geometry, spec: TensorSpec,
     return canvas
 
 
-class _Draft(NamedTuple):
+class Draft(NamedTuple):
+    """A JPEG set to decode at reduced size, and what resizing it exactly needs."""
     where: Geometry  # computed from the original size
     excess: Tuple[float, float]  # decoded beyond the original's edge, stored frame
     transpose: Optional[Image.Transpose]  # what exif_transpose will apply
 
 
-def _drafted(img: Image.Image, spec: TensorSpec) -> Optional[_Draft]:
-    """Ask the JPEG decoder for a reduced size that keeps DRAFT_MARGIN times what the resize
-    needs on each side; None when the image will be decoded at full size."""
+def drafted(img: Image.Image, spec: TensorSpec) -> Optional[Draft]:
+    """For an opened, not yet decoded image: ask the JPEG decoder for a reduced size that
+    keeps DRAFT_MARGIN times what the resize needs on each side; None when the image will be
+    decoded at full size."""
     if img.format not in ("JPEG", "MPO"):
         return None
     try:  # the orientation exif_transpose reads (EXIF, or XMP without one)
-        transpose = _TRANSPOSES.get(img.getexif().get(ORIENTATION_TAG, 1))
+        transpose = EXIF_TRANSPOSES.get(img.getexif().get(ORIENTATION_TAG, 1))
     except Exception:  # unreadable metadata: decoded at full size; normalised says the rest
         return None
-    swapped = transpose in _SWAPPING
+    swapped = EXCESS_AFTER[transpose][0]
     width, height = img.size
     where = geometry((height, width) if swapped else (width, height), spec)
     needed = where.scaled[::-1] if swapped else where.scaled
-    drafted = img.draft(None, (math.ceil(needed[0] * DRAFT_MARGIN),
-                               math.ceil(needed[1] * DRAFT_MARGIN)))
-    if drafted is None or img.size == (width, height):
+    reduced = img.draft(None, (math.ceil(needed[0] * DRAFT_MARGIN),
+                              math.ceil(needed[1] * DRAFT_MARGIN)))
+    if reduced is None or img.size == (width, height):
         return None
-    _, (_, _, covered_w, covered_h) = drafted
-    return _Draft(where, (img.size[0] - covered_w, img.size[1] - covered_h), transpose)
+    _, (_, _, covered_w, covered_h) = reduced
+    return Draft(where, (img.size[0] - covered_w, img.size[1] - covered_h), transpose)
 
 
-_TRANSPOSES = {
+EXIF_TRANSPOSES = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -306,11 +308,9 @@ _TRANSPOSES = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_SWAPPING = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
-             Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90)
 # Where a drafted image's excess (its right column and bottom row, partly past the
 # original's edge) lies once transposed: (axes swapped, excess at left, excess at top).
-_EXCESS_AFTER = {
+EXCESS_AFTER = {
     None: (False, False, False),
     Image.Transpose.FLIP_LEFT_RIGHT: (False, True, False),
     Image.Transpose.FLIP_TOP_BOTTOM: (False, False, True),
@@ -322,10 +322,10 @@ _EXCESS_AFTER = {
 }
 
 
-def _valid_box(size: Tuple[int, int], excess: Tuple[float, float],
+def covered_box(size: Tuple[int, int], excess: Tuple[float, float],
                transpose) -> Tuple[float, float, float, float]:
     """The box of an upright drafted image that covers the original picture."""
-    swapped, at_left, at_top = _EXCESS_AFTER[transpose]
+    swapped, at_left, at_top = EXCESS_AFTER[transpose]
     excess_w, excess_h = excess[::-1] if swapped else excess
     width, height = size
     left = excess_w if at_left else 0.0

@@ -250,7 +250,7 @@ def test_a_large_jpeg_is_drafted_and_nearly_the_full_decode(name, size, orientat
     spec = tensor_spec((224, 224), normalize="none", resize="crop", resample="bicubic",
                        layout="NCHW", dtype="FP32")
     with Image.open(io.BytesIO(data)) as img:
-        assert tensor._drafted(img, spec) is not None
+        assert tensor.drafted(img, spec) is not None
         assert img.size == (math.ceil(size[0] / 4), math.ceil(size[1] / 4))  # 1/4 scale
     drafted = image_tensor(data, spec)
     full = full_decode_tensor(data, spec)
@@ -265,11 +265,11 @@ def test_a_jpeg_near_the_needed_size_is_decoded_in_full():
         buf = io.BytesIO()
         photo("coffee.jpg").resize((side, side * 3 // 4)).save(buf, "JPEG")
         with Image.open(io.BytesIO(buf.getvalue())) as img:
-            assert tensor._drafted(img, spec) is None
+            assert tensor.drafted(img, spec) is None
             assert img.size == (side, side * 3 // 4)
 
 
-@pytest.mark.parametrize("transpose", list(tensor._EXCESS_AFTER))
+@pytest.mark.parametrize("transpose", list(tensor.EXCESS_AFTER))
 def test_the_valid_box_follows_the_excess_through_every_transpose(transpose):
     """A stored image whose last column and row lie past the original (red): once
     transposed, the box holds exactly the white pixels."""
@@ -279,7 +279,7 @@ def test_the_valid_box_follows_the_excess_through_every_transpose(transpose):
     for y in range(5):
         stored.putpixel((6, y), (255, 0, 0))
     upright = stored if transpose is None else stored.transpose(transpose)
-    left, top, right, bottom = tensor._valid_box(upright.size, (1.0, 1.0), transpose)
+    left, top, right, bottom = tensor.covered_box(upright.size, (1.0, 1.0), transpose)
     inside = np.asarray(upright)[int(top):int(bottom), int(left):int(right)]
     assert inside.shape[:2] == ((4, 6) if upright.size == (7, 5) else (6, 4))
     assert (inside == 255).all()
