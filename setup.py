@@ -24,6 +24,8 @@ setuptools.setup(
         "google-auth>=2.20,<3",
         "google-cloud-storage>=2.10,<4",
         "pillow>=10,<13",
+        # imaging's tensors (numpy arrays end to end); apache-beam already depends on numpy.
+        "numpy>=1.24,<3",
         "pyarrow>=14,<26",
         # async HTTP for the concurrent fan-out inside the Predict DoFn, and for the local
         # prediction server: the field's standard asyncio HTTP client/server.
