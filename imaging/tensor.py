@@ -14,7 +14,7 @@ Geometry follows the definitions models are trained with:
   on a `pad_value` canvas at `round((size - scaled) / 2)` as Pillow's `ImageOps.pad`.
 - `stretch`: exactly `size`, aspect ignored.
 - `fit`: today's tensor instances: exactly `size` (a tensor has one shape; for encoded
-  images `fit` means inside `size`, `transforms.encode.normalised`).
+  images `fit` means inside `size`, `imaging.decode.normalised`).
 Resampling is Pillow's `Image.resize` with its antialiasing filters.
 """
 import functools
@@ -25,8 +25,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from transforms import jpeg
-from transforms.encode import ORIENTATION_TAG, ImageError, normalised, open_image
+from core.records import Stage
+from imaging import jpeg
+from imaging.decode import ImageError, normalised, open_image, ORIENTATION_TAG
 
 RESIZE_MODES = ("fit", "crop", "pad", "stretch")
 RESAMPLING = {
@@ -202,7 +203,7 @@ def geometry(source: Tuple[int, int], spec: TensorSpec) -> Geometry:
 
 
 def resized(img: Image.Image, spec: TensorSpec) -> Image.Image:
-    """An upright RGB image (as `transforms.encode.normalised` gives) at `spec.size`."""
+    """An upright RGB image (as `imaging.decode.normalised` gives) at `spec.size`."""
     return _placed(img, geometry(img.size, spec), spec, None)
 
 
@@ -229,7 +230,7 @@ def to_tensor(img: Image.Image, spec: TensorSpec) -> np.ndarray:
         rows = np.add(pixels, _TABLE_ROWS, dtype=np.uint16)  # channel c reads row c
         tensor = table.ravel().take(rows, mode="clip")
     if not np.isfinite(tensor).all():
-        raise ImageError("encode", f"the tensor holds values that are not finite "
+        raise ImageError(Stage.ENCODE, f"the tensor holds values that are not finite "
                                    f"(mean {spec.mean}, std {spec.std}, {spec.dtype})")
     return tensor
 
@@ -258,7 +259,7 @@ def _placed(img: Image.Image, where: Geometry, spec: TensorSpec,
     """`img` (its `box`, after a draft) resized and cropped or padded as `where` says."""
     if img.mode != "RGB":
         raise ValueError(f"resized takes an RGB image, not mode {img.mode} "
-                         f"(transforms.encode.normalised gives one)")
+                         f"(imaging.decode.normalised gives one)")
     scaled = img.resize(where.scaled, RESAMPLING[spec.resample], box=box)
     if where.offset == (0, 0) and where.scaled == spec.size:
         return scaled

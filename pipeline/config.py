@@ -30,7 +30,7 @@ from pipeline.options import ConfigError, is_dry_run, PredictOptions
 from protocols import make_protocol
 from protocols.base import Protocol
 from protocols.labels import check_field_path, LabelSpec
-from transforms.encode import parse_size
+from imaging.decode import parse_size
 from transforms.listing import escaped_key
 from transforms.read import input_sources, InputSource, TFRECORD
 from transforms.rows import RowSpec

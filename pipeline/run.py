@@ -38,7 +38,7 @@ from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_te
 from pipeline.preflight import clean_up_leftovers, preflight
 from transforms import metrics
 from transforms.commit import delete_folder
-from transforms.encode import quiet_pillow_warnings
+from imaging.decode import quiet_pillow_warnings
 
 _LOG = logging.getLogger("batch_predict")
 EXIT_STOPPED = 3

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: demo images, output readers, summary and schema checks,
 and small request batches for the client and Predict tests. Fixtures live in conftest.py."""
+import ast
 import collections
 import contextlib
 import dataclasses
@@ -269,3 +270,13 @@ def serving(handler_class):
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+def setup_packages() -> tuple:
+    """setup.py's PACKAGES (what workers install), read without running setup()."""
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PACKAGES":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no PACKAGES")

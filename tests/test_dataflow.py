@@ -38,7 +38,7 @@ from pipeline import run as pipeline_run
 from pipeline.config import build_config, machine_vcpus, worker_processes
 from pipeline.graph import build_pipeline
 from pipeline.options import ConfigError, parse_options, PredictOptions
-from tests.helpers import labelled_images, ROOT
+from tests.helpers import labelled_images, ROOT, setup_packages
 
 CONFIG = os.path.join(ROOT, "configs", "dataflow.yaml")
 DATAFLOW_DIR = os.path.join(ROOT, "dataflow")
@@ -100,7 +100,7 @@ def offline(seconds: float = BUILD_TIMEOUT_S):
 def copy_project(dest) -> str:
     """The packages setup.py installs, copied (so building the sdist leaves the tree alone)."""
     shutil.copy(os.path.join(ROOT, "setup.py"), dest)
-    for package in ("pipeline", "transforms"):
+    for package in setup_packages():
         shutil.copytree(os.path.join(ROOT, package), os.path.join(dest, package),
                         ignore=shutil.ignore_patterns("__pycache__"))
     return os.path.join(dest, "setup.py")

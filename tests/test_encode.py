@@ -17,12 +17,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from core.records import ImageRef, Stage
+from imaging import decode
+from imaging.decode import ImageError, open_image, parse_size, prepare
 from localserver.demo import color_image
 from protocols import make_protocol
-from tests.helpers import LOCAL_RUNNER, counters
+from tests.helpers import counters, LOCAL_RUNNER
 from transforms import encode
-from transforms.encode import (encode_instance, EncodeInstances, ImageError, open_image,
-                               parse_size, prepare, read_bytes)
+from transforms.encode import encode_instance, EncodeInstances, read_bytes
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -74,7 +75,7 @@ def test_acceptable_image_is_sent_as_its_original_bytes(fmt, mime):
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_header_inspection_decodes_no_pixels(fmt):
     img = open_image(image_bytes(fmt=fmt))
-    assert not encode.needs_normalising(img, None)
+    assert not decode.needs_normalising(img, None)
     assert img._im is None, "the pixels were decoded (Pillow fills ._im on load())"
 
 
@@ -87,7 +88,7 @@ def test_grayscale_jpeg_is_sent_as_is():
 
 def test_exif_orientation_is_applied():
     exif = Image.Exif()
-    exif[encode.ORIENTATION_TAG] = 6  # rotate 90 degrees clockwise to display
+    exif[decode.ORIENTATION_TAG] = 6  # rotate 90 degrees clockwise to display
     data = image_bytes(size=(40, 20), exif=exif.tobytes())
     prepared = prepare(data)
     assert prepared.data != data
@@ -196,7 +197,7 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_it_is_decoded():
     an ordinary layering (Pillow's progressive JPEG, or this one at 20 scans) is decoded."""
     protocol = make_protocol("mlengine")
     with pytest.raises(ImageError) as error:
-        encode_instance("k", layered_jpeg(64, encode.MAX_JPEG_SCANS + 1), protocol,
+        encode_instance("k", layered_jpeg(64, decode.MAX_JPEG_SCANS + 1), protocol,
                         1_500_000, image_size=(32, 32))
     assert error.value.stage == "decode" and "scans" in str(error.value)
     assert decoded(layered_jpeg(64, 20)).size == (64, 64)
@@ -230,12 +231,12 @@ def test_oversize_image_is_reencoded_until_it_fits():
 
 def test_downscaling_stops_at_the_minimum_side():
     data = noisy_jpeg((900, 600))
-    versions = [decoded(v) for v, _ in encode.smaller_versions(data)]
-    assert versions[-1].size[1] >= encode.MIN_SIDE
-    assert versions[-1].size[1] < encode.MIN_SIDE / encode.DOWNSCALE_FACTOR
-    assert [v.size for v in versions[:len(encode.JPEG_QUALITIES)]] == [(900, 600)] * 4
-    small = [decoded(v).size for v, _ in encode.smaller_versions(noisy_jpeg((100, 80)))]
-    assert small == [(100, 80)] * len(encode.JPEG_QUALITIES)  # small: quality steps only
+    versions = [decoded(v) for v, _ in decode.smaller_versions(data)]
+    assert versions[-1].size[1] >= decode.MIN_SIDE
+    assert versions[-1].size[1] < decode.MIN_SIDE / decode.DOWNSCALE_FACTOR
+    assert [v.size for v in versions[:len(decode.JPEG_QUALITIES)]] == [(900, 600)] * 4
+    small = [decoded(v).size for v, _ in decode.smaller_versions(noisy_jpeg((100, 80)))]
+    assert small == [(100, 80)] * len(decode.JPEG_QUALITIES)  # small: quality steps only
 
 
 def test_image_too_large_even_after_reencoding_fails_at_encode_with_its_size():

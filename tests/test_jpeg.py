@@ -7,7 +7,7 @@ from PIL import Image
 
 from imaging import jpeg
 from localserver.demo import color_image
-from transforms.encode import exif_orientation, ImageError, open_image, orientation, prepare
+from imaging.decode import exif_orientation, ImageError, open_image, orientation, prepare
 
 
 def jpeg_bytes(mode="RGB", size=(40, 30), **save_args) -> bytes:

@@ -18,10 +18,10 @@ import tarfile
 import pytest
 from apache_beam.runners.portability.stager import Stager
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, setup_packages
 
 DOCKERFILE = os.path.join(ROOT, "dataflow", "Dockerfile")
-WORKER_PACKAGES = ("pipeline", "transforms")
+WORKER_PACKAGES = setup_packages()
 BUILD_TIMEOUT_S = 120
 
 

@@ -19,7 +19,7 @@ from imaging import tensor
 from imaging.tensor import (TensorSpec, decode_for_tensor, geometry, image_tensor, resized,
                             tensor_spec, to_tensor)
 from tests.helpers import ROOT
-from transforms.encode import ImageError
+from imaging.decode import ImageError
 
 PHOTOS = os.path.join(ROOT, "localserver", "photos")
 PHOTO_NAMES = ("camera.jpg", "cat.jpg", "coffee.jpg", "rocket.jpg")
