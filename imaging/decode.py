@@ -62,7 +62,6 @@ class ImageError(ValueError):
 class Prepared(NamedTuple):
     data: bytes
     mime_type: str
-    pixels: Optional[list] = None  # rows x cols x [r, g, b], for tensor instances
 
 
 def parse_size(text: Optional[str]) -> Optional[Tuple[int, int]]:
@@ -144,8 +143,8 @@ def needs_normalising(img: Image.Image, image_size: Optional[Tuple[int, int]]) -
             or (image_size is not None and img.size != image_size))
 
 
-def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]], exact: bool = False):
-    """Upright RGB pixels (alpha over white), resized to fit `image_size` (or to it exactly)."""
+def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]]):
+    """Upright RGB pixels (alpha over white), resized to fit inside `image_size`."""
     try:
         img = ImageOps.exif_transpose(img)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -157,9 +156,7 @@ def normalised(img: Image.Image, image_size: Optional[Tuple[int, int]], exact: b
             img = canvas
         elif img.mode != "RGB":
             img = img.convert("RGB")
-        if image_size and exact:
-            img = img.resize(image_size, Image.Resampling.BILINEAR)
-        elif image_size:
+        if image_size:
             img = ImageOps.contain(img, image_size, Image.Resampling.BILINEAR)
         img.load()
         return img
@@ -178,15 +175,11 @@ def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
-            tensor: bool = False) -> Prepared:
-    """The bytes (and pixels, for tensors) to send for one image."""
-    if not tensor and as_it_is(data, image_size):
+def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None) -> Prepared:
+    """The bytes to send for one image file."""
+    if as_it_is(data, image_size):
         return Prepared(data, SENDABLE_FORMATS["JPEG"])
     img = open_image(data)
-    if tensor:
-        pixels = normalised(img, image_size, exact=True)
-        return Prepared(b"", "application/json", _pixel_rows(pixels))
     if not needs_normalising(img, image_size):
         return Prepared(data, SENDABLE_FORMATS[img.format])
     fmt = "PNG" if img.format in ("PNG", "GIF", "BMP", "TIFF") else "JPEG"
@@ -215,13 +208,6 @@ def smaller_versions(data: bytes, min_side: int = MIN_SIDE) -> Iterator[Tuple[by
             return
         img = img.resize((width, height), Image.Resampling.BILINEAR)
         yield encode_image(img, "JPEG", JPEG_QUALITIES[-1]), "image/jpeg"
-
-
-def _pixel_rows(img: Image.Image) -> list:
-    width, height = img.size
-    raw = img.tobytes()  # RGB, row-major
-    return [[list(raw[i:i + 3]) for i in range(row * 3 * width, (row + 1) * 3 * width, 3)]
-            for row in range(height)]
 
 
 def quiet_pillow_warnings():

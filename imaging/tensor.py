@@ -374,3 +374,75 @@ def _three(name: str, values) -> Channels:
         raise ValueError(f"{name} must be three finite numbers (one per channel), not "
                          f"{values!r}")
     return numbers
+
+
+class TensorRequest(NamedTuple):
+    """The tensor flags as given (None: not given). The layout, size and dtype a model's
+    metadata states fill what the flags leave open (`spec`); the rest have their defaults."""
+    size: Optional[Tuple[int, int]] = None
+    layout: Optional[str] = None
+    dtype: Optional[str] = None
+    resize: str = "fit"
+    crop_fraction: float = 0.875
+    pad_value: int = 0
+    resample: str = "bilinear"
+    channel_order: Optional[str] = None
+    normalize: Optional[str] = None
+    mean: Optional[str] = None
+    std: Optional[str] = None
+
+    @property
+    def normalisation_given(self) -> bool:
+        return any(v is not None for v in (self.normalize, self.mean, self.std))
+
+    def spec(self, stated: Optional[dict] = None, source: str = "the model") -> TensorSpec:
+        """The TensorSpec of these flags, with `stated` {"size", "layout", "dtype"} (what a
+        model's metadata says) for those not given; ValueError naming both when a given flag
+        contradicts a stated value."""
+        stated = {k: v for k, v in (stated or {}).items() if v is not None}
+        chosen = {}
+        for field, flag, default in (("size", "--image_size", None),
+                                     ("layout", "--tensor_layout", "NHWC"),
+                                     ("dtype", "--tensor_dtype", "UINT8")):
+            given, says = getattr(self, field), stated.get(field)
+            if given is not None and says is not None and tuple_or(given) != tuple_or(says):
+                raise ValueError(f"{flag} {shown(given)} contradicts {source}, which takes "
+                                 f"{shown(says)}")
+            chosen[field] = given if given is not None else says if says is not None \
+                else default
+        if chosen["size"] is None:
+            raise ValueError(f"tensor instances need --image_size WxH ({source} does not "
+                             f"say its input size)")
+        return tensor_spec(chosen["size"], self.normalize, self.mean, self.std,
+                           self.channel_order, resize=self.resize,
+                           crop_fraction=self.crop_fraction, pad_value=self.pad_value,
+                           resample=self.resample, layout=chosen["layout"],
+                           dtype=chosen["dtype"])
+
+
+def tuple_or(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def shown(value) -> str:
+    """A flag value as the user writes it (a size as WxH)."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    return str(value)
+
+
+def stated_by_shape(shape, datatype: str) -> dict:
+    """{"size", "layout", "dtype"} from a v2 input's metadata `shape` (batch first, -1 for
+    any) and `datatype`: [-1, 3, H, W] is NCHW, [-1, H, W, 3] NHWC; -1 sides say no size."""
+    stated = {"dtype": datatype if datatype in DTYPES else None}
+    dims = [int(d) for d in shape] if isinstance(shape, (list, tuple)) else []
+    if len(dims) == 4:
+        if dims[1] == 3 and dims[3] != 3:
+            stated["layout"], (height, width) = "NCHW", dims[2:4]
+        elif dims[3] == 3:
+            stated["layout"], (height, width) = "NHWC", dims[1:3]
+        else:
+            return stated
+        if height > 0 and width > 0:
+            stated["size"] = (width, height)
+    return stated

@@ -10,14 +10,11 @@ import datetime
 import json
 import math
 import os
-import re
 import secrets
 import urllib.parse
 from typing import Optional, Sequence, Tuple
 
-from apache_beam.options.pipeline_options import (DebugOptions, DirectOptions, GoogleCloudOptions,
-                                                  PipelineOptions, StandardOptions,
-                                                  WorkerOptions)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from core.paths import has_glob, render_path
 from engine.auth import resolve_auth
@@ -25,12 +22,14 @@ from engine.client import ClientSettings
 from engine.engine import FailureThreshold, PredictSettings
 from engine.ratelimit import worker_share
 from engine.retry import RetryPolicy
+from imaging.decode import parse_size
+from imaging.tensor import TensorRequest
 from pipeline.label_names import check_label_names, load_label_names
 from pipeline.options import ConfigError, is_dry_run, PredictOptions
+from pipeline.workers import runs_in_one_process, runs_locally, worker_processes
 from protocols import make_protocol
 from protocols.base import Protocol
 from protocols.labels import check_field_path, LabelSpec
-from imaging.decode import parse_size
 from transforms.listing import escaped_key
 from transforms.read import input_sources, InputSource, TFRECORD
 from transforms.rows import RowSpec
@@ -67,6 +66,7 @@ class JobConfig:
     single_process: bool = True  # the whole job runs in this one process (local runs)
     local: bool = True  # the job runs on this machine (DirectRunner, FnApiRunner, Prism)
     tfrecord: TFRecordSpec = TFRecordSpec()  # how TFRecord inputs hold images and keys
+    tensor_request: Optional[TensorRequest] = None  # the tensor flags as given
 
     @property
     def inputs(self) -> Tuple[str, ...]:
@@ -106,69 +106,6 @@ class JobConfig:
 # -- the command line and --config ---------------------------------------------------------
 
 
-# Shared-core machine types, whose names do not end in their vCPU count.
-SHARED_CORE_VCPUS = {"f1-micro": 1, "g1-small": 1, "e2-micro": 2, "e2-small": 2, "e2-medium": 2}
-
-
-def machine_vcpus(machine_type: str) -> Optional[int]:
-    """vCPUs of a Compute Engine machine type (`n2-standard-4`, `n1-custom-8-30720`,
-    `e2-medium`), or None when the name does not say (GPU shapes such as `a2-highgpu-1g`)."""
-    name = machine_type.rsplit("/", 1)[-1].lower()
-    if name in SHARED_CORE_VCPUS:
-        return SHARED_CORE_VCPUS[name]
-    match = (re.fullmatch(r"(?:[a-z0-9]+-)?custom-(\d+)-\d+(?:-ext)?", name)
-             or re.fullmatch(r"[a-z][a-z0-9]*-[a-z]+-(\d+)(?:-lssd|-metal)?", name))
-    return int(match.group(1)) if match else None
-
-
-def dataflow_processes(options: PipelineOptions) -> Optional[int]:
-    """SDK processes of a Dataflow job at full scale, or None when the options do not say.
-
-    Dataflow runs one Python SDK process per vCPU of each worker (one per worker with
-    `--experiments=no_use_multiple_sdk_containers`); the job may scale up to
-    `--max_num_workers` workers (to exactly `--num_workers` with `--autoscaling_algorithm NONE`).
-    """
-    workers = options.view_as(WorkerOptions)
-    count = workers.max_num_workers
-    if not count and workers.autoscaling_algorithm == "NONE":
-        count = workers.num_workers
-    if not count:
-        return None
-    if "no_use_multiple_sdk_containers" in (options.view_as(DebugOptions).experiments or []):
-        return count
-    vcpus = machine_vcpus(workers.machine_type) if workers.machine_type else None
-    return count * vcpus if vcpus else None
-
-
-def worker_processes(options: PipelineOptions) -> int:
-    """How many processes share --qps: set explicitly, or derived from the runner options.
-
-    Each process holds its own limiter, so it gets `qps / processes`. DirectRunner:
-    `--direct_num_workers` in multi_processing mode (0 = one per core), else 1 (threads share
-    one process and one limiter). Dataflow: `dataflow_processes`; with --qps and no way to
-    tell, a ConfigError asks for the missing options. Other runners: `--max_num_workers`
-    (else `--num_workers`, else 1); set --qps_worker_processes where that is not right.
-    """
-    explicit = options.view_as(PredictOptions).qps_worker_processes
-    if explicit:
-        return explicit
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    if "direct" in runner or "fnapi" in runner:
-        direct = options.view_as(DirectOptions)
-        if direct.direct_running_mode != "multi_processing":
-            return 1
-        return direct.direct_num_workers or os.cpu_count() or 1
-    if "dataflow" in runner:
-        processes = dataflow_processes(options)
-        if processes is None and options.view_as(PredictOptions).qps:
-            raise ConfigError(
-                "--qps on Dataflow is shared by every SDK process of the job (one per worker "
-                "vCPU): give --max_num_workers and --machine_type, or --qps_worker_processes")
-        return processes or 1
-    workers = options.view_as(WorkerOptions)
-    return max(1, workers.max_num_workers or workers.num_workers or 1)
-
-
 MAX_QPS = 1_000_000  # a limiter keeps one send time per request of its one-second window
 
 # Numeric flags: (name, smallest allowed, largest allowed or None, whether the smallest is
@@ -204,20 +141,6 @@ def check_numbers(options: PredictOptions):
             raise ConfigError(f"--{name} must be a number {wanted}, not {value}")
 
 
-LOCAL_RUNNERS = ("direct", "fnapi", "prism")
-
-
-def runs_locally(options: PipelineOptions) -> bool:
-    """Whether the job runs on this machine (its credentials are the workers')."""
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
-    return any(name in runner for name in LOCAL_RUNNERS)
-
-
-def runs_in_one_process(options: PipelineOptions, processes: int) -> bool:
-    """Whether one process runs the whole job: a local runner with one worker process."""
-    return runs_locally(options) and processes == 1
-
-
 def new_run_id(now: Optional[datetime.datetime] = None) -> str:
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -251,7 +174,8 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         if o.limit is not None and o.limit < 1:
             raise ValueError("--limit must be at least 1")
         image_size = parse_size(o.image_size)
-        client = client_settings(o, image_size)
+        tensors = tensor_request(o, image_size)
+        client = client_settings(o, tensors)
         outputs = output_settings(o, options, now.strftime("%Y-%m-%d"), run_id)
         tfrecord = tfrecord_settings(o, sources, outputs["passthrough_fields"])
         processes = worker_processes(options)
@@ -275,6 +199,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
         single_process=runs_in_one_process(options, processes),
         local=runs_locally(options),
         tfrecord=tfrecord,
+        tensor_request=tensors,
     )
 
 
@@ -322,14 +247,16 @@ def check_endpoint(url: str):
         raise ValueError(f"--endpoint must be an http(s) URL, not {url!r}")
 
 
-def client_settings(o: PredictOptions, image_size) -> ClientSettings:
+def client_settings(o: PredictOptions, request: Optional[TensorRequest]) -> ClientSettings:
     """The endpoint, its protocol (with the encoding and label flags) and the client's limits."""
-    if o.instance_format == "tensor" and o.protocol == "mlengine" and not image_size:
-        raise ValueError("--instance_format tensor needs --image_size WxH")
+    # v2 takes its tensor's layout, size and dtype from the model's metadata at start-up
+    # (pipeline.model_check); elsewhere the flags say it all.
+    tensor = request.spec(source=f"--protocol {o.protocol}") \
+        if request is not None and o.protocol != "v2" else None
     protocol = make_protocol(
         o.protocol, o.instance_format, label_spec(o), o.score_threshold,
-        not o.no_prediction_column, parse_parameters(o.parameters),
-        **_v2_options(o, image_size))
+        not o.no_prediction_column, parse_parameters(o.parameters), tensor,
+        o.tensor_input_name or "", **_v2_options(o))
     return ClientSettings(
         endpoint=o.endpoint,
         protocol=protocol,
@@ -407,7 +334,26 @@ def parse_parameters(text: Optional[str]) -> dict:
     return value
 
 
-def _v2_options(o: PredictOptions, image_size) -> dict:
+TENSOR_FLAGS = ("resize", "crop_fraction", "pad_value", "resample", "tensor_layout",
+                "tensor_dtype", "channel_order", "normalize", "mean", "std", "tensor_input_name")
+
+
+def tensor_request(o: PredictOptions, image_size) -> Optional[TensorRequest]:
+    """The tensor flags as given, for --instance_format tensor; None (and every tensor flag
+    refused) for image files."""
+    defaults = {"resize": "fit", "crop_fraction": 0.875, "pad_value": 0,
+                "resample": "bilinear"}
+    if o.instance_format != "tensor":
+        for name in TENSOR_FLAGS:
+            if getattr(o, name) not in (None, defaults.get(name)):
+                raise ValueError(f"--{name} applies to --instance_format tensor")
+        return None
+    return TensorRequest(image_size, o.tensor_layout, o.tensor_dtype, o.resize,
+                         o.crop_fraction, o.pad_value, o.resample, o.channel_order,
+                         o.normalize, o.mean, o.std)
+
+
+def _v2_options(o: PredictOptions) -> dict:
     """The v2-only flags, refused with any other protocol."""
     given = [flag for flag, on in (("--binary_data", o.binary_data),
                                    ("--model_input", o.model_input),
@@ -419,7 +365,6 @@ def _v2_options(o: PredictOptions, image_size) -> dict:
     if o.classification < 0:
         raise ValueError("--classification must be >= 0")
     return dict(input_name=o.model_input or "", binary=o.binary_data,
-                tensor_dtype=o.tensor_dtype, image_size=image_size,
                 classification=o.classification)
 
 

@@ -8,6 +8,7 @@ import threading
 import urllib.parse
 from typing import Any, List, Mapping, Optional, Sequence
 
+from imaging.tensor import stated_by_shape, TensorRequest, TensorSpec
 from protocols.labels import LabelSpec
 from protocols.v2 import model_path, TENSOR_DTYPES, V2
 
@@ -17,10 +18,12 @@ class NotReady(Exception):
 
 
 def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]] = None,
-                timeout_s: float = 10.0, max_bytes: int = 1 << 20) -> V2:
+                timeout_s: float = 10.0, max_bytes: int = 1 << 20,
+                tensors: Optional[TensorRequest] = None) -> V2:
     """Server ready, model ready, and the protocol completed from the model metadata (the
     input name when the model has one input; the output names for binary or classification
-    outputs). NotReady when the server or model is not ready, ValueError when the model does
+    outputs; for tensor instances, the layout, size and datatype the flags (`tensors`) leave
+    open). NotReady when the server or model is not ready, ValueError when the model does
     not fit the flags."""
     where = model_path(endpoint)
     if where is None:
@@ -33,14 +36,14 @@ def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]
     metadata = _get(base + model, "model metadata", headers, timeout_s, max_bytes)
     inputs = _tensors(metadata, "inputs")
     name = protocol.input_name or _only_input(inputs)
-    _check_input(protocol, name, inputs)
+    tensor = _input_tensor(protocol, name, inputs, tensors)
     outputs = [t["name"] for t in _tensors(metadata, "outputs")]
     _check_fields(protocol.labels, outputs)
     if protocol.classification and not outputs:
         raise ValueError("--classification needs the output names, and the model metadata "
                          "lists none")
     wanted = outputs if (protocol.binary or protocol.classification) else ()
-    return protocol.with_model(name, wanted)
+    return protocol.with_model(name, wanted, tensor)
 
 
 def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:
@@ -116,16 +119,27 @@ def _check_fields(spec: LabelSpec, outputs: Sequence[str]):
             raise ValueError(f"{flag} {name}: the model's outputs are {', '.join(outputs)}")
 
 
-def _check_input(protocol: V2, name: str, inputs: List[dict]):
+def _input_tensor(protocol: V2, name: str, inputs: List[dict],
+                  tensors: Optional[TensorRequest]) -> Optional[TensorSpec]:
+    """The model's input `name` takes what will be sent: BYTES image files, or a pixel
+    tensor whose layout, size and datatype the metadata completes (for tensor instances)."""
     listed = {str(t["name"]): t for t in inputs}
     if listed and name not in listed:
         raise ValueError(f"--model_input {name}: the model's inputs are "
                          f"{', '.join(listed)}")
     datatype = str(listed.get(name, {}).get("datatype") or "")
-    sent = protocol.tensor_dtype or "BYTES"
-    if datatype and datatype != sent:
-        hint = ("--instance_format b64" if datatype == "BYTES" else
-                f"--instance_format tensor --tensor_dtype {datatype} --image_size WxH"
-                if datatype in TENSOR_DTYPES else "a client for that datatype")
-        raise ValueError(f"model input {name} takes {datatype} "
-                         f"{listed[name].get('shape', '')}, not {sent}: use {hint}")
+    shape = listed.get(name, {}).get("shape")
+    if protocol.instance_format != "tensor":
+        if datatype and datatype != "BYTES":
+            hint = (f"--instance_format tensor (the layout, size and {datatype} are read "
+                    f"from the metadata)" if datatype in TENSOR_DTYPES
+                    else "a client for that datatype")
+            raise ValueError(f"model input {name} takes {datatype} {shape or ''}, not image "
+                             f"files (BYTES): use {hint}")
+        return None
+    if datatype and datatype not in TENSOR_DTYPES:
+        raise ValueError(f"model input {name} takes {datatype} {shape or ''}: tensor "
+                         f"instances are {', '.join(TENSOR_DTYPES)}")
+    request = tensors or TensorRequest()
+    return request.spec(stated_by_shape(shape, datatype),
+                        source=f"model input {name} ({datatype or '?'} {shape or '?'})")

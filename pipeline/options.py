@@ -12,9 +12,9 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from engine.auth import AUTH_MODES
+from imaging.tensor import CHANNEL_ORDERS, DTYPES, LAYOUTS, PRESETS, RESAMPLING, RESIZE_MODES
 from pipeline.earlier_runs import DEFAULT_STALE_AFTER_S
 from protocols.base import INSTANCE_FORMATS, PROTOCOLS
-from protocols.v2 import TENSOR_DTYPES
 from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
 from transforms.read import INPUT_FORMATS
 from transforms.tfrecords import DEFAULT_FEATURE
@@ -82,9 +82,6 @@ def _endpoint_flags(add):
         help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists; "
              "v2: a BYTES tensor of image files (b64) or an RGB tensor [n, H, W, 3] "
              "(tensor).")
-    add("--tensor_dtype", default="UINT8", **enumerated(TENSOR_DTYPES),
-        help="v2 with --instance_format tensor: datatype of the pixel tensor (values "
-             "0-255).")
     add("--binary_data", action="store_true", default=False,
         help="v2: send and ask for tensors through the binary tensor data extension "
              "instead of JSON (no base64: about a quarter fewer bytes).")
@@ -98,7 +95,10 @@ def _endpoint_flags(add):
         help="JSON object of model parameters sent with every request (ML Engine and "
              "Vertex `parameters`, v2 request `parameters`), e.g. "
              "'{\"maxPredictions\": 5}'.")
-    add("--image_size", default=None, help="Optional WxH to resize images to fit.")
+    add("--image_size", default=None,
+        help="Optional WxH: image files are resized to fit inside it; tensors are prepared "
+             "at exactly this size (v2: read from the model's metadata when not given).")
+    _tensor_flags(add)
     add("--label_names", default=None,
         help="Comma-separated class names in the model's class-index order, for models "
              "that answer unnamed scores or class indices.")
@@ -115,6 +115,37 @@ def _endpoint_flags(add):
              "the name of the score output tensor.")
     add("--score_threshold", type=float, default=None,
         help="AutoML params.score_threshold / Vertex confidenceThreshold.")
+
+
+def _tensor_flags(add):
+    """How an image becomes the tensor a model was trained on (--instance_format tensor);
+    see docs/servers.md, "Preparing tensors"."""
+    add("--resize", default="fit", **enumerated(RESIZE_MODES),
+        help="Tensors: fit (exactly --image_size), crop (shorter side to size / "
+             "--crop_fraction, then the centre), pad (letterbox with --pad_value) or "
+             "stretch.")
+    add("--crop_fraction", type=float, default=0.875,
+        help="--resize crop: the share of the resized image kept (0.875: torchvision's "
+             "Resize(256) + CenterCrop(224)).")
+    add("--pad_value", type=int, default=0, help="--resize pad: the border's pixel value.")
+    add("--resample", default="bilinear", **enumerated(tuple(RESAMPLING)),
+        help="Tensors: the resampling filter (with Pillow's antialiasing).")
+    add("--tensor_layout", default=None, **enumerated(LAYOUTS),
+        help="Tensors: NHWC or NCHW (default: the v2 model's metadata, else NHWC).")
+    add("--tensor_dtype", default=None, **enumerated(tuple(DTYPES)),
+        help="Tensors: UINT8, FP16 or FP32 (default: the v2 model's metadata, else UINT8).")
+    add("--channel_order", default=None, **enumerated(CHANNEL_ORDERS),
+        help="Tensors: RGB or BGR (default: the --normalize preset's, else RGB).")
+    add("--normalize", default=None, **enumerated(tuple(PRESETS)),
+        help="Tensors: (pixel - mean) / std as a preset: none, unit (0..1), inception "
+             "(-1..1), imagenet (torchvision), caffe (BGR minus the means).")
+    add("--mean", default=None,
+        help="Tensors: one or three numbers on 0..255 values, e.g. 127 or "
+             "123.675,116.28,103.53 (instead of --normalize).")
+    add("--std", default=None, help="Tensors: one or three positive numbers (see --mean).")
+    add("--tensor_input_name", default=None,
+        help="--protocol mlengine tensors: send each instance as {NAME: tensor} (a TF "
+             "Serving / Vertex model's named input).")
 
 
 def _request_flags(add):

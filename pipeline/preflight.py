@@ -2,12 +2,14 @@
 outputs are writable, credentials are there when Google services are used, a v2 model is
 ready and takes what will be sent, and earlier runs' leftovers are planned for."""
 import asyncio
+import logging
 import functools
 
 from apache_beam.io.filesystems import FileSystems
 
 from core.paths import dead_letter_glob, quote_glob
 from engine.auth import AuthError, SCOPES, TokenSource
+from imaging.tensor import PRESETS
 from pipeline.config import JobConfig
 from pipeline.earlier_runs import plan_leftovers
 from pipeline.model_check import check_model, NotReady
@@ -18,7 +20,7 @@ from transforms.listing import first_match, open_path
 from transforms.read import check_input, TFRECORD
 from transforms.tfrecords import check_first_record
 
-
+_LOG = logging.getLogger("batch_predict")
 PREFLIGHT_TIMEOUT_S = 10.0
 
 
@@ -53,7 +55,8 @@ def preflight(config: JobConfig) -> JobConfig:
     if config.client.auth == "adc" and config.local:  # on Dataflow, workers use their own account
         check_credentials()
     if isinstance(config.protocol, V2):
-        return config.with_protocol(check_v2_model(config))
+        config = config.with_protocol(check_v2_model(config))
+    warn_unnormalised(config)
     return config
 
 
@@ -101,13 +104,29 @@ def check_v2_model(config: JobConfig) -> V2:
         if not client.protocol.input_name:
             raise ConfigError("--protocol v2 through :rawPredict needs --model_input (the "
                               "model metadata cannot be read through Vertex)")
-        return client.protocol
+        if config.tensor_request is None:
+            return client.protocol
+        try:
+            return client.protocol.with_model(client.protocol.input_name, (),
+                                              config.tensor_request.spec(source="the flags"))
+        except ValueError as e:
+            raise ConfigError(str(e))
     try:
         return check_model(client.protocol, client.endpoint, headers,
                            min(client.request_timeout_s, PREFLIGHT_TIMEOUT_S),
-                           client.max_response_bytes)
+                           client.max_response_bytes, config.tensor_request)
     except (NotReady, ValueError) as e:
         raise ConfigError(str(e))
+
+
+def warn_unnormalised(config: JobConfig):
+    """Float tensors with no normalisation flag: one warning line, since a model's scaling
+    is never in its metadata and a wrong one answers confident, wrong labels."""
+    tensor, request = config.protocol.tensor, config.tensor_request
+    if tensor is not None and tensor.dtype != "UINT8" and not request.normalisation_given:
+        _LOG.warning("%s tensors are sent as 0..255 pixel values: give the scaling the model "
+                     "was trained with (--normalize %s, or --mean/--std)", tensor.dtype,
+                     "|".join(PRESETS))
 
 
 def clean_up_leftovers(config: JobConfig):

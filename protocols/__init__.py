@@ -3,6 +3,7 @@ Vision) and `v2` (the Open Inference Protocol of KServe, Triton and MLServer), o
 `make_protocol` is the one place a `--protocol` name becomes a Protocol."""
 from typing import Optional
 
+from imaging.tensor import TensorSpec
 from protocols.base import INSTANCE_FORMATS, Protocol, PROTOCOLS
 from protocols.google import AutoML, MLEngine, Vertex
 from protocols.labels import LabelSpec
@@ -13,11 +14,19 @@ __all__ = ["INSTANCE_FORMATS", "PROTOCOLS", "Protocol", "make_protocol"]
 
 def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = LabelSpec(),
                   score_threshold: Optional[float] = None, keep_prediction: bool = True,
-                  parameters: Optional[dict] = None, **v2_options) -> Protocol:
-    """The protocol for `--protocol` and its flags (`v2_options`: see `protocols.v2.V2`)."""
+                  parameters: Optional[dict] = None, tensor: Optional[TensorSpec] = None,
+                  tensor_input_name: str = "", **v2_options) -> Protocol:
+    """The protocol for `--protocol` and its flags (`tensor`: how tensor instances are
+    prepared; `v2_options`: see `protocols.v2.V2`)."""
     parameters = dict(parameters or {})
     if name == "mlengine":
-        return MLEngine(instance_format, labels, keep_prediction, parameters)
+        return MLEngine(instance_format, labels, keep_prediction, parameters, tensor,
+                        tensor_input_name)
+    if tensor is not None and name != "v2":
+        raise ValueError(f"--protocol {name} sends image files: tensor instances go with "
+                         f"--protocol mlengine (Vertex custom containers, TF Serving) or v2")
+    if tensor_input_name:
+        raise ValueError("--tensor_input_name applies to --protocol mlengine")
     if name == "vertex":
         if score_threshold is not None:
             parameters.setdefault("confidenceThreshold", score_threshold)
@@ -32,10 +41,6 @@ def make_protocol(name: str, instance_format: str = "b64", labels: LabelSpec = L
                              "--score_threshold)")
         return AutoML(score_threshold, keep_prediction)
     if name == "v2":
-        tensor = v2_options.pop("tensor_dtype", "UINT8") if instance_format == "tensor" else None
-        v2_options.pop("tensor_dtype", None)
-        if instance_format == "named":
-            raise ValueError("--protocol v2 takes --instance_format b64 or tensor")
-        return V2(tensor_dtype=tensor, labels=labels, keep_prediction=keep_prediction,
-                  parameters=parameters, **v2_options)
+        return V2(instance_format=instance_format, tensor=tensor, labels=labels,
+                  keep_prediction=keep_prediction, parameters=parameters, **v2_options)
     raise ValueError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")

@@ -12,6 +12,7 @@ import re
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from core.records import writable
+from imaging.tensor import TensorSpec
 from protocols import answers
 from protocols.labels import (LabelError, Labels, LabelSpec, read_labels, unicode_labels,
                               warn_if_indexed)
@@ -91,6 +92,32 @@ def b64_json(data: bytes) -> bytes:
     return b'"' + base64.b64encode(data) + b'"'
 
 
+def float_format(dtype) -> str:
+    """printf format of a float tensor's numbers in JSON: enough digits to give back the
+    same float16/float32 (5 / 9 significant digits)."""
+    return "%.5g" if dtype.itemsize == 2 else "%.9g"
+
+
+def tensor_numbers(array) -> bytes:
+    """The numbers of a tensor, row-major, comma-separated (a v2 JSON `data`)."""
+    if array.dtype.kind in "ui":
+        return ",".join(map(str, array.ravel().tolist())).encode("ascii")
+    return (",".join([float_format(array.dtype)] * array.size)
+            % tuple(array.ravel().tolist())).encode("ascii")
+
+
+def tensor_json(array) -> bytes:
+    """A tensor as nested JSON lists (an ML Engine / TF Serving instance)."""
+    if array.dtype.kind in "ui":
+        return dumps(array.tolist())
+    last = array.shape[-1]
+    row = "[" + ",".join([float_format(array.dtype)] * last) + "]"
+    text = [row % tuple(values) for values in array.reshape(-1, last).tolist()]
+    for size in reversed(array.shape[:-1]):
+        text = ["[" + ",".join(text[i:i + size]) + "]" for i in range(0, len(text), size)]
+    return text[0].encode("ascii")
+
+
 def parameters_field():
     """A `parameters` field: a JSON object (a dict, so left out of the hash; still compared)."""
     return dataclasses.field(default_factory=dict, hash=False)
@@ -102,13 +129,16 @@ class Protocol:
 
     name: ClassVar[str] = ""
     max_instances: ClassVar[Optional[int]] = None  # the protocol's own cap, if any
+    tensor: Optional[TensorSpec] = None  # instances are tensors prepared so (None: image files)
 
     def set_fields(self, **fields):
         """Normalise fields in `__post_init__` (the dataclass is frozen)."""
         for name, value in fields.items():
             object.__setattr__(self, name, value)
 
-    def instance(self, key: str, data: bytes, mime_type: str, pixels=None) -> bytes:
+    def instance(self, key: str, data: bytes, mime_type: str, tensor=None) -> bytes:
+        """One serialized instance: of the image file `data`, or of its `tensor` (a numpy
+        array shaped as `self.tensor` says) when the protocol sends tensors."""
         raise NotImplementedError
 
     def body_parts(self) -> Tuple[bytes, bytes]:

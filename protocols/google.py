@@ -3,33 +3,46 @@ endpoints and AutoML Vision v1beta1 (../../shared/PROTOCOLS.md has their wire fa
 import dataclasses
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
+from imaging.tensor import TensorSpec
 from protocols.base import (b64, b64_json, dumps, error_message, INSTANCE_FORMATS, json_snippet,
                             parameters_field, Parsed, prediction_predictions, prediction_text,
-                            Protocol, read_prediction, refused, ResponseError, sent_texts)
+                            Protocol, read_prediction, refused, ResponseError, sent_texts,
+                            tensor_json)
 from protocols.labels import (LabelError, Labels, LabelScores, LabelSpec, score, snippet,
                               unicode_labels)
 
 
 @dataclasses.dataclass(frozen=True)
 class MLEngine(Protocol):
-    """Cloud ML Engine / AI Platform `{"instances": [...]}` with b64, named or tensor instances."""
+    """Cloud ML Engine / AI Platform `{"instances": [...]}` with b64, named or tensor instances
+    (nested lists; `{"NAME": [...]}` with a `tensor_input_name`, as TF Serving's named inputs)."""
 
     name: ClassVar[str] = "mlengine"
     instance_format: str = "b64"
     labels: LabelSpec = LabelSpec()
     keep_prediction: bool = True
     parameters: Dict[str, Any] = parameters_field()
+    tensor: Optional[TensorSpec] = None
+    tensor_input_name: str = ""
 
     def __post_init__(self):
         if self.instance_format not in INSTANCE_FORMATS:
             raise ValueError(f"unknown instance format {self.instance_format!r}")
+        if (self.instance_format == "tensor") != (self.tensor is not None):
+            raise ValueError("--instance_format tensor needs --image_size WxH (and only "
+                             "tensor instances take the tensor flags)")
+        if self.tensor_input_name and self.tensor is None:
+            raise ValueError("--tensor_input_name applies to --instance_format tensor")
         self.set_fields(parameters=dict(self.parameters or {}))
 
-    def instance(self, key, data, mime_type, pixels=None):
-        if self.instance_format == "tensor":
-            if pixels is None:
-                raise ValueError("tensor instances need decoded pixels")
-            return dumps(pixels)
+    def instance(self, key, data, mime_type, tensor=None):
+        if self.tensor is not None:
+            if tensor is None:
+                raise ValueError("tensor instances need the image's tensor")
+            body = tensor_json(tensor)
+            if self.tensor_input_name:
+                return b"{" + dumps(self.tensor_input_name) + b":" + body + b"}"
+            return body
         if self.instance_format == "named":
             return dumps({"key": key, "image": {"b64": b64(data)}})
         return b'{"b64":' + b64_json(data) + b"}"
@@ -55,7 +68,7 @@ class Vertex(Protocol):
     def __post_init__(self):
         self.set_fields(parameters=dict(self.parameters or {}))
 
-    def instance(self, key, data, mime_type, pixels=None):
+    def instance(self, key, data, mime_type, tensor=None):
         return b'{"content":' + b64_json(data) + b',"mimeType":' + dumps(mime_type) + b"}"
 
     def body_parts(self):
@@ -76,7 +89,7 @@ class AutoML(Protocol):
     score_threshold: Optional[float] = None
     keep_prediction: bool = True
 
-    def instance(self, key, data, mime_type, pixels=None):
+    def instance(self, key, data, mime_type, tensor=None):
         return b'{"image":{"imageBytes":' + b64_json(data) + b"}}"
 
     def body_parts(self):

@@ -18,13 +18,15 @@ import re
 import struct
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+from imaging.tensor import DTYPES, TensorSpec
 from protocols.base import (b64_json, dumps, error_message, json_snippet, parameters_field,
-                            Protocol, read_prediction, ResponseError, with_model_id)
+                            Protocol, read_prediction, ResponseError, tensor_numbers,
+                            with_model_id)
 from protocols.labels import (FIELD_FLAGS, is_triton_classes, LabelError, labels_with_scores,
                               LabelScores, LabelSpec, triton_classes)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-TENSOR_DTYPES = ("UINT8", "FP32")
+TENSOR_DTYPES = tuple(DTYPES)  # the pixel tensors this client sends
 # struct codes of the numeric datatypes (little-endian in binary parts).
 NUMERIC = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q",
            "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
@@ -41,13 +43,16 @@ class Tensor(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class V2(Protocol):
-    """`POST .../v2/models/NAME[/versions/V]/infer` with one image input tensor."""
+    """`POST .../v2/models/NAME[/versions/V]/infer` with one image input tensor: a BYTES
+    tensor of image files, or (`instance_format` tensor) the images' pixel tensors prepared
+    as `tensor` says, `[n, H, W, 3]` or `[n, 3, H, W]` (set from the model's metadata by the
+    start-up check when the flags leave it open)."""
 
     name: ClassVar[str] = "v2"
     input_name: str = ""
     binary: bool = False
-    tensor_dtype: Optional[str] = None
-    image_size: Optional[Tuple[int, int]] = None
+    instance_format: str = "b64"
+    tensor: Optional[TensorSpec] = None
     labels: LabelSpec = LabelSpec()
     keep_prediction: bool = True
     parameters: Dict[str, Any] = parameters_field()
@@ -55,44 +60,44 @@ class V2(Protocol):
     classification: int = 0
 
     def __post_init__(self):
-        if self.tensor_dtype is not None and self.tensor_dtype not in TENSOR_DTYPES:
-            raise ValueError(f"unknown tensor datatype {self.tensor_dtype!r} "
-                             f"(choose from {', '.join(TENSOR_DTYPES)})")
-        if self.tensor_dtype and not self.image_size:
-            raise ValueError("--instance_format tensor needs --image_size WxH")
-        self.set_fields(image_size=tuple(self.image_size) if self.image_size else None,
-                  parameters=dict(self.parameters or {}), outputs=tuple(self.outputs))
+        if self.instance_format not in ("b64", "tensor"):
+            raise ValueError("--protocol v2 takes --instance_format b64 or tensor")
+        if self.tensor is not None and self.instance_format != "tensor":
+            raise ValueError("the tensor flags apply to --instance_format tensor")
+        self.set_fields(parameters=dict(self.parameters or {}), outputs=tuple(self.outputs))
 
     @property
-    def instance_format(self) -> str:
-        return "tensor" if self.tensor_dtype else "b64"
+    def datatype(self) -> str:
+        """The input tensor's datatype."""
+        if self.instance_format != "tensor":
+            return "BYTES"
+        return self.tensor.dtype if self.tensor is not None else "a tensor"
 
-    def with_model(self, input_name: str, outputs: Sequence[str]) -> "V2":
-        """This protocol with the input and output names read from the model metadata."""
-        return dataclasses.replace(self, input_name=input_name, outputs=tuple(outputs))
+    def with_model(self, input_name: str, outputs: Sequence[str],
+                   tensor: Optional[TensorSpec] = None) -> "V2":
+        """This protocol with the input and output names (and the tensor) the model's
+        metadata completed."""
+        return dataclasses.replace(self, input_name=input_name, outputs=tuple(outputs),
+                                   tensor=tensor if tensor is not None else self.tensor)
 
     # Request -----------------------------------------------------------------------------
 
-    def instance(self, key, data, mime_type, pixels=None):
-        if self.tensor_dtype:
-            if pixels is None:
-                raise ValueError("tensor instances need decoded pixels")
-            flat = [v for row in pixels for pixel in row for v in pixel]
+    def instance(self, key, data, mime_type, tensor=None):
+        if self.instance_format == "tensor":
+            if self.tensor is None or tensor is None:
+                raise ValueError("tensor instances need the model's input shape (from its "
+                                 "metadata or --image_size) and the image's tensor")
             if self.binary:
-                code = NUMERIC[self.tensor_dtype]
-                return struct.pack(f"<{len(flat)}{code}", *flat)
-            if self.tensor_dtype == "FP32":
-                return ",".join(f"{v}.0" for v in flat).encode("ascii")
-            return dumps(flat)[1:-1]
+                return tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes()
+            return tensor_numbers(tensor)
         if self.binary:
             return struct.pack("<I", len(data)) + data
         return b64_json(data)
 
     def _input(self, count: int) -> dict:
-        if self.tensor_dtype:
-            width, height = self.image_size
-            return {"name": self.input_name, "shape": [count, height, width, 3],
-                    "datatype": self.tensor_dtype}
+        if self.instance_format == "tensor" and self.tensor is not None:
+            return {"name": self.input_name, "shape": [count, *self.tensor.shape],
+                    "datatype": self.tensor.dtype}
         return {"name": self.input_name, "shape": [count], "datatype": "BYTES"}
 
     def _requested_outputs(self) -> List[dict]:

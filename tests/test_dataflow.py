@@ -35,7 +35,8 @@ from google.protobuf import json_format
 from packaging.requirements import Requirement
 
 from pipeline import run as pipeline_run
-from pipeline.config import build_config, machine_vcpus, worker_processes
+from pipeline.config import build_config
+from pipeline.workers import machine_vcpus, worker_processes
 from pipeline.graph import build_pipeline
 from pipeline.options import ConfigError, parse_options, PredictOptions
 from tests.helpers import labelled_images, ROOT, setup_packages

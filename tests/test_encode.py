@@ -19,6 +19,7 @@ from PIL import Image
 from core.records import ImageRef, Stage
 from imaging import decode
 from imaging.decode import ImageError, open_image, parse_size, prepare
+from imaging.tensor import tensor_spec
 from localserver.demo import color_image
 from protocols import make_protocol
 from tests.helpers import counters, LOCAL_RUNNER
@@ -139,10 +140,23 @@ def test_image_size_fits_inside_the_box():
     assert decoded(prepared.data).size == (50, 25)
 
 
-def test_tensor_is_rows_of_rgb_at_the_exact_size():
-    prepared = prepare(image_bytes(size=(30, 20)), image_size=(4, 3), tensor=True)
-    assert len(prepared.pixels) == 3 and len(prepared.pixels[0]) == 4
-    assert all(len(p) == 3 for row in prepared.pixels for p in row)
+def test_tensor_instances_are_nested_lists_at_the_exact_size():
+    spec = tensor_spec((4, 3), "unit", dtype="FP32")
+    for name in ("", "input_1"):
+        protocol = make_protocol("mlengine", "tensor", tensor=spec, tensor_input_name=name)
+        instance = encode_instance("k", image_bytes(size=(30, 20)), protocol, 1_500_000)
+        value = json.loads(instance.body)
+        rows = value[name] if name else value
+        assert len(rows) == 3 and all(len(row) == 4 for row in rows)
+        assert all(len(p) == 3 and all(0 <= v <= 1 for v in p) for row in rows for p in row)
+
+
+def test_a_tensor_over_the_byte_cap_is_an_encode_failure_naming_binary_data():
+    protocol = make_protocol("mlengine", "tensor", tensor=tensor_spec((224, 224), "imagenet",
+                                                                        dtype="FP32"))
+    with pytest.raises(ImageError) as error:
+        encode_instance("k", image_bytes(size=(300, 300)), protocol, 1_500_000)
+    assert error.value.stage == Stage.ENCODE and "--binary_data" in str(error.value)
 
 
 def test_parse_size():
@@ -416,7 +430,8 @@ def post(url: str, body: bytes) -> dict:
 ])
 def test_each_encoding_is_understood_by_the_server(server, protocol_name, instance_format,
                                                    image_size):
-    protocol = make_protocol(protocol_name, instance_format)
+    tensor = tensor_spec(image_size) if image_size else None
+    protocol = make_protocol(protocol_name, instance_format, tensor=tensor)
     images = {"green": image_bytes("green", "PNG"), "blue": image_bytes("blue", "WEBP"),
               "yellow": image_bytes("yellow", "JPEG", mode="CMYK")}
     for label, data in images.items():

@@ -15,7 +15,7 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.config import worker_processes
+from pipeline.workers import worker_processes
 from pipeline.run import run
 from tests.helpers import (assert_accounted, labelled_images, read_dead_letters, read_predictions,
                            ROOT)

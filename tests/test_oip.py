@@ -3,9 +3,12 @@ import json
 import logging
 import struct
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from core.records import Instance
+from imaging.tensor import TensorSpec, to_tensor
 from protocols import make_protocol
 from protocols.base import resource_name, ResponseError
 from protocols.labels import INDEX_WARNING, LabelSpec
@@ -51,11 +54,16 @@ def test_binary_images_are_about_a_quarter_smaller_than_json():
 
 @pytest.mark.parametrize("options", [{}, {"binary": True}, {"parameters": {"threshold": 0.5}},
                                      {"binary": True, "classification": 3},
-                                     {"instance_format": "tensor", "image_size": (2, 1),
-                                      "tensor_dtype": "FP32", "binary": True}])
+                                     {"instance_format": "tensor",
+                                      "tensor": TensorSpec((2, 1), dtype="FP32"), "binary": True},
+                                     {"instance_format": "tensor",
+                                      "tensor": TensorSpec((2, 1), dtype="FP16",
+                                                           layout="NCHW", mean=(1, 2, 3))}])
 def test_body_size_is_exact_for_any_count(options):
     protocol = v2(**options).with_model("image", ("scores",))
-    pixels = [[[1, 2, 3], [250, 251, 252]]]
+    pixels = np.array([[[1, 2, 3], [250, 251, 252]]], np.uint8)
+    if protocol.tensor is not None:
+        pixels = to_tensor(Image.fromarray(pixels), protocol.tensor)
     for count in (1, 2, 9, 10, 11, 120):
         instances = [protocol.instance("k", IMAGES[i % 3] * (i + 1), "", pixels)
                      for i in range(count)]
@@ -74,20 +82,30 @@ def test_packed_requests_stay_under_the_byte_cap_counted_on_the_exact_body():
     assert max(len(r.keys) for r in requests) > 1
 
 
-def test_tensor_instances_are_pixels_of_shape_n_h_w_3():
-    protocol = v2(instance_format="tensor", image_size=(2, 1), tensor_dtype="UINT8")
-    pixels = [[[1, 2, 3], [4, 5, 6]]]  # one row, two columns
-    body, _ = protocol.request([protocol.instance("k", b"", "", pixels)] * 2)
+def test_tensor_instances_are_pixels_of_shape_n_h_w_3_or_n_3_h_w():
+    img = Image.fromarray(np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8))  # 1 row, 2 columns
+    protocol = v2(instance_format="tensor", tensor=TensorSpec((2, 1)))
+    instance = protocol.instance("k", b"", "", to_tensor(img, protocol.tensor))
+    body, _ = protocol.request([instance] * 2)
     tensor = json.loads(body)["inputs"][0]
     assert tensor["shape"] == [2, 1, 2, 3] and tensor["datatype"] == "UINT8"
     assert tensor["data"] == [1, 2, 3, 4, 5, 6] * 2
-    binary = v2(instance_format="tensor", image_size=(2, 1), tensor_dtype="FP32", binary=True)
-    assert struct.unpack("<6f", binary.instance("k", b"", "", pixels)) == (1, 2, 3, 4, 5, 6)
+    spec = TensorSpec((2, 1), dtype="FP32", layout="NCHW", mean=(1, 1, 1), std=(2, 2, 2))
+    binary = v2(instance_format="tensor", tensor=spec, binary=True)
+    assert struct.unpack("<6f", binary.instance("k", b"", "", to_tensor(img, spec))) == (
+        0, 1.5, 0.5, 2, 1, 2.5)  # channel by channel: R of both pixels, then G, then B
+    body, _ = binary.request([binary.instance("k", b"", "", to_tensor(img, spec))])
+    assert b'"shape":[1,3,1,2],"datatype":"FP32"' in body
+    as_json = v2(instance_format="tensor", tensor=spec)
+    sent = json.loads(as_json.request([as_json.instance("k", b"", "", to_tensor(img, spec))])[0])
+    assert sent["inputs"][0]["data"] == [0, 1.5, 0.5, 2, 1, 2.5]
 
 
-def test_tensor_needs_an_image_size():
-    with pytest.raises(ValueError, match="--image_size"):
-        v2(instance_format="tensor")
+def test_tensor_instances_need_the_tensor_spec():
+    with pytest.raises(ValueError, match="input shape"):
+        v2(instance_format="tensor").instance("k", b"", "", np.zeros((1, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="instance_format tensor"):
+        v2(tensor=TensorSpec((2, 1)))
 
 
 def test_parameters_and_requested_outputs_go_in_the_request():

@@ -102,7 +102,7 @@ def test_parameters_reach_the_model(tmp_path, server, protocol, parameters):
 def test_model_metadata_picks_the_input_name_and_checks_its_datatype(tmp_path, make_server):
     server = make_server(v2_input_datatype="FP32")
     labelled_images(tmp_path / "images", LABELS[:2])
-    with pytest.raises(ConfigError, match="takes FP32.*--tensor_dtype FP32"):
+    with pytest.raises(ConfigError, match="takes FP32.*use --instance_format tensor"):
         job(tmp_path, server.endpoint("v2"))
     with pytest.raises(ConfigError, match="--model_input nope: the model's inputs are image"):
         job(tmp_path, server.endpoint("v2"), "--model_input", "nope", "--instance_format",

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from core.records import ImageRef, Instance, Stage
 from imaging.decode import ImageError, MIN_SIDE, prepare, quiet_pillow_warnings, smaller_versions
+from imaging.tensor import image_tensor, shown
 from protocols.base import Protocol
 from transforms import metrics
 from transforms.failures import FAILED, failure
@@ -34,17 +35,23 @@ READ_CHUNK_BYTES = 64 * 1024
 def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes: int,
                     image_size: Optional[Tuple[int, int]] = None) -> Instance:
     """One serialized instance that fits a request of `max_request_bytes` on its own."""
-    tensor = getattr(protocol, "instance_format", None) == "tensor"
-    prepared = prepare(data, image_size, tensor)
-    body = protocol.instance(key, prepared.data, prepared.mime_type, prepared.pixels)
+    if protocol.tensor is not None:
+        body = protocol.instance(key, b"", "", image_tensor(data, protocol.tensor))
+        if _fits(protocol, body, max_request_bytes):
+            return Instance(key, body)
+        raise ImageError(Stage.ENCODE, f"a {protocol.tensor.dtype} tensor of "
+                         f"{shown(protocol.tensor.size)} takes a request of "
+                         f"{protocol.body_size([len(body)])} bytes, over --max_request_bytes="
+                         f"{max_request_bytes} (--binary_data sends tensors as raw bytes)")
+    prepared = prepare(data, image_size)
+    body = protocol.instance(key, prepared.data, prepared.mime_type)
     if _fits(protocol, body, max_request_bytes):
         return Instance(key, body)
-    if not tensor:
-        min_side = min(image_size) if image_size else MIN_SIDE
-        for smaller, mime_type in smaller_versions(prepared.data, min_side):
-            body = protocol.instance(key, smaller, mime_type)
-            if _fits(protocol, body, max_request_bytes):
-                return Instance(key, body)
+    min_side = min(image_size) if image_size else MIN_SIDE
+    for smaller, mime_type in smaller_versions(prepared.data, min_side):
+        body = protocol.instance(key, smaller, mime_type)
+        if _fits(protocol, body, max_request_bytes):
+            return Instance(key, body)
     raise ImageError(
         Stage.ENCODE, f"image of {len(data)} bytes does not fit --max_request_bytes="
         f"{max_request_bytes} even after re-encoding (smallest request "
