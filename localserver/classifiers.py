@@ -17,6 +17,7 @@ server's ``--model`` flag. EfficientNet-Lite0 (ImageNet-1k) ships in ``localserv
 its graph's second output, ``embedding``, is the pooled 1,280-float feature vector.
 """
 import dataclasses
+import math
 import os
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -88,11 +89,12 @@ class ColourClassifier:
 class Preprocessing:
     """How an image becomes the model's input tensor.
 
-    The image (RGB, alpha over white) is centre-cropped to ``crop_fraction`` of its shorter
-    side, resized to ``height`` x ``width`` (bicubic), then each channel is mapped to
-    ``(pixel - mean) / std`` (pixels 0..255), laid out as ``nchw`` or ``nhwc`` float32.
-    The defaults are EfficientNet-Lite's own (TF's ``crop_padding`` 32 at 224, mean 127,
-    std 128).
+    The image (RGB, alpha over white) is resized (bicubic, aspect kept) so that it covers
+    ``width / crop_fraction`` x ``height / crop_fraction`` (rounded down), and its centre
+    ``width`` x ``height`` is kept: torchvision's ``Resize(256)`` + ``CenterCrop(224)`` at
+    224 and 0.875. Then each channel is mapped to ``(pixel - mean) / std`` (pixels 0..255),
+    laid out as ``nchw`` or ``nhwc`` float32. The defaults are EfficientNet-Lite's own
+    (the centre 224/256 of the image, mean 127, std 128).
     """
 
     height: int = 224
@@ -113,12 +115,18 @@ class Preprocessing:
             raise ValueError("layout must be nchw or nhwc")
 
 
-def centre_crop(img: Image.Image, fraction: float) -> Image.Image:
-    """The centred square of side ``fraction`` x the shorter side."""
-    side = max(1, int(round(min(img.size) * fraction)))
-    left = (img.width - side) // 2
-    top = (img.height - side) // 2
-    return img.crop((left, top, left + side, top + side))
+def resized_centre(img: Image.Image, width: int, height: int, fraction: float) -> Image.Image:
+    """The centre ``width`` x ``height`` of the image scaled to cover ``floor(width /
+    fraction)`` x ``floor(height / fraction)``: the side that binds becomes exactly that, the
+    other ``int(side * other / binding)``; the crop starts at ``round(excess / 2)``."""
+    cover_w, cover_h = math.floor(width / fraction), math.floor(height / fraction)
+    if cover_w * img.height >= cover_h * img.width:
+        size = cover_w, max(cover_h, int(cover_w * img.height / img.width))
+    else:
+        size = max(cover_w, int(cover_h * img.width / img.height)), cover_h
+    scaled = img.resize(size, Image.Resampling.BICUBIC)
+    left, top = int(round((size[0] - width) / 2)), int(round((size[1] - height) / 2))
+    return scaled.crop((left, top, left + width, top + height))
 
 
 def to_tensor(images: Sequence[Image.Image], pre: Preprocessing):
@@ -126,9 +134,8 @@ def to_tensor(images: Sequence[Image.Image], pre: Preprocessing):
     import numpy as np  # pylint: disable=import-outside-toplevel
     batch = np.empty((len(images), pre.height, pre.width, 3), dtype=np.float32)
     for i, img in enumerate(images):
-        square = centre_crop(model.to_rgb(img), pre.crop_fraction)
-        resized = square.resize((pre.width, pre.height), Image.Resampling.BICUBIC)
-        batch[i] = np.asarray(resized, dtype=np.float32)
+        centre = resized_centre(model.to_rgb(img), pre.width, pre.height, pre.crop_fraction)
+        batch[i] = np.asarray(centre, dtype=np.float32)
     batch = (batch - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return batch.transpose(0, 3, 1, 2).copy() if pre.layout == "nchw" else batch
 
@@ -272,8 +279,9 @@ def add_model_flags(parser) -> None:
     group.add_argument("--input_size", default=str(pre.height),
                        help="model input N or HxW in pixels (default: %(default)s)")
     group.add_argument("--crop_fraction", type=float, default=pre.crop_fraction,
-                       help="centre crop of the shorter side before resizing "
-                            "(default: %(default).4f = 224/256)")
+                       help="the centre share kept after resizing (default: "
+                            "%(default).4f = 224/256: the shorter side becomes 256, the "
+                            "centre 224 is kept)")
     group.add_argument("--mean", default="127",
                        help="per-channel mean subtracted from 0..255 pixels, one or three "
                             "numbers (default: %(default)s)")

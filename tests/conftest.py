@@ -27,7 +27,8 @@ from tests.servers import free_port, stop
 # those needing the KServe/MLServer virtualenvs (installed in the background) last.
 LONGEST_MODULES = ("test_crashsafe.py", "test_backfill.py", "test_odd_inputs.py",
                    "test_multiworker.py", "test_dataflow.py", "test_packaging.py")
-MODEL_SERVER_MODULES = ("test_model_servers.py", "test_raw_model_servers.py", "test_faults.py")
+MODEL_SERVER_MODULES = ("test_model_servers.py", "test_raw_model_servers.py", "test_tensor_e2e.py",
+                        "test_faults.py")
 
 
 def module_rank(item) -> int:

@@ -1,7 +1,8 @@
 """Real model servers that run EfficientNet-Lite0 on the tensor exactly as received (KServe and
 MLServer, tests/model_servers/*_onnx_raw.py): a tensor prepared here as the local server
-prepares one (RGB, centre crop 0.875 of the shorter side, bicubic to 224, (x - 127) / 128,
-NCHW FP32) gets the local server's answer. No pipeline: the requests are made here."""
+prepares one (RGB, the shorter side bicubic to 256, the centre 224, (x - 127) / 128, NCHW
+FP32) gets the local server's answer. No pipeline here: tests/test_tensor_e2e.py sends the
+pipeline's own tensors to these servers."""
 import base64
 import json
 import os
@@ -43,8 +44,8 @@ def photo(name: str) -> Image.Image:
 
 
 def crop_then_resize(img: Image.Image) -> Image.Image:
-    """The local server's order: the centre square of CROP_FRACTION x the shorter side,
-    then bicubic to SIZE x SIZE."""
+    """TF EfficientNet's order: the centre square of CROP_FRACTION x the shorter side, then
+    bicubic to SIZE x SIZE."""
     side = round(min(img.size) * CROP_FRACTION)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     square = img.crop((left, top, left + side, top + side))
@@ -52,12 +53,15 @@ def crop_then_resize(img: Image.Image) -> Image.Image:
 
 
 def resize_then_crop(img: Image.Image) -> Image.Image:
-    """The other common order: the shorter side bicubic to SIZE / CROP_FRACTION, then the
-    centre SIZE x SIZE."""
-    scale = SIZE / CROP_FRACTION / min(img.size)
-    width, height = round(img.width * scale), round(img.height * scale)
+    """The local server's (and torchvision's) order: the shorter side bicubic to SIZE /
+    CROP_FRACTION (256), the longer in proportion (rounded down), then the centre SIZE x SIZE."""
+    short = int(SIZE / CROP_FRACTION)
+    if img.width <= img.height:
+        width, height = short, int(short * img.height / img.width)
+    else:
+        width, height = int(short * img.width / img.height), short
     resized = img.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - SIZE) // 2, (height - SIZE) // 2
+    left, top = int(round((width - SIZE) / 2)), int(round((height - SIZE) / 2))
     return resized.crop((left, top, left + SIZE, top + SIZE))
 
 
@@ -154,7 +158,7 @@ def local_scores():
 
 @pytest.fixture(scope="module")
 def prepared():
-    return nchw([crop_then_resize(photo(name)) for name in PHOTOS])
+    return nchw([resize_then_crop(photo(name)) for name in PHOTOS])
 
 
 def assert_same_answers(scores: np.ndarray, expected: np.ndarray):
@@ -201,8 +205,8 @@ def test_one_image_alone_gets_the_local_servers_answer(kserve, prepared, local_s
     assert float(np.abs(answer.scores[0] - local_scores[1]).max()) <= SCORE_TOLERANCE
 
 
-def test_resizing_before_cropping_keeps_every_top_label(kserve, local_scores):
-    answer = infer_binary(kserve, nchw([resize_then_crop(photo(name)) for name in PHOTOS]))
+def test_cropping_before_resizing_keeps_every_top_label(kserve, local_scores):
+    answer = infer_binary(kserve, nchw([crop_then_resize(photo(name)) for name in PHOTOS]))
     assert answer.status == 200, answer.body
     assert [LABELS[i] for i in answer.scores.argmax(axis=1)] == \
         [LABELS[i] for i in local_scores.argmax(axis=1)]
@@ -212,7 +216,7 @@ def test_resizing_before_cropping_keeps_every_top_label(kserve, local_scores):
 def test_an_nhwc_tensor_is_refused_with_a_v2_error_and_the_server_goes_on(
         request, server_name, prepared):
     server = request.getfixturevalue(server_name)
-    answer = infer_json(server, nhwc([crop_then_resize(photo(PHOTOS[0]))]))
+    answer = infer_json(server, nhwc([resize_then_crop(photo(PHOTOS[0]))]))
     assert answer.status == 400
     assert list(answer.body) == ["error"]
     assert "expected input 'image' FP32 [-1, 3, 224, 224]" in answer.body["error"]
