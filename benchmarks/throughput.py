@@ -197,23 +197,27 @@ RUNINFERENCE = {
 
 def runinference(folder: str, server: LocalServer, setup: str = "plain") -> dict:
     """RunInference with PostHandler on every image of `folder`."""
-    inputs, flags = RUNINFERENCE[setup].inputs, RUNINFERENCE[setup].flags
-    started = time.monotonic()
-    p = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions(list(flags)))  # no Prism
-    (inputs(p, folder)
+    run_ = timed(run_runinference, folder, server, RUNINFERENCE[setup])
+    done = run_["result"]
+    expected = len(glob.glob(os.path.join(folder, "*.jpg")))
+    assert done == expected, (done, expected)
+    return {"images": done, "seconds": run_["seconds"], "cpu": run_["cpu"],
+            "rate": done / run_["seconds"], "requests": server.stats()["requests"]}
+
+
+def run_runinference(folder: str, server: LocalServer, setup: Setup) -> int:
+    """The images predicted."""
+    p = beam.Pipeline(runner="FnApiRunner",  # DirectRunner without the Prism download
+                      options=PipelineOptions(list(setup.flags)))
+    (setup.inputs(p, folder)
        | "Read" >> beam.Map(read_instance)
        | RunInference(PostHandler(server.endpoint("mlengine")))
        | beam.Map(count_result))
     result = p.run()
     result.wait_until_finish()
-    wall = time.monotonic() - started
     counters = result.metrics().query()["counters"]
-    done = sum(c.committed or c.attempted or 0 for c in counters
+    return sum(c.committed or c.attempted or 0 for c in counters
                if c.key.metric.name == "predicted")
-    expected = len(glob.glob(os.path.join(folder, "*.jpg")))
-    assert done == expected, (done, expected)
-    return {"images": done, "seconds": wall, "rate": done / wall,
-            "requests": server.stats()["requests"]}
 
 
 # -- a bare asyncio loop ---------------------------------------------------------------------
@@ -325,10 +329,13 @@ def versus_runinference(runs: dict):
         theirs = median_run(runs[setup])
         ratios = " ".join(f"{m['rate'] / r['rate']:.2f}x"
                           for m, r in zip(runs["ours"], runs[setup]))
+        cpu = {name: median([r["cpu"] / r["images"] * 1e6 for r in runs[name]])
+               for name in ("ours", setup)}
         print(f"  ours / {RUNINFERENCE[setup].label}: "
               f"{mine['rate'] / theirs['rate']:.2f}x; round by round {ratios}; all runs: "
-              f"ours {rate_list(runs['ours'])}, RunInference {rate_list(runs[setup])} img/s",
-              flush=True)
+              f"ours {rate_list(runs['ours'])}, RunInference {rate_list(runs[setup])} img/s; "
+              f"client CPU per image (median): ours {cpu['ours']:.0f}, RunInference "
+              f"{cpu[setup]:.0f} us", flush=True)
 
 
 def latency_case(sets, out, args):
