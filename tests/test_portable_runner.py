@@ -41,7 +41,8 @@ def worker_env() -> dict:
     `python -c ...` found on PATH, so this interpreter's bin comes first, and the project is on
     PYTHONPATH (it is also installed editable in the venv) so the workers import it."""
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join(p for p in (os.path.dirname(sys.executable), env.get("PATH"))
+                                  if p)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     return env
