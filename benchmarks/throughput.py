@@ -4,17 +4,24 @@
                                     [--images 3000] [--runinference_images 240]
                                     [--cpu_images 12000] [--overhead_images 12000]
                                     [--answers_images 1600] [--repeats 5]
-                                    [--qps_requests 200]
+                                    [--latency_repeats 2] [--qps_requests 200]
 
-One run, one image set, one local server per case (`--case` runs one of them):
+One image set and one local server per case (`--case` runs one of them). Beam's RunInference
+runs with a RemoteModelHandler posting the same ML Engine requests (4 instances each, one
+blocking POST per batch), in two setups:
+- plain, as Beam's examples write it: `beam.Create(paths)`, DirectRunner's one thread, so one
+  request in flight;
+- tuned, as a Beam user who knows DirectRunner would: `fileio.MatchFiles` then a `Reshuffle`,
+  `--direct_running_mode multi_threading --direct_num_workers 16`: 16 requests in flight.
 1. Latency-bound: server with 500 ms latency and 16 concurrent slots, <= 4 instances per
    request, so at most 16 / 0.5 s * 4 = 128 img/s. This pipeline (one DirectRunner
-   process, `--max_concurrent_requests 16`) against Beam's RunInference with a
-   RemoteModelHandler posting the same ML Engine requests (4 instances each). Targets:
-   ours >= 90 % of the ceiling and >= 10x RunInference.
+   process, `--max_concurrent_requests 16`) against both RunInference setups, in
+   `--latency_repeats` rounds whose order rotates, median. Target: ours >= 90 % of the
+   ceiling.
 2. CPU-bound: no latency. This pipeline against a bare asyncio + aiohttp loop that reads each
-   file, base64-encodes it and POSTs the same requests (16 in flight). Target: >= 60 %.
-   The server shares the machine's cores, so the runs alternate and the median is shown.
+   file, base64-encodes it and POSTs the same requests (16 in flight), and against both
+   RunInference setups, all on the same 12,000 images. Target: >= 60 % of the bare loop.
+   The server shares the machine's cores, so the runs rotate and the median is shown.
 3. Per-image overhead: a server that answers a constant without looking at the images
    (`--constant 1`), 8x8 JPEGs, 32 per request (the default), no latency: the client is
    the bottleneck. This pipeline against the same bare loop, alternating, median of
@@ -33,8 +40,9 @@ One run, one image set, one local server per case (`--case` runs one of them):
    Target: overhead under 5 %.
 
 Rates are end to end (wall clock of the whole job, pipeline start-up included) and, for the
-latency case, also steady state (the server's full seconds). RunInference runs on the first
-`--runinference_images` images only, because at ~8 img/s the full set would take minutes.
+latency case, also steady state (the server's full seconds). In the latency case the plain
+RunInference runs on the first `--runinference_images` images only, because at ~8 img/s the
+full set would take minutes.
 """
 import argparse
 import asyncio
@@ -45,11 +53,13 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Callable, NamedTuple, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import aiohttp  # noqa: E402
 import apache_beam as beam  # noqa: E402
+from apache_beam.io import fileio  # noqa: E402
 from apache_beam.ml.inference.base import (PredictionResult, RemoteModelHandler,  # noqa: E402
                                            RunInference)
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
@@ -69,6 +79,7 @@ OVERHEAD_PER_REQUEST = 32  # the pipeline's default --max_instances_per_request
 STARTUP_IMAGES = 32  # one request: what a run costs before its per-image work
 ANSWER_SCORES = 1000  # scores per answer in the answers case: an ImageNet softmax
 PROTOCOL = make_protocol("mlengine")
+TUNED_THREADS = 16  # --direct_num_workers of the tuned RunInference
 
 
 def make_images(folder: str, count: int, size=(64, 48)):
@@ -133,6 +144,8 @@ class PostHandler(RemoteModelHandler):
         import requests
         session = requests.Session()
         session.trust_env = False
+        # RunInference shares one client among a process's threads: a connection for each
+        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=TUNED_THREADS))
         return session
 
     def request(self, batch, model, inference_args=None):
@@ -150,22 +163,61 @@ def count_result(_):
     beam.metrics.Metrics.counter("bench", "predicted").inc()
 
 
-def runinference(paths, server: LocalServer) -> dict:
-    started = time.monotonic()
-    p = beam.Pipeline(runner="FnApiRunner", options=PipelineOptions([]))  # no Prism download
-    (p | beam.Create(paths)
+def file_path(metadata) -> str:
+    return metadata.path
+
+
+def plain_inputs(p, folder: str):
+    """As Beam's examples write it: the list of paths, one DirectRunner thread."""
+    return p | beam.Create(sorted(glob.glob(os.path.join(folder, "*.jpg"))))
+
+
+def tuned_inputs(p, folder: str):
+    """As a Beam user who knows DirectRunner writes it: MatchFiles, then a Reshuffle so the
+    reads and requests spread over the TUNED_THREADS threads of its flags (RUNINFERENCE)."""
+    return (p | fileio.MatchFiles(os.path.join(folder, "*.jpg"))
+              | "Path" >> beam.Map(file_path)
+              | beam.Reshuffle())
+
+
+class Setup(NamedTuple):
+    """One way to run RunInference with PostHandler on DirectRunner."""
+    label: str
+    inputs: Callable
+    flags: Tuple[str, ...]
+
+
+RUNINFERENCE = {
+    "plain": Setup("RunInference, 1 thread", plain_inputs, ()),
+    "tuned": Setup(f"RunInference, Reshuffle, {TUNED_THREADS} threads", tuned_inputs,
+                   ("--direct_running_mode", "multi_threading",
+                    "--direct_num_workers", str(TUNED_THREADS))),
+}
+
+
+def runinference(folder: str, server: LocalServer, setup: str = "plain") -> dict:
+    """RunInference with PostHandler on every image of `folder`."""
+    run_ = timed(run_runinference, folder, server, RUNINFERENCE[setup])
+    done = run_["result"]
+    expected = len(glob.glob(os.path.join(folder, "*.jpg")))
+    assert done == expected, (done, expected)
+    return {"images": done, "seconds": run_["seconds"], "cpu": run_["cpu"],
+            "rate": done / run_["seconds"], "requests": server.stats()["requests"]}
+
+
+def run_runinference(folder: str, server: LocalServer, setup: Setup) -> int:
+    """The images predicted."""
+    p = beam.Pipeline(runner="FnApiRunner",  # DirectRunner without the Prism download
+                      options=PipelineOptions(list(setup.flags)))
+    (setup.inputs(p, folder)
        | "Read" >> beam.Map(read_instance)
        | RunInference(PostHandler(server.endpoint("mlengine")))
        | beam.Map(count_result))
     result = p.run()
     result.wait_until_finish()
-    wall = time.monotonic() - started
     counters = result.metrics().query()["counters"]
-    done = sum(c.committed or c.attempted or 0 for c in counters
+    return sum(c.committed or c.attempted or 0 for c in counters
                if c.key.metric.name == "predicted")
-    assert done == len(paths), (done, len(paths))
-    return {"images": done, "seconds": wall, "rate": done / wall,
-            "requests": server.stats()["requests"]}
 
 
 # -- a bare asyncio loop ---------------------------------------------------------------------
@@ -220,13 +272,17 @@ def pair(folder: str, server: LocalServer, out: str, per_request: int = PER_REQU
     return loop, run_ours()
 
 
-def alternate(folder: str, server: LocalServer, out: str, repeats: int,
-              per_request: int = PER_REQUEST):
-    """`repeats` runs each of the bare loop and this pipeline, alternating, each first in
-    half of the pairs."""
-    runs = [pair(folder, server, out, per_request, ours_first=i % 2 == 1)
-            for i in range(repeats)]
-    return [loop for loop, _ in runs], [mine for _, mine in runs]
+def rotated(contenders: dict, server: LocalServer, repeats: int) -> dict:
+    """`repeats` rounds of one run of each contender (name -> function of no arguments, run
+    with the server's stats reset), the order rotated each round so that each runs first as
+    often (the later runs of a round tend to be slower): name -> its figures, round by round."""
+    names = list(contenders)
+    runs = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            server.reset_stats()
+            runs[name].append(contenders[name]())
+    return runs
 
 
 def median(values):
@@ -261,28 +317,61 @@ def compare(loops, mines, target: str):
           f"us ({cpu['bare'] / cpu['ours']:.0%})", flush=True)
 
 
+def rate_list(runs) -> str:
+    return " ".join(f"{r['rate']:.0f}" for r in runs)
+
+
+def versus_runinference(runs: dict):
+    """Ours against each RunInference setup run: the median runs, the ratio of the medians and
+    the ratio round by round (its spread)."""
+    mine = median_run(runs["ours"])
+    for setup in RUNINFERENCE:
+        theirs = median_run(runs[setup])
+        ratios = " ".join(f"{m['rate'] / r['rate']:.2f}x"
+                          for m, r in zip(runs["ours"], runs[setup]))
+        cpu = {name: median([r["cpu"] / r["images"] * 1e6 for r in runs[name]])
+               for name in ("ours", setup)}
+        print(f"  ours / {RUNINFERENCE[setup].label}: "
+              f"{mine['rate'] / theirs['rate']:.2f}x; round by round {ratios}; all runs: "
+              f"ours {rate_list(runs['ours'])}, RunInference {rate_list(runs[setup])} img/s; "
+              f"client CPU per image (median): ours {cpu['ours']:.0f}, RunInference "
+              f"{cpu[setup]:.0f} us", flush=True)
+
+
 def latency_case(sets, out, args):
     print(f"latency-bound: {LATENCY_MS} ms, {CAPACITY} slots, {PER_REQUEST} per request -> "
-          f"ceiling {CEILING:.0f} img/s")
+          f"ceiling {CEILING:.0f} img/s; {args.latency_repeats} rounds, rotated (median)")
     with LocalServer(latency_ms=LATENCY_MS, capacity=CAPACITY) as server:
-        mine = ours(sets["latency"], server, os.path.join(out, "latency"))
-        mine["steady"] = steady_rate(server.stats(), PER_REQUEST)
-        show("ours (DirectRunner, 1 process)", mine)
-        server.reset_stats()
-        theirs = runinference(sorted(glob.glob(os.path.join(sets["latency"], "*.jpg")))
-                              [:args.runinference_images], server)
-        show("RunInference + RemoteModelHandler", theirs)
+        def run_ours():
+            mine = ours(sets["latency"], server, os.path.join(out, "latency"))
+            return {**mine, "steady": steady_rate(server.stats(), PER_REQUEST)}
+
+        runs = rotated({"ours": run_ours,
+                        "tuned": lambda: runinference(sets["latency"], server, "tuned"),
+                        "plain": lambda: runinference(sets["runinference"], server, "plain")},
+                       server, args.latency_repeats)
+    mine = median_run(runs["ours"])
+    show("ours (DirectRunner, 1 process)", mine)
+    for setup in RUNINFERENCE:
+        show(RUNINFERENCE[setup].label, median_run(runs[setup]))
     print(f"  ours: {mine['rate'] / CEILING:.0%} of the ceiling end to end, "
-          f"{mine['steady'] / CEILING:.0%} steady ({mine['steady']:.1f} img/s); "
-          f"{mine['rate'] / theirs['rate']:.1f}x RunInference "
-          f"(targets: >= 90 %, >= 10x)")
+          f"{mine['steady'] / CEILING:.0%} steady ({mine['steady']:.1f} img/s; target >= 90 %); "
+          f"tuned RunInference: {median_run(runs['tuned'])['rate'] / CEILING:.0%}")
+    versus_runinference(runs)
 
 
 def cpu_case(sets, out, args):
-    print(f"cpu-bound: no latency; {args.repeats} runs each, alternating (median)")
+    print(f"cpu-bound: no latency; {args.repeats} rounds, rotated (median)")
     with LocalServer(latency_ms=0, capacity=64) as server:
-        loops, mines = alternate(sets["cpu"], server, os.path.join(out, "cpu"), args.repeats)
-    compare(loops, mines, ">= 60 %")
+        runs = rotated({"bare": lambda: bare(sets["cpu"], server),
+                        "ours": lambda: ours(sets["cpu"], server, os.path.join(out, "cpu")),
+                        "tuned": lambda: runinference(sets["cpu"], server, "tuned"),
+                        "plain": lambda: runinference(sets["cpu"], server, "plain")},
+                       server, args.repeats)
+    compare(runs["bare"], runs["ours"], ">= 60 %")
+    for setup in RUNINFERENCE:
+        show(RUNINFERENCE[setup].label, median_run(runs[setup]))
+    versus_runinference(runs)
 
 
 def overhead_case(sets, out, args):
@@ -404,17 +493,22 @@ def main(argv=None):
     parser.add_argument("--qps_requests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5,
                         help="runs of the cpu-bound, overhead, answers and commits cases")
+    parser.add_argument("--latency_repeats", type=int, default=2,
+                        help="runs of the latency-bound case")
     parser.add_argument("--workdir", default=None, help="keeps the images between runs")
     args = parser.parse_args(argv)
 
     cases = list(CASES) if args.case == "all" else [args.case]
-    counts = {"latency": (args.images, (64, 48)), "cpu": (args.cpu_images, (64, 48)),
+    counts = {"latency": (args.images, (64, 48)),
+              "runinference": (args.runinference_images, (64, 48)),
+              "cpu": (args.cpu_images, (64, 48)),
               "overhead": (args.overhead_images, (8, 8)), "startup": (STARTUP_IMAGES, (8, 8)),
               "answers": (args.answers_images, (8, 8)),
               "qps": (args.qps_requests, (64, 48)),
               "commits": (args.cpu_images, (64, 48))}
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-")
-    wanted = cases + ["startup"] if {"overhead", "answers"} & set(cases) else cases
+    wanted = (cases + ["startup"] * bool({"overhead", "answers"} & set(cases))
+              + ["runinference"] * ("latency" in cases))
     sets = image_sets(workdir, {name: counts[name] for name in wanted})
     out = os.path.join(workdir, "out")
     for name in cases:
