@@ -77,7 +77,9 @@ class Answer(NamedTuple):
     retry_after: Optional[float] = None
 
     @property
-    def exhausted(self) -> bool:
+    def retryable(self) -> bool:
+        """A failure worth another try; on a request's last answer, one whose retries ran
+        out."""
         return self.cause is not None
 
 
@@ -101,8 +103,16 @@ class ClientSettings:
     max_response_bytes: int = MAX_RESPONSE_BYTES
 
 
-class ResponseTooLarge(Exception):
+class UnreadableBody(Exception):
+    """A reply body that cannot be read: no good answer, split rather than retried."""
+
+
+class ResponseTooLarge(UnreadableBody):
     """A reply body grew past `max_response_bytes` while it was read."""
+
+
+class UnsupportedEncoding(UnreadableBody):
+    """A reply body in a Content-Encoding the client did not ask for."""
 
 
 def _json(raw: bytes, headers: Mapping[str, str]):
@@ -144,13 +154,13 @@ def splittable(answer: Answer) -> bool:
     """Could one bad instance be to blame for a request's last answer? A 400/413, a 200 that
     is no good answer, or a 5xx that persisted through its retries, unless it said when to
     come back (Retry-After: the server's state, not an image's)."""
-    if answer.exhausted:
+    if answer.retryable:
         return persistent_server_error(answer) and answer.retry_after is None
     return answer.status in SPLIT_STATUSES or answer.status == 200
 
 
 def persistent_server_error(answer: Answer) -> bool:
-    return answer.exhausted and answer.status is not None and 500 <= answer.status <= 599
+    return answer.retryable and answer.status is not None and 500 <= answer.status <= 599
 
 
 def body_decoder(content_encoding: Optional[str]):
@@ -160,7 +170,7 @@ def body_decoder(content_encoding: Optional[str]):
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
         return zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib framing, told by header
-    raise ResponseTooLarge(f"unsupported Content-Encoding {encoding!r} (asked for "
+    raise UnsupportedEncoding(f"unsupported Content-Encoding {encoding!r} (asked for "
                            f"{ACCEPT_ENCODING})")
 
 
@@ -389,7 +399,7 @@ class PredictClient:
                               "timeout"), token
             except aiohttp.InvalidURL as e:  # no retry can mend the URL
                 return Answer(None, None, f"invalid endpoint URL: {e}", None), token
-            except (ResponseTooLarge, zlib.error) as e:  # no good answer: split, not retried
+            except (UnreadableBody, zlib.error) as e:  # no good answer: split, not retried
                 self._throttler.answered(True)
                 return Answer(status, None, f"HTTP {status}: unreadable body: {e}", None), token
             except (aiohttp.ClientError, OSError) as e:

@@ -194,11 +194,11 @@ class Engine:
         else:
             if self.progress is not None:
                 self.progress.add(outcomes, stats)
-            self._judge(outcomes)
+            self._check_threshold(outcomes)
             done.put((outcomes, stats))
         self._drain()
 
-    def _judge(self, outcomes):
+    def _check_threshold(self, outcomes):
         """Tally a finished request; past the failure threshold, stop everything in flight."""
         if self.stopped:
             return

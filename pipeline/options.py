@@ -1,9 +1,9 @@
 """The pipeline's command-line flags, as Beam PipelineOptions.
 
-Parsed once, here (`parse_options`: the command line, and a YAML --config under it); every Beam flag (`--runner`, `--project`,
-...) passes through untouched. `pipeline.config` turns these into a validated JobConfig.
-The enumerations are the owning transforms' own; a flag's value is validated here, once,
-whether it comes from the command line or a YAML --config.
+Parsed once, here (`parse_options`: the command line, and a YAML --config under it); every Beam
+flag (`--runner`, `--project`, ...) passes through untouched. `pipeline.config` turns these
+into a validated JobConfig. The enumerations are the owning transforms' own; a flag's value is
+validated here, once, whether it comes from the command line or a YAML --config.
 """
 import argparse
 from typing import Callable, List, Sequence

@@ -211,7 +211,7 @@ def test_bad_input_corpus_never_stops_the_job(server, tmp_path, capsys):
 
 
 def test_file_that_vanishes_between_listing_and_reading(tmp_path):
-    """Listed by ReadInputs, deleted right after (a step standing for another process), then
+    """MatchedEntry by ReadInputs, deleted right after (a step standing for another process), then
     read: a `read` dead letter naming the file, and its neighbours go on."""
     labelled = labelled_images(tmp_path, ["red", "blue"])
     victim, survivor = list(labelled)

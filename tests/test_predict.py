@@ -20,6 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from core.records import dead_letter, PredictRequest
 from engine.client import ClientSettings, Outcome, Stats
 from engine.engine import Engine, FailureThreshold, JobStopped, PredictSettings, Tally
+from imaging.tensor import tensor_spec
 from localserver.demo import LABEL_COLOURS, write_image
 from pipeline.run import run
 from protocols import make_protocol
@@ -85,8 +86,11 @@ def test_copies_of_a_dofn_share_one_engine_per_process(server):
     make_protocol("mlengine", "named", LabelSpec(("a", "b"), None, "out.scores")),
     make_protocol("vertex", score_threshold=0.5, parameters={"maxPredictions": 5}),
     make_protocol("automl", score_threshold=0.5),
-    make_protocol("v2", "tensor", image_size=(4, 3), tensor_dtype="FP32", binary=True,
-                  parameters={"top_k": {"n": 2}}).with_model("image", ("scores",))])
+    make_protocol("v2", "tensor", tensor=tensor_spec((4, 3), "imagenet", dtype="FP32",
+                                                     layout="NCHW", resize="crop"),
+                  binary=True, parameters={"top_k": {"n": 2}}).with_model("image", ("scores",)),
+    make_protocol("mlengine", "tensor", tensor=tensor_spec((4, 3), "caffe", dtype="FP16"),
+                  tensor_input_name="input_1")])
 def test_settings_are_values_that_survive_beams_pickling(protocol):
     settings = PredictSettings(
         ClientSettings("http://127.0.0.1:1/v1/x:predict", protocol, retry=FAST_RETRIES),

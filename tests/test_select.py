@@ -10,7 +10,7 @@ from core.records import accounting, ImageRef, SkipReason
 from pipeline.config import new_run_id
 from tests.helpers import counters, LOCAL_RUNNER
 from transforms.limit import _LastKeyFn
-from transforms.listing import Listed
+from transforms.listing import MatchedEntry
 from transforms.read import Outputs
 from transforms.select import _GatherKey, SelectTodo
 
@@ -28,10 +28,10 @@ def test_one_record_per_key_then_limit_then_existing_with_only_passthrough_value
             ImageRef("a", "/i/a2.jpg", fields={"c": "early"}, origin="/r.csv:2"),
             ImageRef("d", "/i/d.jpg", fields={"c": "dd"}, origin="/r.csv:4"),
             ImageRef("e", "/i/e.jpg", fields={"c": "ee"}, origin="/r.csv:5")]
-    images = [entry("b", Listed(7)), entry("b", Listed(7)),  # two patterns matched it
-              entry("a", Listed(5)),  # a row names it too: the row wins
-              entry("c", Listed(None, SkipReason.HIDDEN)),
-              entry("f", Listed(None, error="cannot list folder"))]
+    images = [entry("b", MatchedEntry(7)), entry("b", MatchedEntry(7)),  # two patterns matched it
+              entry("a", MatchedEntry(5)),  # a row names it too: the row wins
+              entry("c", MatchedEntry(None, SkipReason.HIDDEN)),
+              entry("f", MatchedEntry(None, error="cannot list folder"))]
     p = TestPipeline(runner=LOCAL_RUNNER)
     inputs = Outputs(images=p | "Images" >> beam.Create(images),
                      rows=p | "Rows" >> beam.Create(rows),
@@ -83,11 +83,11 @@ def test_merging_many_accumulators_keeps_the_smallest():
 
 
 def test_an_entry_two_patterns_matched_differently_is_read_whichever_comes_first():
-    hidden, read = Listed(None, SkipReason.HIDDEN), Listed(5)
+    hidden, read = MatchedEntry(None, SkipReason.HIDDEN), MatchedEntry(5)
     for first, second in ((hidden, read), (read, hidden)):
         gather = _GatherKey()
         one = gather.add_input(gather.create_accumulator(), first)
         other = gather.add_input(gather.create_accumulator(), second)
-        assert gather.add_input(one, second).entry == Listed(5)
+        assert gather.add_input(one, second).entry == MatchedEntry(5)
         assert gather.merge_accumulators([other, gather.add_input(
-            gather.create_accumulator(), first)]).entry == Listed(5)
+            gather.create_accumulator(), first)]).entry == MatchedEntry(5)

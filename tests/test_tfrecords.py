@@ -26,7 +26,7 @@ from tests.helpers import (assert_accounted, counters, EMULATOR_BUCKET as BUCKET
                            jpeg, LOCAL_RUNNER, read_dead_letters, read_predictions)
 from transforms import examples, tfrecords
 from transforms.examples import RecordError
-from transforms.listing import Listed
+from transforms.listing import MatchedEntry
 from transforms.read import input_format
 from transforms.tfrecords import (_ReadTFRecordsFn, Damage, framed_records, ReadTFRecords, Record,
                                   record_ref, TFRecordSpec)
@@ -229,7 +229,7 @@ def test_a_file_that_cannot_be_opened_is_one_dead_letter_keyed_by_the_file(tmp_p
     fn = _ReadTFRecordsFn(TFRecordSpec())
     fn.start_bundle()
     gone = str(tmp_path / "gone.tfrecord")
-    [letter] = list(fn.process((gone, Listed(100))))
+    [letter] = list(fn.process((gone, MatchedEntry(100))))
     assert letter.tag == "failed" and letter.value["key"] == gone
     assert letter.value["error"].startswith(f"{gone}: cannot read TFRecords: ")
 

@@ -14,7 +14,7 @@ from core.paths import is_glob_part, quote_glob, unquote_glob
 from core.records import SkipReason
 
 
-class Listed(NamedTuple):
+class MatchedEntry(NamedTuple):
     """One entry a pattern matched. `reason` says why it is skipped; `error`, why a folder
     could not be listed (a `read` dead letter); `raw` holds a local path's bytes when its
     key had to be escaped, so the file can still be opened."""
@@ -45,7 +45,7 @@ def entry_kind(mode: int) -> Optional[SkipReason]:
     return None if stat.S_ISREG(mode) else SkipReason.NOT_REGULAR_FILE
 
 
-def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
+def walk_folder(root: str) -> Iterator[Tuple[str, MatchedEntry]]:
     """Every entry under a local folder, in name order. Links found here are not followed
     (to files and to folders alike); FIFOs, sockets and devices are never opened."""
     folders = [root]
@@ -55,7 +55,7 @@ def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            yield folder, Listed(None, error=f"cannot list folder: {type(e).__name__}")
+            yield folder, MatchedEntry(None, error=f"cannot list folder: {type(e).__name__}")
             continue
         subfolders = []
         for entry in entries:
@@ -67,11 +67,11 @@ def walk_folder(root: str) -> Iterator[Tuple[str, Listed]]:
                 subfolders.append(entry.path)
             else:
                 kind = entry_kind(info.st_mode)
-                yield entry.path, Listed(info.st_size if kind is None else None, kind)
+                yield entry.path, MatchedEntry(info.st_size if kind is None else None, kind)
         folders.extend(reversed(subfolders))
 
 
-def list_local(pattern: str) -> Iterator[Tuple[str, Listed]]:
+def list_local(pattern: str) -> Iterator[Tuple[str, MatchedEntry]]:
     """Local entries a pattern matches (Beam's pattern syntax). A path named without a glob
     is followed when it is a link: the user named it."""
     root = glob_root(pattern)
@@ -81,7 +81,7 @@ def list_local(pattern: str) -> Iterator[Tuple[str, Listed]]:
         except OSError:
             return
         kind = entry_kind(info.st_mode)
-        yield root, Listed(info.st_size if kind is None else None, kind)
+        yield root, MatchedEntry(info.st_size if kind is None else None, kind)
         return
     if not os.path.isdir(root):
         return
@@ -92,26 +92,26 @@ def list_local(pattern: str) -> Iterator[Tuple[str, Listed]]:
             yield path, listed
 
 
-def list_remote(pattern: str) -> Iterator[Tuple[str, Listed]]:
+def list_remote(pattern: str) -> Iterator[Tuple[str, MatchedEntry]]:
     for result in FileSystems.match([pattern]):
         for metadata in result.metadata_list:
-            yield metadata.path, Listed(metadata.size_in_bytes)
+            yield metadata.path, MatchedEntry(metadata.size_in_bytes)
 
 
-def list_pattern(pattern: str) -> Iterator[Tuple[str, Listed]]:
-    """(key, Listed) for every entry a pattern matches, locally or on any Beam filesystem."""
+def list_pattern(pattern: str) -> Iterator[Tuple[str, MatchedEntry]]:
+    """(key, MatchedEntry) for every entry a pattern matches, locally or on any Beam filesystem."""
     entries = list_local(pattern) if "://" not in pattern else list_remote(pattern)
     for path, listed in entries:
         key = escaped_key(path)
         yield key, listed._replace(raw=os.fsencode(path)) if key != path else listed
 
 
-def first_match(pattern: str) -> Optional[Tuple[str, Listed]]:
+def first_match(pattern: str) -> Optional[Tuple[str, MatchedEntry]]:
     """The first entry a pattern matches (a launcher-side preflight check), or None."""
     return next(iter(list_pattern(pattern)), None)
 
 
-def open_path(key: str, listed: Listed) -> str:
+def open_path(key: str, listed: MatchedEntry) -> str:
     """The path to open for a listed entry (its raw bytes when its key is escaped)."""
     return os.fsdecode(listed.raw) if listed.raw else key
 

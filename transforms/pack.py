@@ -16,8 +16,9 @@ from protocols.base import Protocol
 class Packer:
     """Accumulates instances; hands out a request whenever the next one would break a cap.
 
-    The body size is counted exactly (`Protocol.request_size`). An instance too large for any request on its own (which
-    EncodeInstances never lets through) still goes alone, and the endpoint refuses it.
+    The body size is counted exactly (`Protocol.request_size`). An instance too large for any
+    request on its own (which EncodeInstances never lets through) still goes alone, and the
+    endpoint refuses it.
     """
 
     def __init__(self, protocol: Protocol, max_instances: int, max_bytes: int):

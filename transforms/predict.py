@@ -1,9 +1,9 @@
 """Predict: packed requests -> prediction records, with a `failed` output of dead letters.
 
-Each worker process runs one `engine.engine.Engine`: an asyncio event loop on a background thread with
-one PredictClient (aiohttp connection pool, `--max_concurrent_requests` slots, the process's
-share of `--qps`). The copies of the DoFn in a process share it across bundles through
-Beam's `Shared` handle (as RunInference holds its model); it closes when it is garbage:
+Each worker process runs one `engine.engine.Engine`: an asyncio event loop on a background
+thread with one PredictClient (aiohttp connection pool, `--max_concurrent_requests` slots, the
+process's share of `--qps`). The copies of the DoFn in a process share it across bundles
+through Beam's `Shared` handle (as RunInference holds its model); it closes when it is garbage:
 `Shared` keeps the last engine acquired until another is acquired or the process exits.
 `process()` hands a request to the loop and returns at once, so many requests are in flight
 while Beam keeps feeding the DoFn; finished requests are emitted by the next `process()` call

@@ -27,7 +27,7 @@ import apache_beam as beam
 
 from core.paths import has_glob, quote_glob
 from core.records import ImageRef, SkipReason
-from transforms.listing import glob_root, list_pattern, Listed, open_path
+from transforms.listing import glob_root, list_pattern, MatchedEntry, open_path
 from transforms.rows import check_csv_header, ReadRows, RowSpec
 from transforms.tfrecords import ReadTFRecords, TFRecordSpec
 
@@ -137,7 +137,7 @@ def skip_reason(path: str, root: str) -> Optional[SkipReason]:
 
 
 def match_pattern(pattern: str) -> Iterator[Tuple[str, Any]]:
-    """(key, Listed) for every entry the pattern matches, with why it is skipped. (Hinted
+    """(key, MatchedEntry) for every entry the pattern matches, with why it is skipped. (Hinted
     as Any, here and below: from a NamedTuple hint Beam would infer a row schema.)"""
     root = glob_root(pattern)
     for key, listed in list_pattern(pattern):
@@ -146,13 +146,13 @@ def match_pattern(pattern: str) -> Iterator[Tuple[str, Any]]:
         yield key, listed
 
 
-def image_ref(key: str, listed: Listed, fields: Optional[dict] = None) -> ImageRef:
+def image_ref(key: str, listed: MatchedEntry, fields: Optional[dict] = None) -> ImageRef:
     """The ImageRef of a listed image file (`fields`: its --passthrough_fields values)."""
     return ImageRef(key=key, uri=open_path(key, listed), size=listed.size, fields=fields)
 
 
 class ReadImages(beam.PTransform):
-    """Patterns -> (key, Listed) per matched entry. An entry two patterns
+    """Patterns -> (key, MatchedEntry) per matched entry. An entry two patterns
     match comes twice: `transforms.select.SelectTodo` keeps one, and counts it there."""
 
     def __init__(self, patterns: List[str]):

@@ -13,15 +13,15 @@ from apache_beam.io.filesystems import FileSystems
 from core.records import ImageRef, is_unicode, SkipReason, Stage
 from transforms import metrics
 from transforms.failures import FAILED, failure, skip
-from transforms.listing import list_pattern, Listed, open_path
+from transforms.listing import list_pattern, MatchedEntry, open_path
 
 
 def match_row_files(pattern: str) -> Iterator[Tuple[str, Any]]:
-    """(key, Listed) for every row file the pattern matches."""
+    """(key, MatchedEntry) for every row file the pattern matches."""
     return list_pattern(pattern)
 
 
-def first_listing(listings: Iterable[Listed]) -> Optional[tuple]:
+def first_listing(listings: Iterable[MatchedEntry]) -> Optional[tuple]:
     """The first of several listings of one row file (several --input patterns may overlap)."""
     return next(iter(listings), None)
 
@@ -252,7 +252,8 @@ def check_csv_header(path: str, spec: RowSpec):
                          f"(columns: {', '.join(header) or 'none'})")
 
 
-def unopened(source: str, listed: Listed, counts: Optional[metrics.BundleCounts] = None):
+def unopened(source: str, listed: MatchedEntry,
+             counts: Optional[metrics.BundleCounts] = None):
     """A listed file of records that is not read, counted as one input: a `read` dead letter
     when it is not a regular file or its folder could not be listed, else a skip."""
     if counts is None:

@@ -9,13 +9,13 @@ Into one CombinePerKey go, keyed by record key:
   `--retry_dead_letters`, the keys of earlier dead letters (`ReadDeadLetterKeys`).
 
 The combine keeps, per key, a `KeyRecords`: the best-ranked row (`read.ref_rank`), the image
-entry, how many rows there were and whether the key is done or a dead letter: a few values
-per key, combined on each worker before the shuffle. Then `_ChooseFn` counts the image entry as an input, keeps
-one record (the others are skipped as `duplicate_key`), and skips it if its key is not among
-the first `--limit` keys (`over_limit`), not a dead letter (`not_dead_letter`) or already
-written (`existing`), in that order. Every skip is counted, so
-`inputs == predicted + failed + skipped` holds. On Dataflow this shuffle is also what spreads
-the records over the workers before they are encoded and sent (docs/design.md).
+entry, how many rows there were and whether the key is done or a dead letter: a few values per
+key, combined on each worker before the shuffle. Then `_ChooseFn` counts the image entry as an
+input, keeps one record (the others are skipped as `duplicate_key`), and skips it if its key is
+not among the first `--limit` keys (`over_limit`), not a dead letter (`not_dead_letter`) or
+already written (`existing`), in that order. Every skip is counted, so `inputs == predicted +
+failed + skipped` holds. On Dataflow this shuffle is also what spreads the records over the
+workers before they are encoded and sent (docs/design.md).
 """
 import dataclasses
 import enum
@@ -28,7 +28,7 @@ from transforms import metrics
 from transforms.backfill import ReadDeadLetterKeys, ReadExistingKeys
 from transforms.failures import FAILED, failure, skip
 from transforms.limit import LastKey
-from transforms.listing import Listed
+from transforms.listing import MatchedEntry
 from transforms.passthrough import kept_fields
 from transforms.read import image_ref, ref_rank
 
@@ -59,11 +59,12 @@ def keyed_mark(key: str, mark: Mark) -> Tuple[str, Any]:
 def record_key(element) -> Iterable[str]:
     """The key of a value that is a record to predict: a row, or a readable image entry."""
     key, value = element
-    if isinstance(value, Row) or (isinstance(value, Listed) and value.readable):
+    if isinstance(value, Row) or (isinstance(value, MatchedEntry) and value.readable):
         yield key
 
 
-def better_entry(entry: Optional[Listed], other: Optional[Listed]) -> Optional[Listed]:
+def better_entry(entry: Optional[MatchedEntry],
+                 other: Optional[MatchedEntry]) -> Optional[MatchedEntry]:
     """Of two image entries of one key (two patterns matched the file, from different roots),
     the one to read if either is, else the first reason by name: the same whatever the
     order."""
@@ -83,14 +84,14 @@ def better_row(row: Optional[Row], other: Optional[Row]) -> Optional[Row]:
 class KeyRecords:
     """What one key's values come to: its image entry, its best row, how many rows it has,
     and what earlier runs say of it."""
-    entry: Optional[Listed] = None
+    entry: Optional[MatchedEntry] = None
     best: Optional[Row] = None
     rows: int = 0
     done: bool = False
     retry: bool = False
 
     def add(self, value) -> "KeyRecords":
-        if isinstance(value, Listed):
+        if isinstance(value, MatchedEntry):
             self.entry = better_entry(self.entry, value)
         elif isinstance(value, Row):
             self.best = better_row(self.best, value)
