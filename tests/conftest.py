@@ -7,11 +7,9 @@ it (`server` resets stats and switches for each test).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -20,7 +18,8 @@ from google.cloud import storage
 from localserver import LocalServer
 from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
                            EMULATOR_PROJECT as PROJECT, STUB_CREDENTIALS)
-from tests.servers import free_port, stop
+from tests.servers import (free_port, kserve_onnx_raw_server, listening,
+                           mlserver_onnx_raw_server, stop)
 
 # `./run_tests.sh` runs the modules in parallel (pytest-xdist, --dist loadfile), handing them
 # out in collection order: the longest first, so that none of them starts last and alone, and
@@ -88,20 +87,6 @@ EMULATOR_STARTUP_TIMEOUT_S = 20.0
 EMULATOR_START_ATTEMPTS = 3
 
 
-def listening(port: int, process: subprocess.Popen) -> bool:
-    """Wait until `process` listens on `port` (True) or exits (False)."""
-    deadline = time.monotonic() + EMULATOR_STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"gcp-storage-emulator did not listen within {EMULATOR_STARTUP_TIMEOUT_S} s")
-
-
 def start_emulator():
     """A gcp-storage-emulator process listening on 127.0.0.1 (in memory), and its port."""
     program = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
@@ -111,7 +96,7 @@ def start_emulator():
                                     "--in-memory", "--quiet"], stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            if listening(port, process):
+            if listening(port, process, EMULATOR_STARTUP_TIMEOUT_S, "gcp-storage-emulator"):
                 return process, port
         except BaseException:
             stop(process)
@@ -146,3 +131,17 @@ def gcs(emulator, tmp_path, monkeypatch):
     else:
         client.create_bucket(BUCKET)
     return client.bucket(BUCKET)
+
+
+@pytest.fixture(scope="module")
+def raw_kserve():
+    """KServe running EfficientNet-Lite0 on tensors exactly as received."""
+    with kserve_onnx_raw_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def raw_mlserver(tmp_path_factory):
+    """MLServer running EfficientNet-Lite0 on tensors exactly as received."""
+    with mlserver_onnx_raw_server(str(tmp_path_factory.mktemp("mlserver-raw"))) as server:
+        yield server

@@ -50,6 +50,21 @@ def server_python(name: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def listening(port: int, process: subprocess.Popen, timeout_s: float, what: str) -> bool:
+    """Wait until `process` listens on `port` (True) or exits (False); RuntimeError naming
+    `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen within {timeout_s} s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

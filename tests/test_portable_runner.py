@@ -14,16 +14,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.helpers import (ROOT, assert_accounted, labelled_images, read_dead_letters,
                            read_predictions, run_in_session, write_poison_jpeg)
-from tests.servers import free_port
+from tests.servers import free_port, listening
 
 LABELS = ["red", "green", "blue", "yellow", "cyan", "magenta"]
 JOB_TIMEOUT_S = 240  # a bound for a hung job on a loaded machine, not a speed check
@@ -58,20 +56,6 @@ def check_worker_python(env):
     assert done.returncode == 0, f"{python} cannot import Beam and the project: {done.stderr}"
 
 
-def listening(port: int, process: subprocess.Popen) -> bool:
-    """Wait until `process` listens on `port` (True) or exits (False)."""
-    deadline = time.monotonic() + POOL_STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the worker pool did not listen within {POOL_STARTUP_TIMEOUT_S} s")
-
-
 def stop_session(process: subprocess.Popen):
     """Stop the pool and the SDK workers it started (its own process group)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -99,7 +83,7 @@ def worker_pool(log_path):
                 cwd=ROOT, env=worker_env(), stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            if listening(port, process):
+            if listening(port, process, POOL_STARTUP_TIMEOUT_S, "the worker pool"):
                 break
         except BaseException:
             stop_session(process)

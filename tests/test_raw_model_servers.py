@@ -18,8 +18,7 @@ from PIL import Image
 from localserver import LocalServer
 from localserver.classifiers import EFFICIENTNET_LITE0, MODELS_DIR, read_labels
 from localserver.demo import PHOTO_CLASSES, PHOTOS_DIR
-from tests.servers import (RAW_INPUT, RAW_MODEL, RAW_OUTPUT, kserve_onnx_raw_server,
-                           mlserver_onnx_raw_server)
+from tests.servers import RAW_INPUT, RAW_MODEL, RAW_OUTPUT
 
 PHOTOS = sorted(PHOTO_CLASSES)
 LABELS = read_labels(os.path.join(MODELS_DIR, "imagenet_labels.txt"))
@@ -127,18 +126,6 @@ def get(url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def kserve():
-    with kserve_onnx_raw_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory):
-    with mlserver_onnx_raw_server(str(tmp_path_factory.mktemp("mlserver-raw"))) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def local_scores():
     """The local server's scores for each photo, all 1000 (`--top_k 0`), in class order."""
     files = []
@@ -169,7 +156,7 @@ def assert_same_answers(scores: np.ndarray, expected: np.ndarray):
         assert float(np.abs(row - want).max()) <= SCORE_TOLERANCE, name
 
 
-@pytest.mark.parametrize("server_name", ["kserve", "mlserver"])
+@pytest.mark.parametrize("server_name", ["raw_kserve", "raw_mlserver"])
 def test_metadata_declares_an_nchw_fp32_input_and_the_scores(request, server_name):
     server = request.getfixturevalue(server_name)
     metadata = get(f"{server.url}/v2/models/{RAW_MODEL}")
@@ -182,7 +169,7 @@ def test_metadata_declares_an_nchw_fp32_input_and_the_scores(request, server_nam
                                     "shape": [-1, 1000]}]}
 
 
-@pytest.mark.parametrize("server_name", ["kserve", "mlserver"])
+@pytest.mark.parametrize("server_name", ["raw_kserve", "raw_mlserver"])
 def test_a_json_tensor_prepared_like_the_local_server_gets_its_answers(
         request, server_name, prepared, local_scores):
     answer = infer_json(request.getfixturevalue(server_name), prepared)
@@ -191,28 +178,28 @@ def test_a_json_tensor_prepared_like_the_local_server_gets_its_answers(
     assert_same_answers(answer.scores, local_scores)
 
 
-def test_kserve_binary_tensor_data_gets_the_same_answers(kserve, prepared, local_scores):
-    answer = infer_binary(kserve, prepared)
+def test_kserve_binary_tensor_data_gets_the_same_answers(raw_kserve, prepared, local_scores):
+    answer = infer_binary(raw_kserve, prepared)
     assert answer.status == 200, answer.body
     assert "data" not in answer.body["outputs"][0]  # the scores came back binary too
     assert_same_answers(answer.scores, local_scores)
 
 
-def test_one_image_alone_gets_the_local_servers_answer(kserve, prepared, local_scores):
-    answer = infer_binary(kserve, prepared[1:2])
+def test_one_image_alone_gets_the_local_servers_answer(raw_kserve, prepared, local_scores):
+    answer = infer_binary(raw_kserve, prepared[1:2])
     assert answer.status == 200, answer.body
     assert answer.scores.shape == (1, len(LABELS))
     assert float(np.abs(answer.scores[0] - local_scores[1]).max()) <= SCORE_TOLERANCE
 
 
-def test_cropping_before_resizing_keeps_every_top_label(kserve, local_scores):
-    answer = infer_binary(kserve, nchw([crop_then_resize(photo(name)) for name in PHOTOS]))
+def test_cropping_before_resizing_keeps_every_top_label(raw_kserve, local_scores):
+    answer = infer_binary(raw_kserve, nchw([crop_then_resize(photo(name)) for name in PHOTOS]))
     assert answer.status == 200, answer.body
     assert [LABELS[i] for i in answer.scores.argmax(axis=1)] == \
         [LABELS[i] for i in local_scores.argmax(axis=1)]
 
 
-@pytest.mark.parametrize("server_name", ["kserve", "mlserver"])
+@pytest.mark.parametrize("server_name", ["raw_kserve", "raw_mlserver"])
 def test_an_nhwc_tensor_is_refused_with_a_v2_error_and_the_server_goes_on(
         request, server_name, prepared):
     server = request.getfixturevalue(server_name)

@@ -16,7 +16,7 @@ from pipeline.options import ConfigError
 from pipeline.run import run
 from tests.helpers import (assert_accounted, read_dead_letters, read_predictions,
                            write_poison_jpeg)
-from tests.servers import RAW_MODEL, kserve_onnx_raw_server, mlserver_onnx_raw_server
+from tests.servers import RAW_MODEL
 
 LABELS_FILE = os.path.join(MODELS_DIR, "imagenet_labels.txt")
 # EfficientNet-Lite's own preparation, as the local server makes it server-side.
@@ -32,18 +32,6 @@ def photos(tmp_path_factory):
     for name in PHOTO_CLASSES:
         shutil.copy(os.path.join(PHOTOS_DIR, name), folder / name)
     return folder
-
-
-@pytest.fixture(scope="module")
-def kserve():
-    with kserve_onnx_raw_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory):
-    with mlserver_onnx_raw_server(str(tmp_path_factory.mktemp("mlserver"))) as server:
-        yield server
 
 
 def job(folder, out, endpoint, *flags):
@@ -66,8 +54,8 @@ def raw_endpoint(server) -> str:
     return f"{server.url}/v2/models/{RAW_MODEL}/infer"
 
 
-@pytest.mark.parametrize("server_name,wire", [("kserve", ("--binary_data",)),
-                                              ("kserve", ()), ("mlserver", ())])
+@pytest.mark.parametrize("server_name,wire", [("raw_kserve", ("--binary_data",)),
+                                              ("raw_kserve", ()), ("raw_mlserver", ())])
 def test_the_pipelines_tensors_get_the_local_servers_answers(
         request, tmp_path, photos, local_answers, server_name, wire):
     server = request.getfixturevalue(server_name)
@@ -81,9 +69,9 @@ def test_the_pipelines_tensors_get_the_local_servers_answers(
         assert abs(rows[name]["top_score"] - score) <= SCORE_TOLERANCE, (name, score)
 
 
-def test_the_metadata_fills_layout_size_and_datatype(tmp_path, photos, local_answers, kserve):
+def test_the_metadata_fills_layout_size_and_datatype(tmp_path, photos, local_answers, raw_kserve):
     """Only the scaling and the crop are given: NCHW, 224x224 and FP32 come from the model."""
-    summary, rows = job(photos, tmp_path / "pred", raw_endpoint(kserve), "--protocol", "v2",
+    summary, rows = job(photos, tmp_path / "pred", raw_endpoint(raw_kserve), "--protocol", "v2",
                         "--binary_data", "--label_names_file", LABELS_FILE,
                         "--instance_format", "tensor", "--resize", "crop", "--resample",
                         "bicubic", "--mean", "127", "--std", "128")
@@ -98,16 +86,16 @@ def test_the_metadata_fills_layout_size_and_datatype(tmp_path, photos, local_ans
     (("--image_size", "300x300"), "--image_size 300x300 contradicts .* which takes 224x224"),
     (("--tensor_dtype", "UINT8"), "--tensor_dtype UINT8 contradicts .* which takes FP32")])
 def test_a_flag_the_metadata_contradicts_is_refused_before_anything_is_sent(
-        tmp_path, photos, kserve, flags, message):
+        tmp_path, photos, raw_kserve, flags, message):
     with pytest.raises(ConfigError, match=message):
-        job(photos, tmp_path / "pred", raw_endpoint(kserve), "--protocol", "v2",
+        job(photos, tmp_path / "pred", raw_endpoint(raw_kserve), "--protocol", "v2",
             "--instance_format", "tensor", "--mean", "127", "--std", "128", *flags)
     assert not os.path.exists(tmp_path / "pred-errors")
 
 
-def test_float_tensors_without_a_scaling_give_one_warning(tmp_path, photos, kserve, caplog):
+def test_float_tensors_without_a_scaling_give_one_warning(tmp_path, photos, raw_kserve, caplog):
     with caplog.at_level(logging.WARNING, logger="batch_predict"):
-        job(photos, tmp_path / "pred", raw_endpoint(kserve), "--protocol", "v2",
+        job(photos, tmp_path / "pred", raw_endpoint(raw_kserve), "--protocol", "v2",
             "--binary_data", "--instance_format", "tensor", "--limit", "1")
     warnings = [r.getMessage() for r in caplog.records if "scaling" in r.getMessage()]
     assert len(warnings) == 1
@@ -115,11 +103,11 @@ def test_float_tensors_without_a_scaling_give_one_warning(tmp_path, photos, kser
         warnings[0]
 
 
-def test_a_truncated_jpeg_among_the_photos_fails_alone(tmp_path, kserve):
+def test_a_truncated_jpeg_among_the_photos_fails_alone(tmp_path, raw_kserve):
     folder = tmp_path / "images"
     shutil.copytree(PHOTOS_DIR, folder, ignore=shutil.ignore_patterns("*.md"))
     bad = write_poison_jpeg(folder)
-    summary, rows = job(folder, tmp_path / "pred", raw_endpoint(kserve), "--protocol", "v2",
+    summary, rows = job(folder, tmp_path / "pred", raw_endpoint(raw_kserve), "--protocol", "v2",
                         "--binary_data", "--label_names_file", LABELS_FILE, *LITE0_FLAGS)
     letters = read_dead_letters(str(tmp_path / "pred-errors"))
     assert [(d["key"], d["stage"]) for d in letters] == [(bad, "decode")]
