@@ -331,3 +331,26 @@ def test_unnamed_scores_warn_once_that_labels_are_indices(caplog):
             v2().parse(response, 2)
         v2(labels=LabelSpec(("a", "b"))).parse(response, 2)
     assert len([r for r in caplog.records if "class indices" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("dtype", ["UINT8", "FP16", "FP32"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_tensor_request_sizes_are_exact_for_every_dtype_and_layout(dtype, layout, binary):
+    normalised = {} if dtype == "UINT8" else {"mean": (123.675, 116.28, 103.53),
+                                              "std": (58.395, 57.12, 57.375)}
+    spec = TensorSpec((5, 3), dtype=dtype, layout=layout, **normalised)
+    protocol = v2(instance_format="tensor", tensor=spec, binary=binary).with_model("x", ())
+    rng = np.random.default_rng(7)
+    for count in (1, 2, 7):
+        tensors = [to_tensor(Image.fromarray(rng.integers(0, 256, (3, 5, 3), dtype=np.uint8)),
+                             spec) for _ in range(count)]
+        instances = [protocol.instance("k", b"", "", t) for t in tensors]
+        body, headers = protocol.request(instances)
+        assert protocol.body_size([len(i) for i in instances]) == len(body)
+        if binary:  # exactly the tensors' bytes after the JSON header
+            assert len(body) - int(headers[HEADER_LENGTH]) == count * spec.nbytes
+            assert spec.nbytes == 5 * 3 * 3 * {"UINT8": 1, "FP16": 2, "FP32": 4}[dtype]
+        else:  # the JSON numbers give back the same values of that dtype
+            data = np.array(json.loads(body)["inputs"][0]["data"]).astype(tensors[0].dtype)
+            assert np.array_equal(data, np.concatenate([t.ravel() for t in tensors]))
