@@ -116,9 +116,12 @@ def test_a_finished_run_leaves_shards_and_no_parts(tmp_path, server, images):
     assert os.path.exists(f"{out}.schema.json") and summary["bq_load"]
 
 
-def test_kill_at_half_way_then_rerun_sends_only_the_remainder(tmp_path, make_server, images):
+def test_kill_at_half_way_then_the_same_command_makes_the_job_whole(tmp_path, make_server,
+                                                                    images):
     """2,000 images, SIGKILL once the server answered half: the parts hold what was answered
-    (less at most a few commit intervals), the re-run sends the rest plus at most 10 %."""
+    (less at most a few commit intervals). The same command at once (the killed run's owner
+    file says its process is gone) sends the rest plus at most 10 %, and its own shards hold
+    every key exactly once: nothing is left in `.parts`."""
     folder, keys = images
     out = tmp_path / "out" / "pred"
     slow = make_server(latency_ms=20)
@@ -137,10 +140,9 @@ def test_kill_at_half_way_then_rerun_sends_only_the_remainder(tmp_path, make_ser
     assert resent <= JOB_IMAGES - answered + JOB_IMAGES // 10, (answered, resent)
     assert resumed["predicted"] == resent
     assert resumed["skipped_by_reason"] == {"existing": len(committed)}
-    # the killed run's parts are recent (it might be live): kept, and their keys skipped
-    assert exactly_once(shard_keys(out)) == {}
-    assert set(shard_keys(out)).isdisjoint(committed)
-    assert all_keys(out) == set(keys)
+    assert resumed["adopted"] == len(committed) and "not_adopted" not in resumed
+    assert sorted(shard_keys(out)) == keys  # this run's shards: every key, each once
+    assert glob.glob(f"{out}-*.parts") == []
 
 
 @pytest.mark.parametrize("point", ["listing", "final-write"])
@@ -295,8 +297,7 @@ def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server
     assert len(committed) >= answered - len(keys) // 10
     assert gcs_rows(gcs, "runs/pred-", ".parquet") == []
     slow.reset_stats()
-    resumed = run(job_command(folder, slow.endpoint("mlengine"), out,
-                              "--parts_stale_after_s", "0")[3:])
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out)[3:])  # at once
     assert_accounted(resumed)
     assert slow.stats()["instances"] <= len(keys) - answered + len(keys) // 10
     assert resumed["adopted"] == len(committed)
