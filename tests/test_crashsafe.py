@@ -365,3 +365,11 @@ def test_committed_parts_hold_every_record_once_across_chunks(tmp_path, schema):
                         (json.loads(line) for line in open(path, encoding="utf-8")))]
     field = "customer" if schema else "error"
     assert sorted((r["key"], r[field]) for r in rows) == [(r["key"], r[field]) for r in records]
+
+
+def test_a_part_is_committed_at_least_every_ten_seconds_by_default(tmp_path):
+    """The default bounds what a kill loses to 10 s of each writer's predictions
+    (benchmarks/commit_interval.py weighs it against the parts it makes)."""
+    _, config = parse(["--input", str(tmp_path), "--endpoint",
+                       "http://127.0.0.1:9/v1/m:predict", "--output", str(tmp_path / "p")])
+    assert config.commit_seconds == 10.0 and config.commit_records == 10_000
