@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.records import prediction_record, prediction_schema, utc_now  # noqa: E402
 from transforms.backfill import parquet_keys  # noqa: E402
-from transforms.commit import parquet_bytes, read_parquet_part, write_bytes_atomically  # noqa: E402
+from transforms.commit import (parquet_bytes, read_parquet_part,  # noqa: E402
+                               write_bytes_atomically)
 
 INTERVALS_S = (1, 2, 5, 10, 30, 60)
 JOB_WRITERS, JOB_HOURS = 40, 3

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -189,3 +190,27 @@ def test_a_rerun_beside_a_live_run_says_what_it_left_out(tmp_path, server, sleep
     assert summary["adopted"] == 10 and "not_adopted" not in summary
     assert sorted(r["key"] for r in read_predictions(str(out))) == keys
     assert not os.path.exists(folder)
+
+
+def test_a_dataflow_run_records_its_job_id_and_region_once_submitted(tmp_path):
+    """The launcher writes the owner file at start; the job id is known after submission."""
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
+    from pipeline.preflight import owner_of, record_job, record_owner
+    from pipeline.run import parse
+    options, config = parse([
+        "--input", str(tmp_path), "--endpoint", "http://127.0.0.1:9/v1/m:predict",
+        "--output", str(tmp_path / "pred"), "--runner", "DataflowRunner", "--project", "p",
+        "--region", "europe-west1", "--temp_location", "gs://b/tmp",
+        "--max_num_workers", "2", "--machine_type", "n2-standard-2"])
+    owner = owner_of(config, options)
+    assert owner.job_lives_in == ELSEWHERE and owner.region == "europe-west1"
+    record_owner(config, owner)
+    path = owner_path(parts_dir(config.output_run_prefix))
+    assert read_owner(path).job_id is None
+    submitted = DataflowPipelineResult(types.SimpleNamespace(id="2026-12-06_01_02_03-42"), None)
+    record_job(config, owner, submitted)
+    recorded = read_owner(path)
+    assert (recorded.job_id, recorded.region, recorded.runner) == (
+        "2026-12-06_01_02_03-42", "europe-west1", "DataflowRunner")
+    state, why = liveness(recorded, this_process("DirectRunner", IN_PROCESS))
+    assert state is Liveness.UNKNOWN and "2026-12-06_01_02_03-42" in why
