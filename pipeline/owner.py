@@ -16,6 +16,7 @@ is gone: its process no longer exists, or its id now belongs to a process starte
 staleness rule of `pipeline.earlier_runs` decides. Linux reads `/proc`; elsewhere only a
 process id that no longer exists (`kill(pid, 0)`) tells a run is gone.
 """
+import contextlib
 import dataclasses
 import enum
 import json
@@ -47,6 +48,7 @@ class Owner:
     pid_namespace: Optional[str] = None
     job_id: Optional[str] = None  # a Dataflow job's id, once the runner returns it
     region: Optional[str] = None
+    run_id: Optional[str] = None
 
 
 class Liveness(enum.Enum):
@@ -95,10 +97,25 @@ def _pid_namespace() -> Optional[str]:
         return None
 
 
-def this_process(runner: str, job_lives_in: str) -> Owner:
+#: Run ids whose jobs this process is running now (a process may run several jobs, one
+#: after another: a notebook, a test, an orchestrator calling `pipeline.run.run`).
+_RUNNING_HERE: Set[str] = set()
+
+
+@contextlib.contextmanager
+def running_here(run_id: str):
+    """Marks a job this process runs, while it runs."""
+    _RUNNING_HERE.add(run_id)
+    try:
+        yield
+    finally:
+        _RUNNING_HERE.discard(run_id)
+
+
+def this_process(runner: str, job_lives_in: str, run_id: Optional[str] = None) -> Owner:
     """The owner record of a job this process launches."""
     stat = process_stat(os.getpid())
-    return Owner(host=socket.gethostname(), pid=os.getpid(), runner=runner,
+    return Owner(host=socket.gethostname(), pid=os.getpid(), run_id=run_id, runner=runner,
                  job_lives_in=job_lives_in, process_group=os.getpgrp(),
                  started=stat.started if stat else None,
                  boot_id=_read_text(f"{_PROC}/sys/kernel/random/boot_id"),
@@ -193,6 +210,10 @@ def liveness(owner: Owner, here: Owner) -> Tuple[Liveness, str]:
             return Liveness.GONE, f"{where} no longer exists"
         return Liveness.UNKNOWN, f"{where} may still be running"
     stat = process_stat(owner.pid)
+    if (owner.pid, owner.started) == (here.pid, here.started) and owner.started is not None:
+        if owner.run_id in _RUNNING_HERE:
+            return Liveness.ALIVE, f"{where} (this process) is running it"
+        return Liveness.GONE, f"{where} (this process) is no longer running it"
     if _is_live(stat) and (owner.started is None or stat.started == owner.started):
         return Liveness.ALIVE, f"{where} is still running"
     if owner.job_lives_in == IN_PROCESS_GROUP and owner.process_group is not None:

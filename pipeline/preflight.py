@@ -152,7 +152,7 @@ def owner_of(config: JobConfig, options: PipelineOptions) -> Owner:
     cloud = options.view_as(GoogleCloudOptions)
     where = where_job_lives(runner, config.local, config.single_process,
                             bool(cloud.template_location))
-    return dataclasses.replace(this_process(runner, where),
+    return dataclasses.replace(this_process(runner, where, config.run_id),
                                region=cloud.region if where == ELSEWHERE else None)
 
 

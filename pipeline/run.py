@@ -34,9 +34,10 @@ from pipeline import report
 from pipeline.config import build_config, JobConfig
 from pipeline.estimate import estimate, estimate_line
 from pipeline.graph import build_pipeline
+from pipeline.earlier_runs import adopt_command, not_adopted_summary
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
 from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
-from pipeline.earlier_runs import adopt_command, not_adopted_summary
+from pipeline.owner import running_here
 from pipeline.preflight import (clean_up_leftovers, owner_of, preflight, record_job,
                                 record_owner)
 from transforms import metrics
@@ -221,7 +222,8 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    result = run_and_wait(p, functools.partial(record_job, config, owner))
+    with running_here(config.run_id):
+        result = run_and_wait(p, functools.partial(record_job, config, owner))
     summary = summarize(result, config, time.monotonic() - started)
     summary["cleaned_up"] = list(plan.removed)
     if plan.not_adopted:

@@ -16,7 +16,8 @@ from core.paths import parts_dir
 from pipeline.config import new_run_id
 from pipeline.earlier_runs import adopt_command, plan_leftovers
 from pipeline.owner import (ELSEWHERE, IN_PROCESS, IN_PROCESS_GROUP, Liveness, liveness,
-                            owner_path, process_stat, read_owner, this_process, write_owner)
+                            owner_path, process_stat, read_owner, running_here, this_process,
+                            write_owner)
 from pipeline.run import main
 from tests.helpers import assert_accounted, labelled_images, read_predictions
 from tests.test_crashsafe import commit, records
@@ -214,3 +215,13 @@ def test_a_dataflow_run_records_its_job_id_and_region_once_submitted(tmp_path):
         "2026-12-06_01_02_03-42", "europe-west1", "DataflowRunner")
     state, why = liveness(recorded, this_process("DirectRunner", IN_PROCESS))
     assert state is Liveness.UNKNOWN and "2026-12-06_01_02_03-42" in why
+
+
+def test_a_run_this_same_process_launched_is_alive_only_while_it_runs():
+    """A notebook or an orchestrator may run one job after another in one process."""
+    here = this_process("DirectRunner", IN_PROCESS)
+    owner = dataclasses.replace(here, run_id="20261206T100000Z-abc")
+    with running_here(owner.run_id):
+        assert liveness(owner, here)[0] is Liveness.ALIVE
+    state, why = liveness(owner, here)
+    assert state is Liveness.GONE and "this process" in why
