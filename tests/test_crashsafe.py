@@ -167,6 +167,24 @@ def test_kill_at_another_point_then_rerun(tmp_path, make_server, subset, point):
     assert glob.glob(f"{out}-*.parts") == []
 
 
+def test_a_killed_multi_process_run_is_adopted_at_once(tmp_path, make_server, subset):
+    """DirectRunner multi_processing: the launcher and its worker processes (one process
+    group) killed; the same command at once knows the group is gone and adopts its parts."""
+    folder, keys = subset
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=50)
+    flags = ("--commit_every_s", "0.05", "--direct_running_mode", "multi_processing",
+             "--direct_num_workers", "2")
+    kill_when(job_command(folder, slow.endpoint("mlengine"), out, *flags),
+              lambda: committed_rows(out) >= len(keys) // 4, "a quarter committed")
+    committed = {r["key"] for r in part_rows(out)}
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out)[3:])
+    assert_accounted(resumed)
+    assert resumed["adopted"] == len(committed) > 0 and "not_adopted" not in resumed
+    assert sorted(shard_keys(out)) == keys
+    assert glob.glob(f"{out}-*.parts") == []
+
+
 def test_several_crashes_in_a_row_then_one_finish(tmp_path, make_server, subset):
     folder, keys = subset
     out = tmp_path / "out" / "pred"
