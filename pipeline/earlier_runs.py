@@ -23,6 +23,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from core.paths import (DEAD_LETTER_PART_EXTENSION, parts_dir, parts_glob, parts_regex,
@@ -190,7 +191,7 @@ PARALLEL_READS = 16
 
 def _rows_in(path: str) -> int:
     try:
-        with FileSystems.open(path) as f:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             return pq.read_metadata(f).num_rows
     except Exception:  # an unreadable part: the job counts it as `unreadable_shards`
         return 0

@@ -225,3 +225,17 @@ def test_a_run_this_same_process_launched_is_alive_only_while_it_runs():
         assert liveness(owner, here)[0] is Liveness.ALIVE
     state, why = liveness(owner, here)
     assert state is Liveness.GONE and "this process" in why
+
+
+def test_a_live_runs_predictions_are_counted_on_gcs(gcs, sleeper):
+    """The owner file and the parts' footers read through Beam's gs:// filesystem."""
+    out = f"gs://{gcs.name}/runs/pred"
+    dead_or_live_run(out, sleeper, [f"k{i}" for i in range(250)])
+    here = this_process("DirectRunner", IN_PROCESS)
+    plan = plan_leftovers(out, out + "-errors", new_run_id(), adopt=True, here=here)
+    [kept] = plan.not_adopted
+    assert kept.predictions == 250 and "still running" in kept.why
+    sleeper.kill()
+    sleeper.wait(WAIT_S)
+    plan = plan_leftovers(out, out + "-errors", new_run_id(), adopt=True, here=here)
+    assert len(plan.adopt_parts) == 3 and plan.not_adopted == ()
