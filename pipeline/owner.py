@@ -12,8 +12,9 @@ launcher's process id and that process's start time, and where the job runs:
 
 A later run on the same host (and in the same process-id namespace) can then say that the run
 is gone: its process no longer exists, or its id now belongs to a process started later, and
-(for `process_group`) no process of its group is left. Everything else is unknown, and the
-staleness rule of `pipeline.earlier_runs` decides. Linux reads `/proc`; elsewhere only a
+(for `process_group`) no process of its group is left; or that it is alive: its process still
+runs (a process that runs jobs one after another knows which one it runs now). Everything
+else is unknown, and the staleness rule of `pipeline.earlier_runs` decides. Linux reads `/proc`; elsewhere only a
 process id that no longer exists (`kill(pid, 0)`) tells a run is gone.
 """
 import contextlib
@@ -177,8 +178,8 @@ def _group_members(group: int) -> Iterator[int]:
                 yield int(name)
 
 
-def _exists(pid: int) -> Optional[bool]:
-    """Whether a process id is in use, where `/proc` cannot say; None when unknown."""
+def _exists(pid: int) -> bool:
+    """Whether a process id is in use, where `/proc` cannot say."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,7 +206,7 @@ def liveness(owner: Owner, here: Owner) -> Tuple[Liveness, str]:
     if owner.pid_namespace != here.pid_namespace:
         return Liveness.UNKNOWN, f"{where} is in another process-id namespace (container)"
     if here.pid_namespace is None:  # no /proc: only a process id no longer in use tells
-        if _exists(owner.pid) is False and (
+        if not _exists(owner.pid) and (
                 owner.job_lives_in == IN_PROCESS or _group_gone_without_proc(owner)):
             return Liveness.GONE, f"{where} no longer exists"
         return Liveness.UNKNOWN, f"{where} may still be running"
