@@ -239,3 +239,13 @@ def test_a_live_runs_predictions_are_counted_on_gcs(gcs, sleeper):
     sleeper.wait(WAIT_S)
     plan = plan_leftovers(out, out + "-errors", new_run_id(), adopt=True, here=here)
     assert len(plan.adopt_parts) == 3 and plan.not_adopted == ()
+
+
+def test_without_proc_only_a_process_id_no_longer_in_use_tells(sleeper):
+    """Where /proc cannot be read (macOS), a live id may be a later process: unknown."""
+    here = dataclasses.replace(this_process("DirectRunner", IN_PROCESS), pid_namespace=None)
+    owner = dataclasses.replace(owner_for(sleeper), pid_namespace=None, started=None)
+    assert liveness(owner, here)[0] is Liveness.UNKNOWN
+    sleeper.kill()
+    sleeper.wait(WAIT_S)
+    assert liveness(owner, here)[0] is Liveness.GONE
