@@ -43,6 +43,8 @@ from engine.retry import parse_retry_after, RetryPolicy
 from protocols.base import error_message, named_instance, Parsed, Protocol, ResponseError
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
+#: Retry causes that mean the endpoint is throttling: their backoff is `Stats.backed_off_s`.
+THROTTLED_CAUSES = frozenset(("http_429", "http_503"))
 SPLIT_RETRIES = 1  # retries of each half of a request split after a persistent 5xx
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 ACCEPT_ENCODING = "gzip, deflate"
@@ -64,6 +66,7 @@ class Stats:
     retries: Counter = dataclasses.field(default_factory=collections.Counter)
     splits: int = 0
     throttled_s: float = 0.0  # time held back by the adaptive throttler
+    backed_off_s: float = 0.0  # time waited before retrying a 429 or 503 answer
     latencies_ms: List[int] = dataclasses.field(default_factory=list)
 
 
@@ -355,7 +358,10 @@ class PredictClient:
                 return answer._replace(
                     error=f"{answer.error} (gave up after {attempt} attempts)"), attempt
             stats.retries[answer.cause] += 1
-            await asyncio.sleep(self._policy.delay(attempt - 1, answer.retry_after, self._rng))
+            delay = self._policy.delay(attempt - 1, answer.retry_after, self._rng)
+            if answer.cause in THROTTLED_CAUSES:
+                stats.backed_off_s += delay
+            await asyncio.sleep(delay)
 
     async def _attempt(self, body: bytes, headers: Dict[str, str], count: int,
                        refused_token: Optional[str],

@@ -58,7 +58,7 @@ class JobConfig:
     bigquery_table: Optional[str] = None  # --bigquery_table (also named in `bq load`)
     errors_template: Optional[str] = None  # --errors before {date}/{run_id} are filled in
     commit_records: int = 0  # records per committed part; 0 = no incremental commits
-    commit_seconds: float = 30.0
+    commit_seconds: float = 10.0
     parts_stale_after_s: float = 3600.0
     limit: Optional[int] = None  # predict only the first N inputs (by key)
     dry_run: bool = False

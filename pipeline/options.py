@@ -221,7 +221,8 @@ def _run_flags(add):
     add("--parts_stale_after_s", type=float, default=DEFAULT_STALE_AFTER_S,
         help="An earlier run without a summary whose files have not changed for this "
              "long is treated as dead: its temp files are removed and --skip_existing "
-             "adopts its committed parts.")
+             "adopts its committed parts. A run whose process on this host has ended is "
+             "dead at once; one whose process still runs is never adopted.")
     add("--config", default=None,
         help="A YAML file of these options; command-line flags win.")
 

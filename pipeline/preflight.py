@@ -2,16 +2,21 @@
 outputs are writable, credentials are there when Google services are used, a v2 model is
 ready and takes what will be sent, and earlier runs' leftovers are planned for."""
 import asyncio
+import dataclasses
 import logging
 import functools
+from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
-from core.paths import dead_letter_glob, quote_glob
+from core.paths import dead_letter_glob, parts_dir, quote_glob
 from engine.auth import AuthError, SCOPES, TokenSource
 from imaging.tensor import PRESETS
 from pipeline.config import JobConfig
 from pipeline.earlier_runs import plan_leftovers
+from pipeline.owner import ELSEWHERE, Owner, this_process, where_job_lives, write_owner
 from pipeline.model_check import check_model, NotReady
 from pipeline.options import ConfigError
 from protocols.v2 import is_raw_predict, V2
@@ -129,12 +134,45 @@ def warn_unnormalised(config: JobConfig):
                      "|".join(PRESETS))
 
 
-def clean_up_leftovers(config: JobConfig):
-    """Remove what finished or dead earlier runs left; which killed runs' parts to adopt."""
+def clean_up_leftovers(config: JobConfig, here: Optional[Owner] = None):
+    """Remove what finished or dead earlier runs left; which killed runs' parts to adopt.
+    `here`: this launcher (`owner_of`), to tell from their owner files which runs are gone."""
     try:
         return plan_leftovers(
             config.output_template, config.errors_template, config.run_id,
             adopt=config.skip_existing and config.bigquery is None,
-            stale_after_s=config.parts_stale_after_s)
+            stale_after_s=config.parts_stale_after_s, here=here)
     except Exception as e:  # Beam's filesystems raise several types
         raise ConfigError(f"cannot list earlier runs under --output {config.output}: {e}")
+
+
+def owner_of(config: JobConfig, options: PipelineOptions) -> Owner:
+    """Who runs this job: this launcher process, its runner, and where the job lives."""
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    cloud = options.view_as(GoogleCloudOptions)
+    where = where_job_lives(runner, config.local, config.single_process,
+                            bool(cloud.template_location))
+    return dataclasses.replace(this_process(runner, where, config.run_id),
+                               region=cloud.region if where == ELSEWHERE else None)
+
+
+def record_owner(config: JobConfig, owner: Owner):
+    """The owner file beside the parts this run will commit (`pipeline.owner`)."""
+    if not config.commit_records:
+        return
+    try:
+        write_owner(parts_dir(config.output_run_prefix), owner)
+    except Exception as e:  # Beam's filesystems raise several types
+        raise ConfigError(f"cannot write under --output {config.output}: {_first_line(e)}")
+
+
+def record_job(config: JobConfig, owner: Owner, result):
+    """The owner file again, with the job id a service runner returned on submission."""
+    job_id = getattr(result, "job_id", None)
+    if not config.commit_records or owner.job_lives_in != ELSEWHERE or not callable(job_id):
+        return
+    try:
+        write_owner(parts_dir(config.output_run_prefix),
+                    dataclasses.replace(owner, job_id=job_id()))
+    except Exception as e:  # the job runs on; a re-run then judges its parts by their age
+        _LOG.warning("could not record the job id beside its parts: %s", _first_line(e))

@@ -10,6 +10,7 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
 import argparse
 import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -33,9 +34,12 @@ from pipeline import report
 from pipeline.config import build_config, JobConfig
 from pipeline.estimate import estimate, estimate_line
 from pipeline.graph import build_pipeline
+from pipeline.earlier_runs import adopt_command, not_adopted_summary
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
 from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
-from pipeline.preflight import clean_up_leftovers, preflight
+from pipeline.owner import running_here
+from pipeline.preflight import (clean_up_leftovers, owner_of, preflight, record_job,
+                                record_owner)
 from transforms import metrics
 from transforms.commit import delete_folder
 from imaging.decode import quiet_pillow_warnings
@@ -98,11 +102,14 @@ def fewer_collections():
                     gc.unfreeze()
 
 
-def run_and_wait(p: beam.Pipeline):
-    """Run the pipeline to its end; JobStoppedEarly when a worker stopped it."""
+def run_and_wait(p: beam.Pipeline, on_submitted=None):
+    """Run the pipeline to its end; JobStoppedEarly when a worker stopped it.
+    `on_submitted(result)` is called once the runner has the job, before waiting on it."""
     try:
         with fewer_collections():
             result = p.run()
+            if on_submitted is not None:
+                on_submitted(result)
             result.wait_until_finish()
     except Exception as e:  # the runner wraps the worker's exception in its own types
         reason = stopped_reason(e)
@@ -203,7 +210,9 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
     except ValueError as e:  # an unknown --runner
         raise ConfigError(str(e).splitlines()[0])
-    plan = clean_up_leftovers(config)
+    owner = owner_of(config, options)
+    plan = clean_up_leftovers(config, owner)
+    record_owner(config, owner)
     build_pipeline(p, config, plan.adopt_parts, plan.adopt_folders)
     if options.view_as(GoogleCloudOptions).template_location:
         p.run()
@@ -213,9 +222,12 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    result = run_and_wait(p)
+    with running_here(config.run_id):
+        result = run_and_wait(p, functools.partial(record_job, config, owner))
     summary = summarize(result, config, time.monotonic() - started)
     summary["cleaned_up"] = list(plan.removed)
+    if plan.not_adopted:
+        summary["not_adopted"] = not_adopted_summary(plan)
     if config.bigquery is not None and config.commit_records:
         # the load jobs are done once the job is: this run's parts are no longer needed
         for folder in (parts_dir(config.output_run_prefix), parts_dir(config.errors_run_prefix)):
@@ -282,6 +294,12 @@ def report_main(argv: Sequence[str]) -> int:
         print(f"batch-predict report: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def program_name() -> str:
+    """How this command was started: `batch-predict`, or `python -m pipeline.run`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name == "batch-predict" else "python -m pipeline.run"
 
 
 INTERRUPTED = ("batch-predict: interrupted; the predictions committed so far are kept "
@@ -353,6 +371,12 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(f"batch-predict: warning: {summary['unreadable_shards']} earlier shard(s) or "
               f"committed part(s) under --output could not be read (truncated or corrupt); "
               f"the keys only they held were predicted again", file=sys.stderr)
+    if summary.get("not_adopted"):
+        print(f"batch-predict: warning: {summary['not_adopted']['predictions']} committed "
+              f"predictions of runs that may still be running ("
+              f"{', '.join(summary['not_adopted']['runs'])}) are not in this run's shards; "
+              f"once those runs are known to be finished, adopt them with:\n  "
+              f"{adopt_command(program_name(), argv)}", file=sys.stderr)
     if summary.get("bq_load"):
         print(f"load the JSONL into BigQuery: {summary['bq_load']}", file=sys.stderr)
     if summary.get("report"):

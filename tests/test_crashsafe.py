@@ -116,9 +116,12 @@ def test_a_finished_run_leaves_shards_and_no_parts(tmp_path, server, images):
     assert os.path.exists(f"{out}.schema.json") and summary["bq_load"]
 
 
-def test_kill_at_half_way_then_rerun_sends_only_the_remainder(tmp_path, make_server, images):
+def test_kill_at_half_way_then_the_same_command_makes_the_job_whole(tmp_path, make_server,
+                                                                    images):
     """2,000 images, SIGKILL once the server answered half: the parts hold what was answered
-    (less at most a few commit intervals), the re-run sends the rest plus at most 10 %."""
+    (less at most a few commit intervals). The same command at once (the killed run's owner
+    file says its process is gone) sends the rest plus at most 10 %, and its own shards hold
+    every key exactly once: nothing is left in `.parts`."""
     folder, keys = images
     out = tmp_path / "out" / "pred"
     slow = make_server(latency_ms=20)
@@ -137,10 +140,9 @@ def test_kill_at_half_way_then_rerun_sends_only_the_remainder(tmp_path, make_ser
     assert resent <= JOB_IMAGES - answered + JOB_IMAGES // 10, (answered, resent)
     assert resumed["predicted"] == resent
     assert resumed["skipped_by_reason"] == {"existing": len(committed)}
-    # the killed run's parts are recent (it might be live): kept, and their keys skipped
-    assert exactly_once(shard_keys(out)) == {}
-    assert set(shard_keys(out)).isdisjoint(committed)
-    assert all_keys(out) == set(keys)
+    assert resumed["adopted"] == len(committed) and "not_adopted" not in resumed
+    assert sorted(shard_keys(out)) == keys  # this run's shards: every key, each once
+    assert glob.glob(f"{out}-*.parts") == []
 
 
 @pytest.mark.parametrize("point", ["listing", "final-write"])
@@ -161,6 +163,24 @@ def test_kill_at_another_point_then_rerun(tmp_path, make_server, subset, point):
     assert_accounted(resumed)
     assert slow.stats()["instances"] <= len(keys) - answered + len(keys) // 10
     # the killed run's parts were adopted: the shards alone hold every key once
+    assert sorted(shard_keys(out)) == keys
+    assert glob.glob(f"{out}-*.parts") == []
+
+
+def test_a_killed_multi_process_run_is_adopted_at_once(tmp_path, make_server, subset):
+    """DirectRunner multi_processing: the launcher and its worker processes (one process
+    group) killed; the same command at once knows the group is gone and adopts its parts."""
+    folder, keys = subset
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=50)
+    flags = ("--commit_every_s", "0.05", "--direct_running_mode", "multi_processing",
+             "--direct_num_workers", "2")
+    kill_when(job_command(folder, slow.endpoint("mlengine"), out, *flags),
+              lambda: committed_rows(out) >= len(keys) // 4, "a quarter committed")
+    committed = {r["key"] for r in part_rows(out)}
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out)[3:])
+    assert_accounted(resumed)
+    assert resumed["adopted"] == len(committed) > 0 and "not_adopted" not in resumed
     assert sorted(shard_keys(out)) == keys
     assert glob.glob(f"{out}-*.parts") == []
 
@@ -295,8 +315,7 @@ def test_gcs_output_survives_kill_and_resumes_exactly_once(tmp_path, make_server
     assert len(committed) >= answered - len(keys) // 10
     assert gcs_rows(gcs, "runs/pred-", ".parquet") == []
     slow.reset_stats()
-    resumed = run(job_command(folder, slow.endpoint("mlengine"), out,
-                              "--parts_stale_after_s", "0")[3:])
+    resumed = run(job_command(folder, slow.endpoint("mlengine"), out)[3:])  # at once
     assert_accounted(resumed)
     assert slow.stats()["instances"] <= len(keys) - answered + len(keys) // 10
     assert resumed["adopted"] == len(committed)
@@ -364,3 +383,11 @@ def test_committed_parts_hold_every_record_once_across_chunks(tmp_path, schema):
                         (json.loads(line) for line in open(path, encoding="utf-8")))]
     field = "customer" if schema else "error"
     assert sorted((r["key"], r[field]) for r in rows) == [(r["key"], r[field]) for r in records]
+
+
+def test_a_part_is_committed_at_least_every_ten_seconds_by_default(tmp_path):
+    """The default bounds what a kill loses to 10 s of each writer's predictions
+    (benchmarks/commit_interval.py weighs it against the parts it makes)."""
+    _, config = parse(["--input", str(tmp_path), "--endpoint",
+                       "http://127.0.0.1:9/v1/m:predict", "--output", str(tmp_path / "p")])
+    assert config.commit_seconds == 10.0 and config.commit_records == 10_000

@@ -35,7 +35,7 @@ from transforms import metrics
 
 
 DEFAULT_COMMIT_RECORDS = 10_000
-DEFAULT_COMMIT_SECONDS = 30.0
+DEFAULT_COMMIT_SECONDS = 10.0  # benchmarks/commit_interval.py; docs/crash-safety.md
 CHUNK_RECORDS = 1000
 
 

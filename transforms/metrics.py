@@ -1,7 +1,9 @@
 """Beam metrics of the pipeline, all under one namespace so the launcher can total them."""
 import collections
 import functools
+import threading
 
+from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "batch_predict"
@@ -47,3 +49,31 @@ class BundleCounts:
         for name, n in self._counts.items():
             counter(name).inc(n)
         self._counts.clear()
+
+
+#: The counter name Dataflow's autoscaler reads (whatever the namespace): Beam's own GCS,
+#: BigQuery and Datastore clients report their backoff under it.
+THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+
+
+class ThrottlingSeconds:
+    """Seconds the endpoint made this process wait, reported through Beam's
+    `ThrottlingSignaler` as the integer counter `cumulativeThrottlingSeconds` (namespace
+    NAMESPACE): whole seconds, the fraction carried to the next report, so that many short
+    waits add up (Beam's own clients drop each wait's fraction)."""
+
+    def __init__(self):
+        self._signaler = ThrottlingSignaler(NAMESPACE)
+        self._lock = threading.Lock()
+        self._carried = 0.0
+
+    def add(self, seconds: float):
+        """Called on the bundle's thread (Beam metrics are thread-local)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._carried += seconds
+            whole = int(self._carried)
+            self._carried -= whole
+        if whole:
+            self._signaler.signal_throttled(whole)

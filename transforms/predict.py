@@ -11,8 +11,12 @@ as they complete, and `finish_bundle()` waits for the rest of its bundle.
 
 Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `instances`
 (sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
-`connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`,
-`predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. They are updated on
+`connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`
+(held back by the adaptive throttler), `backoff_throttled_ms` (waits before retrying a 429 or
+503), `predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. The two
+throttling waits are also reported in whole seconds as `cumulativeThrottlingSeconds`, the
+counter Dataflow's autoscaler reads (as Beam's own GCS, BigQuery and Datastore clients do);
+waits for a `--qps` turn are not throttling and count in neither. They are updated on
 the bundle's thread, since Beam metrics are thread-local. The progress line is
 `transforms.progress`.
 
@@ -97,6 +101,7 @@ class _PredictFn(beam.DoFn):
 
 
 _LATENCY = metrics.distribution("latency_ms")
+_THROTTLING = metrics.ThrottlingSeconds()
 
 
 def _count(outcomes, stats: Stats):
@@ -107,6 +112,9 @@ def _count(outcomes, stats: Stats):
         metrics.counter("splits").inc(stats.splits)
     if stats.throttled_s:
         metrics.counter("throttled_ms").inc(int(stats.throttled_s * 1000))
+    if stats.backed_off_s:
+        metrics.counter("backoff_throttled_ms").inc(int(stats.backed_off_s * 1000))
+    _THROTTLING.add(stats.throttled_s + stats.backed_off_s)
     for cause, n in stats.retries.items():
         metrics.counter("retries").inc(n)
         metrics.counter(f"retries_{cause}").inc(n)
