@@ -56,7 +56,7 @@ def time_label(seconds: float, step: float) -> str:
     if step >= 60:
         return f"{seconds / 60:g} min"
     if step < 1:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f} s" if seconds else "0 s"
     return f"{seconds:g} s"
 
 
@@ -97,10 +97,10 @@ def axes(y_max: float, x_ticks: Sequence[Tick], y_title: str, x_title: str = "",
 
 
 def column_chart(items: Sequence[Tuple[str, float]], title: str, y_title: str,
-                 label_every: int = 1, x_title: str = "") -> str:
-    """Vertical bars, one per item."""
+                 label_every: int = 1, x_title: str = "", empty: str = "nothing to plot") -> str:
+    """Vertical bars, one per item; `empty` says why there are none."""
     if not items or not any(v for _, v in items):
-        return '<p class="empty">nothing to plot</p>'
+        return f'<p class="empty">{E(empty)}</p>'
     top = nice_max(max(v for _, v in items))
     inner_w, inner_h = PLOT_W - LEFT - RIGHT, PLOT_H - BOTTOM - TOP
     width = inner_w / len(items)

@@ -13,6 +13,7 @@ import collections
 import heapq
 import io
 import math
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = ["ReportError", "prediction_rows", "make_report", "write_report", "run
 CONTACT_SHEET_SIZE = 24
 THUMBNAIL_PX = 160
 MAX_THUMBNAIL_SOURCE_BYTES = 32 * 1024 * 1024
+THUMBNAIL_TIMEOUT_S = 30.0
 TOP_LABELS = 20
 TOP_ERRORS = 10
 KEYS_PER_ERROR = 3
@@ -199,6 +201,38 @@ def thumbnail(key: str, size: int = THUMBNAIL_PX) -> Optional[str]:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
+class Thumbnails:
+    """`thumbnail` with each read given at most `timeout_s`: once a read on a filesystem
+    (e.g. `gs://` without network or credentials) takes longer, that filesystem's other keys
+    are not tried, so the report never waits on it more than once."""
+
+    def __init__(self, timeout_s: float = THUMBNAIL_TIMEOUT_S, read=None):
+        self.timeout_s = timeout_s
+        self.read = read or thumbnail
+        self.unreachable: set = set()
+
+    def __call__(self, key: str, size: int = THUMBNAIL_PX) -> Optional[str]:
+        scheme = FileSystems.get_scheme(key) or "file"
+        if scheme in self.unreachable:
+            return None
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(self.read(key, size)),
+                                  daemon=True)  # a stuck read must not hold the exit
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            self.unreachable.add(scheme)
+            return None
+        return result[0] if result else None
+
+    def note(self) -> str:
+        if not self.unreachable:
+            return ""
+        schemes = ", ".join(f"{s}://" for s in sorted(self.unreachable))
+        return (f'<p class="muted">thumbnails on {E(schemes)} not shown: reading one took '
+                f'over {self.timeout_s:g} s (no network or credentials here?)</p>')
+
+
 # --------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------
@@ -268,8 +302,8 @@ def incomplete_note(files: RunFiles, predicted: int, failed: int) -> str:
             f'killed), so its inputs, requests and latencies are unknown. This report shows '
             f'what it committed: {predicted:,} predictions in '
             f'<code>{E(parts_dir(files.prefix))}/</code> and {failed:,} dead letters. The same '
-            'command with <code>--skip_existing</code> adopts them and predicts the rest '
-            '(docs/crash-safety.md).</p>')
+            'command with <code>--skip_existing</code> predicts only the rest '
+            '(docs/crash-safety.md says when it takes these into its own outputs).</p>')
 
 
 def failures_html(failures: dict) -> str:
@@ -286,7 +320,8 @@ def failures_html(failures: dict) -> str:
     return "".join(parts)
 
 
-def contact_sheet(least: Sequence[Tuple[float, str, str]], scored: int) -> str:
+def contact_sheet(least: Sequence[Tuple[float, str, str]], scored: int,
+                  thumbnails: Thumbnails) -> str:
     if not least:
         return ("<h2>Least confident predictions</h2>"
                 '<p class="empty">none: the run has no scored predictions</p>')
@@ -294,17 +329,18 @@ def contact_sheet(least: Sequence[Tuple[float, str, str]], scored: int) -> str:
             else f"All {len(least)} scored predictions, least confident first")
     figures = []
     for score, key, label in least:
-        uri = thumbnail(key)
+        uri = thumbnails(key)
         picture = (f'<img src="{uri}" alt="{E(key)}">' if uri
                    else '<div class="missing">not readable now</div>')
         figures.append(f'<figure>{picture}<figcaption><b>{E(label)}</b> {score:.3f}<br>'
                        f'<span class="key">{E(key)}</span></figcaption></figure>')
     return (f"<h2>{head}</h2><p class=\"muted\">where mislabels are found</p>"
-            f'<div class="sheet">{"".join(figures)}</div>')
+            f'<div class="sheet">{"".join(figures)}</div>{thumbnails.note()}')
 
 
 def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict) -> str:
     summary = files.summary
+    thumbnails = Thumbnails()
     width, series = time_series(predictions["times"].merged(failures["times"]))
     retries = sorted(summary.get("retries_by_cause", {}).items(), key=lambda kv: -kv[1])
     scores = [(f"{i / SCORE_BINS:.2f}", n) for i, n in enumerate(predictions["scores"])]
@@ -330,9 +366,9 @@ def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict
         if predictions["count"] else '<p class="empty">no predictions</p>',
         "<h2>Top score</h2>",
         column_chart(scores, "predictions by top score", "predictions", label_every=4,
-                     x_title="top score"),
-        embeddings_section(predictions["vectors"], thumbnail),
-        contact_sheet(predictions["least_confident"], sum(predictions["scores"])),
+                     x_title="top score", empty="no scored predictions"),
+        embeddings_section(predictions["vectors"], thumbnails),
+        contact_sheet(predictions["least_confident"], sum(predictions["scores"]), thumbnails),
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Run report {E(str(summary.get('run_id', '')))}</title>"

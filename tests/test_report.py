@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -92,7 +93,7 @@ def tick_labels(svg):
 
 
 @pytest.mark.parametrize("span_s, width_s, first_ticks", [
-    (2, 0.1, ["0.0 s", "0.5 s", "1.0 s", "1.5 s"]),
+    (2, 0.1, ["0 s", "0.5 s", "1.0 s", "1.5 s"]),
     (7200, 120, ["0 min", "30 min", "60 min", "90 min"])])
 def test_throughput_reads_on_a_short_and_a_long_run(span_s, width_s, first_ticks):
     """A 2-second run is drawn in 0.1 s bins with distinct ticks; a 2-hour run in 2 min."""
@@ -235,7 +236,7 @@ def test_a_run_where_everything_failed_says_what_there_is(tmp_path):
     assert "None" not in page and "The 0 " not in page
     assert "no latency recorded: no request finished" in page
     assert "none: the run has no scored predictions" in page
-    assert "no predictions</p>" in page
+    assert "no predictions</p>" in page and "no scored predictions</p>" in page
     assert "<h3>predict: 23</h3>" in page and "connection refused" in page
 
 
@@ -331,3 +332,24 @@ def test_an_embeddings_run_shows_norms_a_projection_and_near_duplicates(embeddin
         assert float(cosine) >= vectors.NEAR_DUPLICATE_COSINE
         assert stem(first) == stem(second) or not {stem(first), stem(second)} & {
             "cat", "coffee", "rocket", "camera"}
+
+
+def test_a_filesystem_that_does_not_answer_is_waited_for_once(tmp_path):
+    """A read that hangs (gs:// with no network here) costs one timeout, not one per key."""
+    release = threading.Event()
+    calls = []
+
+    def read(key, size):
+        calls.append(key)
+        if key.startswith("gs://"):
+            release.wait(30)
+        return "data:image/jpeg;base64,AAAA"
+
+    thumbnails = report.Thumbnails(timeout_s=0.2, read=read)
+    try:
+        assert thumbnails("gs://b/1.jpg") is None and thumbnails("gs://b/2.jpg") is None
+        assert thumbnails(str(tmp_path / "x.jpg")) == "data:image/jpeg;base64,AAAA"
+    finally:
+        release.set()
+    assert calls == ["gs://b/1.jpg", str(tmp_path / "x.jpg")]
+    assert "thumbnails on gs:// not shown" in thumbnails.note()
