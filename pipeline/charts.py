@@ -49,10 +49,11 @@ def nice_max(value: float) -> float:
     return 10 * step
 
 
-def time_label(seconds: float, step: float) -> str:
-    """`seconds` since the start, in the unit the tick step reads best in."""
-    if step >= 3600:
-        return f"{seconds / 3600:g} h"
+def time_label(seconds: float, step: float, x_max: float) -> str:
+    """`seconds` since the start, in the unit the tick step reads best in (`h:mm` on runs
+    of an hour or more)."""
+    if x_max >= 3600 and step >= 60:
+        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}"
     if step >= 60:
         return f"{seconds / 60:g} min"
     if step < 1:
@@ -65,7 +66,7 @@ def time_ticks(x_max: float) -> List[Tick]:
     30 min apart on a 2-hour one."""
     step = next((s for s in TIME_STEPS_S if x_max / s <= MAX_TIME_TICKS - 1),
                 TIME_STEPS_S[-1])
-    return [(i * step, time_label(i * step, step))
+    return [(i * step, time_label(i * step, step, x_max))
             for i in range(int(x_max / step + 1e-9) + 1)]
 
 
@@ -117,11 +118,13 @@ def column_chart(items: Sequence[Tuple[str, float]], title: str, y_title: str,
 
 
 def line_chart(points: Sequence[Tuple[float, float]], title: str, y_title: str,
-               x_title: str = "time since the first record") -> str:
-    """A polyline of (x seconds, y) points on a time axis with round ticks."""
+               x_title: str = "time since the first record",
+               x_end: Optional[float] = None) -> str:
+    """A polyline of (x seconds, y) points on a time axis with round ticks, from 0 to
+    `x_end` (default: the last point)."""
     if not points:
         return '<p class="empty">nothing to plot</p>'
-    x_max = max(x for x, _ in points) or 1.0
+    x_max = max([x for x, _ in points] + [x_end or 0]) or 1.0
     top = nice_max(max(y for _, y in points))
     inner_w, inner_h = PLOT_W - LEFT - RIGHT, PLOT_H - BOTTOM - TOP
 
@@ -131,6 +134,8 @@ def line_chart(points: Sequence[Tuple[float, float]], title: str, y_title: str,
     coords = " ".join(f"{px:.1f},{py:.1f}" for px, py in (at(x, y) for x, y in points))
     line = (f'<polyline class="series" points="{coords}" fill="none" stroke="{COLOUR}" '
             'stroke-width="2"/>')
+    if x_max >= 3600 and x_title:
+        x_title += " (h:mm)"
     return svg(axes(top, time_ticks(x_max), y_title, x_title, lambda x: at(x, 0)[0]) + line,
                PLOT_W, PLOT_H, title)
 

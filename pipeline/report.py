@@ -70,6 +70,12 @@ class TimeCounts:
         while len(self.counts) > MAX_TIME_KEYS:
             self.coarsen()
 
+    def span_s(self) -> float:
+        """Seconds from the start of the first step counted to the end of the last."""
+        if not self.counts:
+            return 0.0
+        return (max(self.counts) - min(self.counts) + 1) * self.step_ms / 1000
+
     def coarsen(self):
         wider = collections.Counter()
         for step, n in self.counts.items():
@@ -166,7 +172,8 @@ def bin_width_ms(times: TimeCounts, span_ms: int) -> int:
 
 
 def time_series(times: TimeCounts) -> Tuple[float, List[Tuple[float, float]]]:
-    """(bin width s, [(seconds since the first record, records per second)]) in at most
+    """(bin width s, [(seconds since the first record to the middle of the bin, records per
+    second)]) in at most
     MAX_TIME_BINS bins of a round width: 0.1 s on a 2-second run, 2 min on a 2-hour one."""
     if not times.counts:
         return times.step_ms / 1000, []
@@ -176,7 +183,12 @@ def time_series(times: TimeCounts) -> Tuple[float, List[Tuple[float, float]]]:
     for step, n in times.counts.items():
         bins[(step - start) // width] += n
     seconds = width * times.step_ms / 1000
-    return seconds, [(i * seconds, n / seconds) for i, n in enumerate(bins)]
+    spans = [seconds] * len(bins)
+    spans[-1] = ((end - start) % width + 1) * times.step_ms / 1000  # the last bin's run part
+    if len(bins) > 1 and spans[-1] < seconds / 2:  # too short to give a rate: joins the one
+        bins[-2:], spans[-2:] = [sum(bins[-2:])], [sum(spans[-2:])]  # before it
+    return seconds, [(i * seconds + span / 2, n / span)  # at the middle of the time it counts
+                     for i, (n, span) in enumerate(zip(bins, spans))]
 
 
 # --------------------------------------------------------------------------
@@ -341,7 +353,8 @@ def contact_sheet(least: Sequence[Tuple[float, str, str]], scored: int,
 def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict) -> str:
     summary = files.summary
     thumbnails = Thumbnails()
-    width, series = time_series(predictions["times"].merged(failures["times"]))
+    times = predictions["times"].merged(failures["times"])
+    width, series = time_series(times)
     retries = sorted(summary.get("retries_by_cause", {}).items(), key=lambda kv: -kv[1])
     scores = [(f"{i / SCORE_BINS:.2f}", n) for i, n in enumerate(predictions["scores"])]
     title = f"Batch prediction run {summary.get('run_id', '')}" + (
@@ -353,7 +366,8 @@ def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict
         incomplete_note(files, predictions["count"], failures["count"]),
         tiles(summary, predictions["count"], failures["count"]),
         "<h2>Throughput over time</h2>",
-        line_chart(series, "images finished per second", "images per second"),
+        line_chart(series, "images finished per second", "images per second",
+                   x_end=times.span_s()),
         f'<p class="muted">predictions and dead letters by the time they were made, '
         f'in bins of {width:g} s</p>',
         *latency_html(run_metrics),
