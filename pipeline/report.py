@@ -264,7 +264,7 @@ padding:8px 14px}.tile b{display:block;font-size:20px}.bad b{color:#b00020}
 .sheet figure,.pairs figure{margin:0;background:#f7f7f7;padding:5px;border-radius:4px;
 font-size:12px}.pairs figure{max-width:300px}
 .sheet img{display:block;max-width:160px;max-height:160px;margin:auto}
-.pairs img{display:block;max-width:120px;max-height:120px;margin:auto}
+.pairs img{display:block;max-width:96px;max-height:96px;margin:auto}
 .missing{height:80px;display:flex;align-items:center;justify-content:center;color:#777}
 code,.key{font-family:ui-monospace,Menlo,monospace;font-size:12px;word-break:break-all}
 .empty{color:#777}.muted{color:#666}.bad-text{color:#b00020}

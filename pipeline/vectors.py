@@ -20,6 +20,7 @@ NEAR_DUPLICATE_COSINE = 0.95
 MAX_PAIRS = 12
 SCATTER_THUMBNAILS = 80
 NORM_BINS = 20
+PAIR_THUMBNAIL_PX = 96
 EMBEDDING_COLUMN = "embedding"
 
 
@@ -164,8 +165,10 @@ def projection_html(tally: VectorTally, thumbnail: Thumbnail) -> List[str]:
             thumbnail_scatter(points[shown:] + points[:shown], "embeddings projected on "
                               "their first two principal components"),
             f'<p class="muted">each image at its coordinates on the sample\'s first two '
-            f'principal components ({share:.0%} of its variance); {shown:,} drawn as '
-            f'thumbnails, the rest as dots</p>']
+            f'principal components ({share:.0%} of its variance); '
+            + ("each drawn as its thumbnail" if shown == len(points) else
+               f"{shown:,} drawn as thumbnails, the other {len(points) - shown:,} as dots")
+            + '</p>']
 
 
 def pairs_html(tally: VectorTally, thumbnail: Thumbnail) -> List[str]:
@@ -178,7 +181,7 @@ def pairs_html(tally: VectorTally, thumbnail: Thumbnail) -> List[str]:
     for pair in pairs:
         cells = []
         for key in (pair.first, pair.second):
-            uri = thumbnail(key, 120)
+            uri = thumbnail(key, PAIR_THUMBNAIL_PX)
             picture = (f'<img src="{uri}" alt="{E(key)}">' if uri
                        else '<div class="missing">not readable now</div>')
             cells.append(f'<figure>{picture}<figcaption class="key">{E(key)}</figcaption>'

@@ -355,3 +355,15 @@ def test_a_filesystem_that_does_not_answer_is_waited_for_once(tmp_path):
         release.set()
     assert calls == ["gs://b/1.jpg", str(tmp_path / "x.jpg")]
     assert "thumbnails on gs:// not shown" in thumbnails.note()
+
+
+def test_the_embeddings_report_renders_in_chromium(chromium, embedding_run, tmp_path):
+    prefix, keys = embedding_run
+    page = report.write_report(prefix)
+    dom, console = browse(chromium, page, tmp_path, "--dump-dom")
+    assert console == []
+    root = re.search(r"<html[^>]*>", dom).group(0)
+    assert 'data-plots="6"' in root  # throughput, latency, labels, scores, norms, projection
+    shown = int(re.search(r'data-images-shown="(\d+)"', root).group(1))
+    assert shown >= report.CONTACT_SHEET_SIZE + 2 and 'data-images-broken="0"' in root
+    assert dom.count('class="thumb"') == min(len(keys), vectors.SCATTER_THUMBNAILS)
