@@ -119,7 +119,8 @@ def tally_predictions(batches: Iterable[pa.RecordBatch]) -> dict:
         vectors.add(batch)
         for row in batch.select([c for c in ("key", "top_label", "top_score")
                                  if c in batch.schema.names]).to_pylist():
-            labels[row.get("top_label") or "(no label)"] += 1
+            if row.get("top_label") is not None:
+                labels[row["top_label"]] += 1
             score = row.get("top_score")
             if score is None:
                 continue
@@ -377,7 +378,9 @@ def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict
         "<h2>Failures</h2>", failures_html(failures),
         "<h2>Top labels</h2>",
         bar_list(predictions["labels"].most_common(TOP_LABELS), "top labels")
-        if predictions["count"] else '<p class="empty">no predictions</p>',
+        if predictions["labels"] else '<p class="empty">no labels: '
+        + ("no predictions</p>" if not predictions["count"] else
+           "the predictions hold none (embeddings only?)</p>"),
         "<h2>Top score</h2>",
         column_chart(scores, "predictions by top score", "predictions", label_every=4,
                      x_title="top score", empty="no scored predictions"),

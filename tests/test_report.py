@@ -238,7 +238,7 @@ def test_a_run_where_everything_failed_says_what_there_is(tmp_path):
     assert "None" not in page and "The 0 " not in page
     assert "no latency recorded: no request finished" in page
     assert "none: the run has no scored predictions" in page
-    assert "no predictions</p>" in page and "no scored predictions</p>" in page
+    assert "no labels: no predictions</p>" in page and "no scored predictions</p>" in page
     assert "<h3>predict: 23</h3>" in page and "connection refused" in page
 
 
@@ -367,3 +367,18 @@ def test_the_embeddings_report_renders_in_chromium(chromium, embedding_run, tmp_
     shown = int(re.search(r'data-images-shown="(\d+)"', root).group(1))
     assert shown >= report.CONTACT_SHEET_SIZE + 2 and 'data-images-broken="0"' in root
     assert dom.count('class="thumb"') == min(len(keys), vectors.SCATTER_THUMBNAILS)
+
+
+def test_a_run_of_embeddings_only_shows_no_label_bars(tmp_path):
+    """Vector-only answers (multimodal) have null labels: no '(no label)' bar, no sheet."""
+    keys = [f"/photos/img_{i}.jpg" for i in range(30)]
+    table = synthetic_runs.predictions(keys, 2, embeddings=np.random.default_rng(2).normal(
+        size=(30, 16)).astype(np.float32))
+    table = table.set_column(table.schema.get_field_index("top_label"), "top_label",
+                             pa.nulls(30, pa.string()))
+    table = table.set_column(table.schema.get_field_index("top_score"), "top_score",
+                             pa.nulls(30, pa.float64()))
+    page = report.make_report(synthetic_runs.write_run(str(tmp_path), table,
+                                                       latencies_ms=[80] * 30))
+    assert "no labels: the predictions hold none" in page and "(no label)" not in page
+    assert "30 vectors of 16 numbers" in page and 'aria-label="top labels"' not in page
