@@ -71,13 +71,16 @@ def time_ticks(x_max: float) -> List[Tick]:
 
 
 def axes(y_max: float, x_ticks: Sequence[Tick], y_title: str, x_title: str = "",
-         x_of=None) -> str:
-    """Axis lines, y ticks at 0, half and `y_max`, the x ticks (`(x pixel, label)`, or
-    `(value, label)` placed by `x_of`), and both titles outside the tick labels."""
+         x_of=None, counts: bool = False) -> str:
+    """Axis lines, y ticks at 0, half and `y_max` (no half tick between counts that is no
+    whole number), the x ticks (`(x pixel, label)`, or `(value, label)` placed by `x_of`),
+    and both titles outside the tick labels."""
     base = PLOT_H - BOTTOM
     parts = [f'<line x1="{LEFT}" y1="{base}" x2="{PLOT_W - RIGHT}" y2="{base}" stroke="#444"/>',
              f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{base}" stroke="#444"/>']
     for frac in (0, 0.5, 1):
+        if counts and frac == 0.5 and y_max * frac != int(y_max * frac):
+            continue
         y = base - frac * (base - TOP)
         parts.append(f'<text x="{LEFT - 5}" y="{y + 4:.1f}" text-anchor="end" '
                      f'font-size="11">{human(y_max * frac)}</text>')
@@ -114,7 +117,8 @@ def column_chart(items: Sequence[Tuple[str, float]], title: str, y_title: str,
                     f'<title>{E(label)}: {human(value)}</title></rect>')
         if i % label_every == 0:
             labels.append((x + width / 2, label))
-    return svg(axes(top, labels, y_title, x_title) + "".join(bars), PLOT_W, PLOT_H, title)
+    return svg(axes(top, labels, y_title, x_title, counts=True) + "".join(bars), PLOT_W,
+               PLOT_H, title)
 
 
 def line_chart(points: Sequence[Tuple[float, float]], title: str, y_title: str,

@@ -91,8 +91,9 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 def near_duplicates(keys: np.ndarray, vectors: np.ndarray,
                     threshold: float = NEAR_DUPLICATE_COSINE) -> Tuple[int, List[Pair]]:
-    """(how many pairs of the sample have a cosine similarity >= `threshold`, the
-    `MAX_PAIRS` most similar of them)."""
+    """(how many pairs of the sample have a cosine similarity >= `threshold`, up to
+    `MAX_PAIRS` of them most similar first: when there are more, the most similar half and
+    the least similar half, so that the borderline pairs are seen too)."""
     if len(vectors) < 2:
         return 0, []
     unit = unit_rows(vectors.astype(np.float64))
@@ -100,7 +101,9 @@ def near_duplicates(keys: np.ndarray, vectors: np.ndarray,
     first, second = np.triu_indices(len(vectors), k=1)
     similar = cosine[first, second]
     above = np.nonzero(similar >= threshold)[0]
-    best = above[np.argsort(-similar[above], kind="stable")][:MAX_PAIRS]
+    ranked = above[np.argsort(-similar[above], kind="stable")]
+    best = ranked if len(ranked) <= MAX_PAIRS else np.concatenate(
+        [ranked[:MAX_PAIRS // 2], ranked[-(MAX_PAIRS - MAX_PAIRS // 2):]])
     return len(above), [Pair(float(similar[i]), str(keys[first[i]]), str(keys[second[i]]))
                         for i in best]
 
@@ -187,7 +190,8 @@ def pairs_html(tally: VectorTally, thumbnail: Thumbnail) -> List[str]:
             cells.append(f'<figure>{picture}<figcaption class="key">{E(key)}</figcaption>'
                          '</figure>')
         rows.append((f"{pair.cosine:.4f}", *cells))
-    shown = f"the {len(pairs)} most similar" if found > len(pairs) else "all"
+    shown = (f"the {len(pairs) // 2} most and the {len(pairs) - len(pairs) // 2} least "
+             "similar of them" if found > len(pairs) else "all")
     return [head, f'<p>{found:,} pairs among the {len(tally.keys):,} sampled vectors; '
                   f'{shown} shown</p>',
             f'<div class="pairs">{table(("cosine", "image", "image"), rows)}</div>']

@@ -110,6 +110,8 @@ def test_axes_use_one_human_style_for_big_numbers():
     y_ticks = re.findall(r'font-size="11">([^<]*)</text>', svg)
     assert y_ticks[:3] == ["0", "500k", "1.0M"]
     assert "e+" not in svg
+    few = charts.column_chart([("a", 5), ("b", 3)], "t", "requests")
+    assert re.findall(r'font-size="11">([^<]*)</text>', few)[:2] == ["0", "5"]  # no 2.5
     assert [charts.human(v) for v in (0, 0.25, 7.5, 1500, 250_000, 2_500_000)] == \
         ["0", "0.25", "7.5", "1.5k", "250k", "2.5M"]
 
@@ -382,3 +384,16 @@ def test_a_run_of_embeddings_only_shows_no_label_bars(tmp_path):
                                                        latencies_ms=[80] * 30))
     assert "no labels: the predictions hold none" in page and "(no label)" not in page
     assert "30 vectors of 16 numbers" in page and 'aria-label="top labels"' not in page
+
+
+def test_many_near_duplicates_show_the_most_and_the_least_similar():
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(1, 32))
+    noise = np.linspace(0.001, 0.1, 30)[:, None] * rng.normal(size=(30, 32))
+    keys = np.array([f"k{i}" for i in range(30)], dtype=object)
+    found, pairs = vectors.near_duplicates(keys, (base + noise).astype(np.float32))
+    cosines = [p.cosine for p in pairs]
+    assert found > vectors.MAX_PAIRS == len(pairs) and cosines == sorted(cosines, reverse=True)
+    assert cosines[-1] == pytest.approx(min(
+        c for c in (vectors.unit_rows(base + noise) @ vectors.unit_rows(base + noise).T)
+        [np.triu_indices(30, 1)] if c >= vectors.NEAR_DUPLICATE_COSINE))
