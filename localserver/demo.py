@@ -143,7 +143,8 @@ def run_embeddings(run_prefix: str):
     """(keys, float32 vectors [n, d]) of the rows of a run's prediction files that have an
     `embedding` (Parquet `list<float32>`, or JSON numbers in JSONL)."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    from pipeline.run_files import find_run, prediction_batches  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from pipeline.run_files import find_run, prediction_batches
     keys, vectors = [], []
     for batch in prediction_batches(find_run(run_prefix).predictions):
         if "embedding" not in batch.schema.names:
