@@ -21,7 +21,9 @@ EMBEDDING_FIELD = pa.field("embedding", pa.list_(pa.float32()))
 
 
 def schema() -> pa.Schema:
-    return prediction_schema().append(EMBEDDING_FIELD)
+    """The prediction schema with its `embedding` column (added here where it lacks one)."""
+    base = prediction_schema()
+    return base if "embedding" in base.names else base.append(EMBEDDING_FIELD)
 
 
 def predictions(keys: Sequence[str], span_s: float, seed: int = 0,
