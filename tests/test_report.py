@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import charts, latency, report, vectors
+from pipeline import charts, latency, report, timeline, vectors
 from pipeline.run import main, run
 from tests import synthetic_runs
 from tests.helpers import assert_accounted, labelled_images
@@ -64,28 +64,28 @@ def test_tally_keeps_the_least_confident_and_counts_labels():
         [f"k{i}" for i in range(report.CONTACT_SHEET_SIZE)]
     assert tally["labels"] == collections.Counter({"cat": 66, "dog": 34})
     assert sum(tally["scores"]) == 100 and tally["scores"][0] == 5
-    width, series = report.time_series(tally["times"])
+    width, series = timeline.time_series(tally["times"])
     assert width == 2 and len(series) == 50
     assert sum(tally["times"].counts.values()) == 100
     assert series[-1][1] == pytest.approx(2 / 1.1)  # 2 records in the last 1.1 s
 
 
 def time_counts(seconds):
-    times = report.TimeCounts()
+    times = timeline.TimeCounts()
     times.add_us((np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64))
     return times
 
 
 def test_time_series_is_bounded():
     times = time_counts(np.repeat(np.arange(0, 100_000, 7), 2))
-    width, series = report.time_series(times)
-    assert len(series) <= report.MAX_TIME_BINS
+    width, series = timeline.time_series(times)
+    assert len(series) <= timeline.MAX_TIME_BINS
     assert sum(y * width for _, y in series[:-1]) < 2 * len(range(0, 100_000, 7))
 
 
 def test_time_counts_stay_bounded_over_a_long_run():
     times = time_counts(np.arange(0, 3_000_000, 3.7))  # a month, a record every 3.7 s
-    assert len(times.counts) <= report.MAX_TIME_KEYS and times.step_ms == 100_000
+    assert len(times.counts) <= timeline.MAX_TIME_KEYS and times.step_ms == 100_000
     assert sum(times.counts.values()) == len(np.arange(0, 3_000_000, 3.7))
 
 
@@ -99,8 +99,8 @@ def tick_labels(svg):
 def test_throughput_reads_on_a_short_and_a_long_run(span_s, width_s, first_ticks):
     """A 2-second run is drawn in 0.1 s bins with distinct ticks; a 2-hour run in 2 min."""
     spread = np.linspace(1000, 1000 + span_s, 4000, endpoint=False)
-    width, series = report.time_series(time_counts(spread))
-    assert width == pytest.approx(width_s) and 10 <= len(series) <= report.MAX_TIME_BINS
+    width, series = timeline.time_series(time_counts(spread))
+    assert width == pytest.approx(width_s) and 10 <= len(series) <= timeline.MAX_TIME_BINS
     labels = tick_labels(charts.line_chart(series, "t", "images per second", x_end=span_s))
     assert labels[:len(first_ticks)] == first_ticks and len(set(labels)) == len(labels)
     rates = [y for _, y in series]  # evenly spread records: the last, partial bin too
