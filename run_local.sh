@@ -9,6 +9,7 @@
 #   ./run_local.sh --model colour                     (the fast colour model)
 #   ./run_local.sh --model my.onnx --labels labels.txt --input_size 299
 #   ./run_local.sh --protocol v2 --binary_data      (the server's Open Inference Protocol)
+#   ./run_local.sh --embeddings     (the model's embeddings too; prints each photo's nearest)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -16,9 +17,12 @@ source scripts/bootstrap.sh
 SERVER_FLAGS=" --model --labels --input_size --crop_fraction --mean --std --layout --top_k "
 args=()
 server_args=()
+embeddings=""
 while [ $# -gt 0 ]; do
     name="${1%%=*}"
-    if [[ "$SERVER_FLAGS" == *" $name "* ]]; then
+    if [ "$1" = --embeddings ]; then
+        embeddings=1; server_args+=(--embeddings); shift
+    elif [[ "$SERVER_FLAGS" == *" $name "* ]]; then
         if [[ "$1" == *=* ]]; then server_args+=("$name" "${1#*=}"); shift
         else server_args+=("$1" "${2:?run_local: $1 needs a value}"); shift 2; fi
     else
@@ -28,6 +32,9 @@ done
 # ${a[@]+"${a[@]}"}: an empty array is "unbound" to bash < 4.4 (macOS's 3.2) under set -u
 has_flag() { local f; for f in ${args[@]+"${args[@]}"}; do [[ "$f" == "$1" || "$f" == "$1="* ]] && return 0; done; return 1; }
 [[ " ${server_args[*]-} " == *" --model "* ]] || server_args+=(--model efficientnet_lite0)
+if [ -n "$embeddings" ] && ! has_flag --embedding_field; then
+    args+=(--embedding_field embedding)
+fi
 
 if ! has_flag --input; then
     "$PY" -m localserver.demo demo/images
@@ -85,6 +92,9 @@ if [ -z "$output" ]; then
 fi
 if ! has_flag --input; then
     "$PY" -m localserver.demo --show "$output" >&2 || true
+fi
+if [ -n "$embeddings" ]; then
+    "$PY" -m localserver.demo --nearest "$output" >&2 || true
 fi
 
 if [ -n "$server_pid" ]; then

@@ -7,6 +7,10 @@ mid-tone of one of the colour model's label colours with mild noise (`red_0007.j
 is the first part of the file name). A third of the copies are in a sub-folder. One
 deliberately corrupt file (`corrupt.jpg`) shows the dead letters. Existing demo sets are left
 as they are, but get the photos if they lack them.
+
+After a run, `--show RUN_PREFIX` prints the photos' top labels, and `--nearest RUN_PREFIX` each
+photo's nearest other images by the cosine similarity of the run's `embedding` column
+(`./run_local.sh --embeddings`).
 """
 import os
 import random
@@ -122,9 +126,7 @@ def make_demo_set_whole(folder: str, count: int = 48) -> int:
 def show_photos(run_prefix: str) -> int:
     """Print the demo photos' top label and score from a run's prediction files."""
     from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
-    rows = [r for r in prediction_rows(run_prefix)
-            if os.path.basename(r["key"]) in PHOTO_CLASSES
-            and os.path.basename(os.path.dirname(r["key"])) == "photos"]
+    rows = [r for r in prediction_rows(run_prefix) if is_demo_photo(r["key"])]
     if rows:
         print("demo photos (localserver/photos/SOURCES.md), top label and score:")
     for row in sorted(rows, key=lambda r: r["key"]):
@@ -132,13 +134,72 @@ def show_photos(run_prefix: str) -> int:
     return 0
 
 
+def is_demo_photo(key: str) -> bool:
+    return (os.path.basename(key) in PHOTO_CLASSES
+            and os.path.basename(os.path.dirname(key)) == "photos")
+
+
+def run_embeddings(run_prefix: str):
+    """(keys, float32 vectors [n, d]) of the rows of a run's prediction files that have an
+    `embedding` (Parquet `list<float32>`, or JSON numbers in JSONL)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from pipeline.run_files import find_run, prediction_batches
+    keys, vectors = [], []
+    for batch in prediction_batches(find_run(run_prefix).predictions):
+        if "embedding" not in batch.schema.names:
+            continue
+        for key, vector in zip(batch.column("key").to_pylist(),
+                               batch.column("embedding").to_pylist()):
+            if vector:
+                keys.append(key)
+                vectors.append(vector)
+    return keys, np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1 if keys else 0)
+
+
+def nearest_images(run_prefix: str, count: int = 3):
+    """{demo photo's key: [(other key, cosine similarity)], most similar first}, by the
+    run's embeddings."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    keys, vectors = run_embeddings(run_prefix)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = vectors / np.where(norms > 0, norms, 1.0)
+    found = {}
+    for i, key in enumerate(keys):
+        if not is_demo_photo(key):
+            continue
+        cosine = unit @ unit[i]
+        cosine[i] = -np.inf  # not itself
+        order = np.argsort(-cosine, kind="stable")[:count]
+        found[key] = [(keys[j], float(cosine[j])) for j in order if np.isfinite(cosine[j])]
+    return found
+
+
+def show_nearest(run_prefix: str) -> int:
+    """Print each demo photo's nearest other images by cosine similarity of embeddings."""
+    found = nearest_images(run_prefix)
+    if not found:
+        print("demo photos: no embeddings in the run's outputs (was the model serving "
+              "embeddings, and --embedding_field given?)")
+        return 1
+    print("demo photos, nearest other images by cosine similarity of their embeddings:")
+    root = os.path.dirname(os.path.dirname(next(iter(found))))
+    for key in sorted(found):
+        near = ", ".join(f"{os.path.relpath(other, root)} ({cosine:.3f})"
+                         for other, cosine in found[key])
+        print(f"  {os.path.basename(key):<12} {near}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--show":
         return show_photos(argv[1])
+    if len(argv) == 2 and argv[0] == "--nearest":
+        return show_nearest(argv[1])
     if not argv:
-        print("usage: python -m localserver.demo DIR [COUNT]  |  --show RUN_PREFIX",
-              file=sys.stderr)
+        print("usage: python -m localserver.demo DIR [COUNT]  |  --show RUN_PREFIX  |  "
+              "--nearest RUN_PREFIX", file=sys.stderr)
         return 2
     folder, count = argv[0], int(argv[1]) if len(argv) > 1 else 48
     if os.path.isdir(folder) and os.listdir(folder):

@@ -1,108 +1,44 @@
 """The run report: one self-contained HTML file made from a run's files alone.
 
 `batch-predict report <run prefix>` (the `output` of a run's summary, local or `gs://`) reads
-`<prefix>-summary.json`, `<prefix>-metrics.json` (the job's Beam counters, written at the end of
-the run), the prediction shards `<prefix>-*.parquet` (or `.jsonl`) and the dead letters under the
-summary's `errors` prefix, and writes `<prefix>-report.html`: summary, throughput over time,
-request latency, retries, failures, labels, scores and a contact sheet of the least confident
-images (thumbnails read from the inputs through Beam's FileSystems). Plots are inline SVG made
-here; the page loads nothing from anywhere.
+the run's files (`pipeline.run_files`: its summary, counters, prediction shards and dead
+letters; for a killed run, the parts it committed) and writes `<prefix>-report.html`: summary,
+throughput over time, request latency, retries, failures, labels, scores, a contact sheet of
+the least confident images (thumbnails read from the inputs through Beam's FileSystems) and,
+for runs with embeddings, their norms, a 2-D projection and near-duplicate pairs
+(`pipeline.vectors`). Plots are inline SVG made here; the page loads nothing from anywhere.
 """
 import base64
 import collections
-import datetime
 import heapq
 import io
-import json
-import math
+import threading
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from core.paths import quote_glob
-from pipeline.charts import bar_list, column_chart, E, line_chart, table
+from core.paths import parts_dir, quote_glob
+from pipeline.charts import bar_list, column_chart, count, E, line_chart, table
+from pipeline.latency import latency_html
+from pipeline.timeline import bin_text, time_series, TimeCounts, times_us
+from pipeline.run_files import (dead_letter_rows, find_run, parse_time, prediction_batches,
+                                prediction_rows, read_metrics, ReportError, RunFiles)
+from pipeline.vectors import section as embeddings_section, VectorTally
 from transforms import metrics
-from transforms.commit import matching
+
+__all__ = ["ReportError", "prediction_rows", "make_report", "write_report", "run_metrics"]
 
 CONTACT_SHEET_SIZE = 24
 THUMBNAIL_PX = 160
 MAX_THUMBNAIL_SOURCE_BYTES = 32 * 1024 * 1024
+THUMBNAIL_TIMEOUT_S = 30.0
 TOP_LABELS = 20
 TOP_ERRORS = 10
 KEYS_PER_ERROR = 3
 SCORE_BINS = 20
-MAX_TIME_BINS = 120
 ERROR_TEXT_CHARS = 300
-
-
-class ReportError(ValueError):
-    """The run's files cannot make a report (one line for the user)."""
-
-
-# --------------------------------------------------------------------------
-# The run's files
-# --------------------------------------------------------------------------
-
-
-def read_text(path: str) -> str:
-    with FileSystems.open(path) as f:
-        return f.read().decode("utf-8")
-
-
-def read_summary(prefix: str) -> dict:
-    try:
-        return json.loads(read_text(f"{prefix}-summary.json"))
-    except Exception as e:  # Beam's filesystems raise several types
-        raise ReportError(f"no run summary at {prefix}-summary.json ({type(e).__name__})")
-
-
-def read_metrics(prefix: str) -> dict:
-    """The run's counters and distributions, or {} for a run written before they were kept."""
-    if not matching(prefix, "-metrics.json"):
-        return {}
-    return json.loads(read_text(f"{prefix}-metrics.json"))
-
-
-def prediction_rows(prefix: str) -> Iterable[dict]:
-    """key, top_label, top_score and predicted_at of every prediction (Parquet, else JSONL)."""
-    parquet = matching(prefix, "-*.parquet")
-    if parquet:
-        import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-        columns = ["key", "top_label", "top_score", "predicted_at"]
-        for path in parquet:
-            with FileSystems.open(path) as f:
-                table = pq.read_table(io.BytesIO(f.read()), columns=columns)
-            for batch in table.to_batches():
-                yield from batch.to_pylist()
-        return
-    for path in matching(prefix, "-*.jsonl"):
-        for line in read_text(path).splitlines():
-            if line.strip():
-                row = json.loads(line)
-                row["predicted_at"] = parse_time(row.get("predicted_at"))
-                yield row
-
-
-def dead_letter_rows(errors_prefix: Optional[str]) -> Iterable[dict]:
-    if not errors_prefix:
-        return
-    for path in matching(errors_prefix, "-*.jsonl"):
-        for line in read_text(path).splitlines():
-            if line.strip():
-                yield json.loads(line)
-
-
-def parse_time(text) -> Optional[datetime.datetime]:
-    """A BigQuery-style `YYYY-MM-DD hh:mm:ss[.ffffff]` UTC timestamp (or an ISO one)."""
-    if not text:
-        return None
-    if isinstance(text, datetime.datetime):
-        return text
-    try:
-        stamp = datetime.datetime.fromisoformat(str(text).replace(" ", "T").replace("Z", ""))
-    except ValueError:
-        return None
-    return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc)
 
 
 # --------------------------------------------------------------------------
@@ -114,38 +50,44 @@ def score_bin(score: float) -> int:
     return min(SCORE_BINS - 1, max(0, int(score * SCORE_BINS)))
 
 
-def tally_predictions(rows: Iterable[dict]) -> dict:
-    """Label counts, score histogram, times and the least confident rows, in bounded memory."""
+def tally_predictions(batches: Iterable[pa.RecordBatch]) -> dict:
+    """Label counts, score histogram, times, the least confident rows and the embeddings'
+    tally, in bounded memory."""
     labels = collections.Counter()
     scores = [0] * SCORE_BINS
-    times = collections.Counter()
+    times = TimeCounts()
+    vectors = VectorTally()
     lowest: List[Tuple[float, str, str]] = []  # a max-heap by score, as (-score, key, label)
-    count = 0
-    for row in rows:
-        count += 1
-        labels[row.get("top_label") or "(no label)"] += 1
-        score = row.get("top_score")
-        when = row.get("predicted_at")
-        if when is not None:
-            times[int(when.timestamp())] += 1
-        if score is None:
-            continue
-        scores[score_bin(score)] += 1
-        entry = (-score, row["key"], row.get("top_label") or "")
-        if len(lowest) < CONTACT_SHEET_SIZE:
-            heapq.heappush(lowest, entry)
-        elif entry > lowest[0]:
-            heapq.heapreplace(lowest, entry)
+    total = 0
+    for batch in batches:
+        total += batch.num_rows
+        if "predicted_at" in batch.schema.names:
+            times.add_us(times_us(batch.column("predicted_at")))
+        vectors.add(batch)
+        for row in batch.select([c for c in ("key", "top_label", "top_score")
+                                 if c in batch.schema.names]).to_pylist():
+            if row.get("top_label") is not None:
+                labels[row["top_label"]] += 1
+            score = row.get("top_score")
+            if score is None:
+                continue
+            scores[score_bin(score)] += 1
+            entry = (-score, row["key"], row.get("top_label") or "")
+            if len(lowest) < CONTACT_SHEET_SIZE:
+                heapq.heappush(lowest, entry)
+            elif entry > lowest[0]:
+                heapq.heapreplace(lowest, entry)
     least = sorted(((-s, key, label) for s, key, label in lowest))
-    return {"count": count, "labels": labels, "scores": scores, "times": times,
-            "least_confident": least}
+    return {"count": total, "labels": labels, "scores": scores, "times": times,
+            "least_confident": least, "vectors": vectors}
 
 
 def tally_failures(rows: Iterable[dict]) -> dict:
     """Per stage: count and the most frequent messages with a few keys each."""
     stages: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     keys: Dict[Tuple[str, str], List[str]] = collections.defaultdict(list)
-    times = collections.Counter()
+    times = TimeCounts()
+    stamps = []
     for row in rows:
         stage = row.get("stage") or "unknown"
         message = str(row.get("error") or "")[:ERROR_TEXT_CHARS]
@@ -154,58 +96,17 @@ def tally_failures(rows: Iterable[dict]) -> dict:
             keys[(stage, message)].append(str(row.get("key")))
         when = parse_time(row.get("failed_at"))
         if when is not None:
-            times[int(when.timestamp())] += 1
+            stamps.append(int(when.timestamp() * 1_000_000))
+        if len(stamps) >= 100_000:
+            times.add_us(np.array(stamps, dtype=np.int64))
+            stamps = []
+    times.add_us(np.array(stamps, dtype=np.int64))
     return {"stages": {stage: {"count": sum(c.values()),
                                "top": [(m, n, keys[(stage, m)])
                                        for m, n in c.most_common(TOP_ERRORS)]}
                        for stage, c in sorted(stages.items())},
+            "count": sum(sum(c.values()) for c in stages.values()),
             "times": times}
-
-
-def short_ms(ms: float) -> str:
-    return f"{ms / 1000:g}s" if ms >= 1000 else f"{ms:g}"
-
-
-def latency_histogram(counters: Dict[str, int]) -> List[Tuple[str, int]]:
-    """(bucket's upper bound, requests) for every bucket, in order."""
-    names = [f"{b}ms" for b in metrics.LATENCY_BUCKETS_MS] + ["infms"]
-    labels = [short_ms(b) for b in metrics.LATENCY_BUCKETS_MS] + [
-        f">{short_ms(metrics.LATENCY_BUCKETS_MS[-1])}"]
-    return [(label, int(counters.get(metrics.LATENCY_BUCKET_PREFIX + name, 0)))
-            for label, name in zip(labels, names)]
-
-
-def latency_percentiles(counters: Dict[str, int]) -> Dict[str, Optional[str]]:
-    """p50/p90/p99 as the upper bound of the bucket holding them."""
-    bounds = list(metrics.LATENCY_BUCKETS_MS) + [math.inf]
-    counts = [n for _, n in latency_histogram(counters)]
-    total = sum(counts)
-    result = {}
-    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-        if not total:
-            result[name] = None
-            continue
-        running, rank = 0, q * total
-        for bound, n in zip(bounds, counts):
-            running += n
-            if running >= rank:
-                result[name] = (f"≤ {bound:g} ms" if bound != math.inf
-                                else f"> {bounds[-2]:g} ms")
-                break
-    return result
-
-
-def time_series(times: collections.Counter) -> Tuple[float, List[Tuple[float, float]]]:
-    """(bin width s, [(seconds since the first, images per second)]) in at most
-    MAX_TIME_BINS bins."""
-    if not times:
-        return 1.0, []
-    start, end = min(times), max(times)
-    width = max(1, math.ceil((end - start + 1) / MAX_TIME_BINS))
-    bins = [0] * ((end - start) // width + 1)
-    for second, n in times.items():
-        bins[(second - start) // width] += n
-    return float(width), [(i * width, n / width) for i, n in enumerate(bins)]
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +114,7 @@ def time_series(times: collections.Counter) -> Tuple[float, List[Tuple[float, fl
 # --------------------------------------------------------------------------
 
 
-def thumbnail(key: str) -> Optional[str]:
+def thumbnail(key: str, size: int = THUMBNAIL_PX) -> Optional[str]:
     """A JPEG data URI of the image at `key`, or None when it cannot be read as an image."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
     try:
@@ -222,7 +123,7 @@ def thumbnail(key: str) -> Optional[str]:
             return None
         with FileSystems.open(key) as f:
             img = Image.open(io.BytesIO(f.read()))
-            img.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            img.thumbnail((size, size))
             out = io.BytesIO()
             img.convert("RGB").save(out, "JPEG", quality=80)
     except Exception:  # pylint: disable=broad-except
@@ -230,53 +131,109 @@ def thumbnail(key: str) -> Optional[str]:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-# --------------------------------------------------------------------------
-# SVG plots and HTML
-# --------------------------------------------------------------------------
+class Thumbnails:
+    """`thumbnail` with each read given at most `timeout_s`: once a read on a filesystem
+    (e.g. `gs://` without network or credentials) takes longer, that filesystem's other keys
+    are not tried, so the report never waits on it more than once."""
 
+    def __init__(self, timeout_s: float = THUMBNAIL_TIMEOUT_S, read=None):
+        self.timeout_s = timeout_s
+        self.read = read or thumbnail
+        self.unreachable: set = set()
+
+    def __call__(self, key: str, size: int = THUMBNAIL_PX) -> Optional[str]:
+        scheme = FileSystems.get_scheme(key) or "file"
+        if scheme in self.unreachable:
+            return None
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(self.read(key, size)),
+                                  daemon=True)  # a stuck read must not hold the exit
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            self.unreachable.add(scheme)
+            return None
+        return result[0] if result else None
+
+    def note(self) -> str:
+        if not self.unreachable:
+            return ""
+        schemes = ", ".join(f"{s}://" for s in sorted(self.unreachable))
+        return (f'<p class="muted">thumbnails on {E(schemes)} not shown: reading one took '
+                f'over {self.timeout_s:g} s (no network or credentials here?)</p>')
+
+
+# --------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------
 
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
 max-width:980px;color:#222;padding:0 16px}
 h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:left;vertical-align:top}th{background:#f3f5f8}
 .tiles{display:flex;flex-wrap:wrap;gap:10px}.tile{background:#f3f5f8;border-radius:6px;
 padding:8px 14px}.tile b{display:block;font-size:20px}.bad b{color:#b00020}
+.warning{background:#fff4e5;border-left:4px solid #e08a00;padding:8px 12px}
 .sheet{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:10px}
-.sheet figure{margin:0;background:#f7f7f7;padding:5px;border-radius:4px;font-size:12px}
+.sheet figure,.pairs figure{margin:0;background:#f7f7f7;padding:5px;border-radius:4px;
+font-size:12px}.pairs figure{max-width:300px}
 .sheet img{display:block;max-width:160px;max-height:160px;margin:auto}
-.sheet .missing{height:80px;display:flex;align-items:center;justify-content:center;color:#777}
+.pairs img{display:block;max-width:96px;max-height:96px;margin:auto}
+.missing{height:80px;display:flex;align-items:center;justify-content:center;color:#777}
 code,.key{font-family:ui-monospace,Menlo,monospace;font-size:12px;word-break:break-all}
-.empty{color:#777}.muted{color:#666}
+.empty{color:#777}.muted{color:#666}.bad-text{color:#b00020}
 """
 
 
 #: Marks on the page what rendered: plots, and thumbnails shown or broken (read by the tests
 #: in a real browser, and visible to anyone who inspects the page).
 CHECK_SCRIPT = """window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.querySelectorAll(".sheet img"));
+  var images = Array.prototype.slice.call(document.querySelectorAll(".sheet img, .pairs img"));
   var root = document.documentElement.dataset;
   root.plots = document.querySelectorAll("svg.plot").length;
   root.imagesShown = images.filter(function (i) { return i.naturalWidth > 0; }).length;
   root.imagesBroken = images.length - root.imagesShown;
 });"""
 
+TILES = (("inputs", "inputs"), ("predicted", "predicted"), ("failed", "failed"),
+         ("skipped", "skipped"), ("requests", "requests"), ("retries", "retries"),
+         ("elapsed_s", "seconds"), ("images_per_s", "images per s"))
 
-def tiles(summary: dict) -> str:
-    names = ("inputs", "predicted", "failed", "skipped", "requests", "retries", "elapsed_s",
-             "images_per_s")
+
+def tile(value, label: str, bad: bool = False) -> str:
+    return (f'<div class="tile{" bad" if bad else ""}"><b>{E(value)}</b>{E(label)}</div>')
+
+
+def tiles(summary: dict, predicted: int, failed: int) -> str:
+    if summary.get("incomplete"):
+        return (f'<div class="tiles">{tile(count(predicted), "predictions committed")}'
+                f'{tile(count(failed), "dead letters committed", bool(failed))}'
+                f'{tile("unknown", "inputs", True)}</div>')
     out = []
-    for name in names:
+    for name, label in TILES:
         value = summary.get(name)
-        bad = name == "failed" and value
-        out.append(f'<div class="tile{" bad" if bad else ""}"><b>{E(str(value))}</b>'
-                   f'{E(name.replace("_", " "))}</div>')
+        text = "–" if value is None else (f"{value:,.1f}" if isinstance(value, float)
+                                          else count(value))
+        out.append(tile(text, label, name == "failed" and bool(value)))
     accounted = summary.get("accounted")
-    out.append(f'<div class="tile{"" if accounted else " bad"}"><b>'
-               f'{"yes" if accounted else "NO"}</b>inputs accounted for</div>')
+    out.append(tile("yes" if accounted else "NO", "inputs accounted for", not accounted))
     return f'<div class="tiles">{"".join(out)}</div>'
+
+
+def incomplete_note(files: RunFiles, predicted: int, failed: int) -> str:
+    if files.complete:
+        return ""
+    return (f'<p class="warning"><b>Incomplete run.</b> It wrote no summary at '
+            f'<code>{E(files.prefix)}-summary.json</code> (stopped before it finished, e.g. '
+            f'killed), so its inputs, requests and latencies are unknown. This report shows '
+            f'what it committed: {predicted:,} predictions in '
+            f'<code>{E(parts_dir(files.prefix))}/</code> and {failed:,} dead letters. The same '
+            'command with <code>--skip_existing</code> predicts only the rest '
+            '(docs/crash-safety.md says when it takes these into its own outputs).</p>')
 
 
 def failures_html(failures: dict) -> str:
@@ -285,63 +242,67 @@ def failures_html(failures: dict) -> str:
     parts = [bar_list([(s, v["count"]) for s, v in failures["stages"].items()],
                       "failures by stage")]
     for stage, info in failures["stages"].items():
-        parts.append(f"<h3>{E(stage)}: {info['count']}</h3>")
+        parts.append(f"<h3>{E(stage)}: {info['count']:,}</h3>")
         parts.append(table(("count", "error", "a few keys"), (
-            (n, E(message), "<br>".join(f'<span class="key">{E(k)}</span>' for k in keys))
+            (f"{n:,}", E(message), "<br>".join(f'<span class="key">{E(k)}</span>'
+                                               for k in keys))
             for message, n, keys in info["top"])))
     return "".join(parts)
 
 
-def contact_sheet(least: Sequence[Tuple[float, str, str]]) -> str:
+def contact_sheet(least: Sequence[Tuple[float, str, str]], scored: int,
+                  thumbnails: Thumbnails) -> str:
     if not least:
-        return '<p class="empty">no scored predictions</p>'
+        return ("<h2>Least confident predictions</h2>"
+                '<p class="empty">none: the run has no scored predictions</p>')
+    head = (f"The {len(least)} least confident predictions" if scored > len(least)
+            else f"All {len(least)} scored predictions, least confident first")
     figures = []
     for score, key, label in least:
-        uri = thumbnail(key)
+        uri = thumbnails(key)
         picture = (f'<img src="{uri}" alt="{E(key)}">' if uri
                    else '<div class="missing">not readable now</div>')
         figures.append(f'<figure>{picture}<figcaption><b>{E(label)}</b> {score:.3f}<br>'
                        f'<span class="key">{E(key)}</span></figcaption></figure>')
-    return f'<div class="sheet">{"".join(figures)}</div>'
+    return (f"<h2>{head}</h2><p class=\"muted\">where mislabels are found</p>"
+            f'<div class="sheet">{"".join(figures)}</div>{thumbnails.note()}')
 
 
-def render(prefix: str, summary: dict, run_metrics: dict, predictions: dict,
-           failures: dict) -> str:
-    counters = run_metrics.get("counters", {})
-    width, series = time_series(predictions["times"] + failures["times"])
-    percentiles = latency_percentiles(counters)
+def render(files: RunFiles, run_metrics: dict, predictions: dict, failures: dict) -> str:
+    summary = files.summary
+    thumbnails = Thumbnails()
+    times = predictions["times"].merged(failures["times"])
+    width, series = time_series(times)
     retries = sorted(summary.get("retries_by_cause", {}).items(), key=lambda kv: -kv[1])
     scores = [(f"{i / SCORE_BINS:.2f}", n) for i, n in enumerate(predictions["scores"])]
-    latency = run_metrics.get("distributions", {}).get("latency_ms", {})
+    title = f"Batch prediction run {summary.get('run_id', '')}" + (
+        "" if files.complete else " (incomplete)")
     sections = [
-        f"<h1>Batch prediction run {E(str(summary.get('run_id', '')))}</h1>",
-        f'<p class="muted">outputs <code>{E(prefix)}-*</code>; dead letters '
+        f"<h1>{E(title)}</h1>",
+        f'<p class="muted">outputs <code>{E(files.prefix)}-*</code>; dead letters '
         f'<code>{E(str(summary.get("errors")))}-*</code></p>',
-        tiles(summary),
+        incomplete_note(files, predictions["count"], failures["count"]),
+        tiles(summary, predictions["count"], failures["count"]),
         "<h2>Throughput over time</h2>",
-        line_chart(series, "images finished per second", "img/s"),
+        line_chart(series, "images finished per second", "images per second",
+                   x_end=times.span_s()),
         f'<p class="muted">predictions and dead letters by the time they were made, '
-        f'in bins of {width:g} s</p>',
-        "<h2>Request latency</h2>",
-        table(("p50", "p90", "p99", "mean", "max", "requests"), [(
-            E(str(percentiles["p50"])), E(str(percentiles["p90"])),
-            E(str(percentiles["p99"])), E(f"{latency['mean']:.0f} ms" if latency else "-"),
-            E(f"{latency['max']} ms" if latency else "-"),
-            E(str(latency.get("count", "-"))))]),
-        column_chart(latency_histogram(counters), "requests by latency", "requests"),
-        '<p class="muted">requests by latency bucket (upper bound, ms unless marked s), '
-        'from the run\'s Beam counters; percentiles are the bucket bounds that hold them</p>',
+        f'in bins of {bin_text(width)}</p>',
+        *latency_html(run_metrics),
         "<h2>Retries by cause</h2>",
         bar_list(retries, "retries by cause") if retries
         else '<p class="empty">no retries</p>',
         "<h2>Failures</h2>", failures_html(failures),
         "<h2>Top labels</h2>",
-        bar_list(predictions["labels"].most_common(TOP_LABELS), "top labels"),
+        bar_list(predictions["labels"].most_common(TOP_LABELS), "top labels")
+        if predictions["labels"] else '<p class="empty">no labels: '
+        + ("no predictions</p>" if not predictions["count"] else
+           "the predictions hold none (embeddings only?)</p>"),
         "<h2>Top score</h2>",
-        column_chart(scores, "predictions by top score", "predictions", label_every=4),
-        f"<h2>The {len(predictions['least_confident'])} least confident predictions</h2>",
-        '<p class="muted">where mislabels are found</p>',
-        contact_sheet(predictions["least_confident"]),
+        column_chart(scores, "predictions by top score", "predictions", label_every=4,
+                     x_title="top score", empty="no scored predictions"),
+        embeddings_section(predictions["vectors"], thumbnails),
+        contact_sheet(predictions["least_confident"], sum(predictions["scores"]), thumbnails),
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Run report {E(str(summary.get('run_id', '')))}</title>"
@@ -351,14 +312,14 @@ def render(prefix: str, summary: dict, run_metrics: dict, predictions: dict,
 
 def make_report(prefix: str) -> str:
     """The report's HTML for the run at `prefix` (the `output` of its summary)."""
-    summary = read_summary(prefix)
-    predictions = tally_predictions(prediction_rows(prefix))
-    failures = tally_failures(dead_letter_rows(summary.get("errors")))
-    return render(prefix, summary, read_metrics(prefix), predictions, failures)
+    files = find_run(prefix)
+    predictions = tally_predictions(prediction_batches(files.predictions))
+    failures = tally_failures(dead_letter_rows(files.dead_letters))
+    return render(files, read_metrics(files.prefix), predictions, failures)
 
 
 def report_path(prefix: str) -> str:
-    return f"{prefix}-report.html"
+    return f"{prefix.rstrip('/').removesuffix('.parts')}-report.html"
 
 
 def write_report(prefix: str) -> str:
