@@ -30,8 +30,9 @@ from core.paths import parts_dir
 from core.records import accounting
 from engine.engine import STOPPED_PREFIX
 from pipeline import report
-from pipeline.config import build_config, JobConfig
+from pipeline.config import build_config, check_required, JobConfig
 from pipeline.estimate import estimate, estimate_line
+from pipeline.google_access import check_google_credentials
 from pipeline.graph import build_pipeline
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
 from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
@@ -189,8 +190,10 @@ def offline_safe_runner(options: PipelineOptions):
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
-    options, config = parse(sys.argv[1:] if argv is None else argv)
-    config = preflight(config)
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    check_required(options)  # every missing flag named before any wait for credentials
+    check_google_credentials(options)
+    config = preflight(build_config(options))
     if config.dry_run and not options.view_as(GoogleCloudOptions).template_location:
         # (with --template_location, Beam's own meaning: build the job, submit nothing)
         return dry_run(options, config, test_pipeline)
