@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import (StandardOptions, GoogleCloudOp
                                                   PipelineOptions)
 
 from core.paths import parts_dir
-from core.records import accounting
+from core.records import accounting, Stage
 from engine.engine import STOPPED_PREFIX
 from pipeline import report
 from pipeline.config import build_config, check_required, JobConfig
@@ -35,7 +35,7 @@ from pipeline.estimate import estimate, estimate_line
 from pipeline.google_access import check_google_credentials
 from pipeline.graph import build_pipeline
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
-from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
+from pipeline.outputs import jsonl_load_command, last_error, write_bigquery_schema, write_text
 from pipeline.preflight import clean_up_leftovers, preflight
 from transforms import metrics
 from transforms.commit import delete_folder
@@ -172,6 +172,20 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
     return summary
 
 
+ENDPOINT_STAGES = (Stage.PREDICT.value, Stage.PARSE.value)
+
+
+def endpoint_failures(summary: dict, max_failed_fraction: float) -> Optional[str]:
+    """Why a finished job failed, as the early stop says it: more of the records sent than
+    --failure_threshold failed at the endpoint (predict or parse). None when not."""
+    failed = sum(summary.get("failed_by_stage", {}).get(s, 0) for s in ENDPOINT_STAGES)
+    tried = summary.get("predicted", 0) + failed
+    if max_failed_fraction >= 1 or not failed or failed <= max_failed_fraction * tried:
+        return None
+    return (f"stopped: {failed} of {tried} records failed at the endpoint, more than "
+            f"--failure_threshold={max_failed_fraction:g}")
+
+
 def offline_safe_runner(options: PipelineOptions):
     """The runner to use: DirectRunner's batch engine (FnApiRunner) when DirectRunner is asked for.
 
@@ -219,6 +233,11 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     result = run_and_wait(p)
     summary = summarize(result, config, time.monotonic() - started)
     summary["cleaned_up"] = list(plan.removed)
+    crossed = endpoint_failures(summary, config.predict.failure_threshold.max_failed_fraction)
+    if crossed:
+        error = last_error(config.errors_run_prefix, ENDPOINT_STAGES)
+        summary["failure_threshold_crossed"] = crossed + (f"; last error: {error}"
+                                                          if error else "")
     if config.bigquery is not None and config.commit_records:
         # the load jobs are done once the job is: this run's parts are no longer needed
         for folder in (parts_dir(config.output_run_prefix), parts_dir(config.errors_run_prefix)):
@@ -338,12 +357,25 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
     except JobStoppedEarly as e:
-        print(f"batch-predict: error: {e} (the predictions committed so far are kept: rerun "
-              f"with --skip_existing; see --failure_threshold)", file=sys.stderr)
+        print(stopped_line(e), file=sys.stderr)
         return EXIT_STOPPED
     finally:
         signal.signal(signal.SIGINT, previous)
+    return print_endings(summary)
+
+
+def stopped_line(reason) -> str:
+    """The one line of a job stopped early, or ended over its failure threshold."""
+    return (f"batch-predict: error: {reason} (the predictions committed so far are kept: "
+            f"rerun with --skip_existing; see --failure_threshold)")
+
+
+def print_endings(summary: dict) -> int:
+    """The summary on stdout, where its files are on stderr; the exit status."""
     print(json.dumps(summary, indent=2))
+    if summary.get("failure_threshold_crossed"):
+        print(stopped_line(summary["failure_threshold_crossed"]), file=sys.stderr)
+        return EXIT_STOPPED
     if summary.get("dry_run"):
         print(estimate_line(summary), file=sys.stderr)
         return 0
