@@ -314,7 +314,9 @@ def output_settings(o: PredictOptions, options: PipelineOptions, date: str, run_
         output=output,
         output_format=o.output_format,
         errors=errors or f"{output}-errors",
-        skip_existing=o.skip_existing,
+        # a retry of dead letters skips the keys an earlier retry already predicted
+        skip_existing=o.skip_existing or (bool(o.retry_dead_letters)
+                                          and o.output_format != "bigquery"),
         output_template=_absolute(o.output),
         errors_template=_absolute(o.errors) if o.errors else _absolute(o.output) + "-errors",
         retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,
