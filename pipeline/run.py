@@ -144,9 +144,34 @@ def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     return summary
 
 
-def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
-    """The run summary from the job's metrics (committed where the runner has them)."""
+def first_request_at(result) -> Optional[float]:
+    """Epoch seconds of the job's first request (None when it sent none)."""
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE)
+                                   .with_name(metrics.FIRST_REQUEST_AT_MS))
+    firsts = [(d.committed or d.attempted) for d in query["distributions"]]
+    firsts = [d.min for d in firsts if d is not None and d.count]
+    return min(firsts) / 1000 if firsts else None
+
+
+def timings(elapsed_s: float, started_at: float, first_request: Optional[float],
+            predicted: int) -> dict:
+    """`listing_s` (start-up, listing and --limit's choice: all before the first request),
+    `predict_s` (from the first request to the end) and images_per_s over `predict_s`."""
+    listing_s = None if first_request is None else min(max(first_request - started_at, 0.0),
+                                                         elapsed_s)
+    predict_s = elapsed_s - (listing_s or 0.0)
+    return {"elapsed_s": round(elapsed_s, 3),
+            "listing_s": None if listing_s is None else round(listing_s, 3),
+            "predict_s": round(predict_s, 3),
+            "images_per_s": round(predicted / predict_s, 1) if predict_s > 0 else None}
+
+
+def summarize(result, config: JobConfig, elapsed_s: float,
+              started_at: Optional[float] = None) -> dict:
+    """The run summary from the job's metrics (committed where the runner has them);
+    `started_at`: the job's start, epoch seconds."""
     counts = counter_values(result)
+    started_at = time.time() - elapsed_s if started_at is None else started_at
     retries_by_cause = {k[len("retries_"):]: v for k, v in counts.items()
                         if k.startswith("retries_") and v}
     summary = {
@@ -160,8 +185,7 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
         "splits": counts["splits"],
         "parts_committed": counts["parts_committed"],
         "adopted": counts["adopted"],
-        "elapsed_s": round(elapsed_s, 3),
-        "images_per_s": round(counts["predicted"] / elapsed_s, 1) if elapsed_s else None,
+        **timings(elapsed_s, started_at, first_request_at(result), counts["predicted"]),
         "output": config.output_run_prefix,
         "errors": config.errors_run_prefix,
     }
@@ -215,7 +239,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         write_bigquery_schema(config.schema_path, config.passthrough_fields)
     except Exception as e:  # Beam's filesystems raise several types
         raise ConfigError(f"cannot write under --output {config.output}: {e}")
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
     except ValueError as e:  # an unknown --runner
@@ -231,7 +255,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
     result = run_and_wait(p)
-    summary = summarize(result, config, time.monotonic() - started)
+    summary = summarize(result, config, time.monotonic() - started, started_at)
     summary["cleaned_up"] = list(plan.removed)
     crossed = endpoint_failures(summary, config.predict.failure_threshold.max_failed_fraction)
     if crossed:

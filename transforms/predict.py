@@ -12,7 +12,8 @@ as they complete, and `finish_bundle()` waits for the rest of its bundle.
 Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `instances`
 (sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
 `connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`,
-`predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. They are updated on
+`predicted`, `failed_predict` / `failed_parse`; distributions `latency_ms` and
+`first_request_at_ms` (epoch ms of each bundle's first request: its min is the job's first). They are updated on
 the bundle's thread, since Beam metrics are thread-local. The progress line is
 `transforms.progress`.
 
@@ -23,6 +24,7 @@ turns into a failed job (see docs/faults.md).
 """
 import functools
 import queue
+import time
 from typing import Optional
 
 import apache_beam as beam
@@ -47,6 +49,7 @@ class _PredictFn(beam.DoFn):
         self._engine = self._shared.acquire(functools.partial(Engine, self._settings, PROGRESS))
 
     def start_bundle(self):
+        self._first_request = True
         self._done = queue.Queue()
         self._pending = 0
         self._fields = {}  # key -> --passthrough_fields values, for the requests in flight
@@ -55,6 +58,9 @@ class _PredictFn(beam.DoFn):
         self._raise_if_stopped()
         if request.fields:
             self._fields.update(zip(request.keys, request.fields))
+        if self._first_request:  # the job's earliest is the distribution's min
+            self._first_request = False
+            _FIRST_REQUEST.update(int(time.time() * 1000))
         self._engine.submit(request, self._done)
         self._pending += 1
         yield from self._emit(block=False)
@@ -97,6 +103,7 @@ class _PredictFn(beam.DoFn):
 
 
 _LATENCY = metrics.distribution("latency_ms")
+_FIRST_REQUEST = metrics.distribution(metrics.FIRST_REQUEST_AT_MS)
 
 
 def _count(outcomes, stats: Stats):
