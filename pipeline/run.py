@@ -355,11 +355,15 @@ class _DropMessages(logging.Filter):
 
 def quiet_logs():
     """Our INFO lines (progress) and Beam's warnings, less the ones that mean nothing here:
-    an empty dead-letter output is the normal case, not a warning."""
+    an empty dead-letter output is the normal case, not a warning; a local worker process
+    needs no semi-persistent directory."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _LOG.setLevel(logging.INFO)
     logging.getLogger("apache_beam.io.filebasedsink").addFilter(
         _DropMessages("No shards found to finalize"))
+    # DirectRunner's worker processes (multi_processing) warn of this at each start
+    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(
+        lambda record: "No semi_persistent_directory found" not in record.getMessage())
     quiet_pillow_warnings()
 
 

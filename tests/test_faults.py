@@ -69,6 +69,21 @@ def test_a_down_endpoint_stops_the_job_early_with_one_line(many_images, tmp_path
     assert "Traceback" not in done.stdout
 
 
+def test_a_multi_processing_job_that_stops_early_prints_one_line(tmp_path):
+    """DirectRunner's worker processes print a failed bundle's traceback on their own
+    stderr, which is the launcher's: the stop is still one line."""
+    folder = str(tmp_path / "images")
+    write_images(folder, 60)
+    done = run_job("--input", folder, "--endpoint", closed_port_endpoint(),
+                   "--output", tmp_path / "pred", "--max_instances_per_request", "1",
+                   "--max_retries", "0", "--direct_running_mode", "multi_processing",
+                   "--direct_num_workers", "2")
+    lines = error_lines(done.stderr)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("batch-predict: error: stopped early: "), lines
+
+
 def test_a_small_job_against_a_down_endpoint_exits_3_at_its_end(tmp_path):
     """23 images make one request: too few for the early stop, but a job whose every record
     failed at the endpoint is no success for a scheduler."""

@@ -23,7 +23,9 @@ crosses the threshold every bundle of the process fails with `JobStopped`, which
 turns into a failed job (see docs/faults.md).
 """
 import functools
+import os
 import queue
+import sys
 import time
 from typing import Optional
 
@@ -33,11 +35,40 @@ from apache_beam.utils.shared import Shared
 
 from core.records import PredictRequest, Stage
 from engine.client import Stats
-from engine.engine import Engine, JobStopped, PredictSettings
+from engine.engine import Engine, JobStopped, PredictSettings, STOPPED_PREFIX
 from transforms import metrics
 from transforms.failures import FAILED
 from transforms.passthrough import with_values
 from transforms.progress import PROGRESS
+
+class _QuietStops:
+    """A worker process's stderr, less the tracebacks of JobStopped: Beam's SDK harness
+    prints every failed bundle's traceback there (it also logs it, which the launcher
+    filters), and a DirectRunner worker's stderr is the launcher's, whose one line says it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        dropped, self._dropped = self._dropped, False
+        if text.startswith("Traceback") and f"{JobStopped.__name__}: {STOPPED_PREFIX}" in text:
+            self._dropped = True
+            return len(text)
+        if dropped and text == "\n":  # print's end after the dropped traceback
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def quiet_stopped_tracebacks():
+    """In a Beam SDK worker process (not the launcher), wrap stderr once in _QuietStops."""
+    if "CONTROL_API_SERVICE_DESCRIPTOR" in os.environ and not isinstance(sys.stderr,
+                                                                         _QuietStops):
+        sys.stderr = _QuietStops(sys.stderr)
+
 
 class _PredictFn(beam.DoFn):
     def __init__(self, settings: PredictSettings):
@@ -46,6 +77,7 @@ class _PredictFn(beam.DoFn):
         self._engine: Optional[Engine] = None
 
     def setup(self):
+        quiet_stopped_tracebacks()
         self._engine = self._shared.acquire(functools.partial(Engine, self._settings, PROGRESS))
 
     def start_bundle(self):
