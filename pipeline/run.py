@@ -10,6 +10,7 @@ Dataflow: the same command plus --runner DataflowRunner --project P --region R
 import argparse
 import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -27,15 +28,17 @@ from apache_beam.options.pipeline_options import (StandardOptions, GoogleCloudOp
                                                   PipelineOptions)
 
 from core.paths import parts_dir
-from core.records import accounting, Stage
+from core.records import accounting
 from engine.engine import STOPPED_PREFIX
 from pipeline import report
 from pipeline.config import build_config, check_required, JobConfig
 from pipeline.estimate import estimate, estimate_line
 from pipeline.google_access import check_google_credentials
 from pipeline.graph import build_pipeline
+from pipeline.outcome import endpoint_failures, ENDPOINT_STAGES, first_request_at, timings
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
 from pipeline.outputs import jsonl_load_command, last_error, write_bigquery_schema, write_text
+from pipeline.earlier_runs import remove_own_temp_folders
 from pipeline.preflight import clean_up_leftovers, preflight
 from transforms import metrics
 from transforms.commit import delete_folder
@@ -144,28 +147,6 @@ def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     return summary
 
 
-def first_request_at(result) -> Optional[float]:
-    """Epoch seconds of the job's first request (None when it sent none)."""
-    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE)
-                                   .with_name(metrics.FIRST_REQUEST_AT_MS))
-    firsts = [(d.committed or d.attempted) for d in query["distributions"]]
-    firsts = [d.min for d in firsts if d is not None and d.count]
-    return min(firsts) / 1000 if firsts else None
-
-
-def timings(elapsed_s: float, started_at: float, first_request: Optional[float],
-            predicted: int) -> dict:
-    """`listing_s` (start-up, listing and --limit's choice: all before the first request),
-    `predict_s` (from the first request to the end) and images_per_s over `predict_s`."""
-    listing_s = None if first_request is None else min(max(first_request - started_at, 0.0),
-                                                         elapsed_s)
-    predict_s = elapsed_s - (listing_s or 0.0)
-    return {"elapsed_s": round(elapsed_s, 3),
-            "listing_s": None if listing_s is None else round(listing_s, 3),
-            "predict_s": round(predict_s, 3),
-            "images_per_s": round(predicted / predict_s, 1) if predict_s > 0 else None}
-
-
 def summarize(result, config: JobConfig, elapsed_s: float,
               started_at: Optional[float] = None) -> dict:
     """The run summary from the job's metrics (committed where the runner has them);
@@ -194,20 +175,6 @@ def summarize(result, config: JobConfig, elapsed_s: float,
     summary["accounted"] = (summary["inputs"]
                             == summary["predicted"] + summary["failed"] + summary["skipped"])
     return summary
-
-
-ENDPOINT_STAGES = (Stage.PREDICT.value, Stage.PARSE.value)
-
-
-def endpoint_failures(summary: dict, max_failed_fraction: float) -> Optional[str]:
-    """Why a finished job failed, as the early stop says it: more of the records sent than
-    --failure_threshold failed at the endpoint (predict or parse). None when not."""
-    failed = sum(summary.get("failed_by_stage", {}).get(s, 0) for s in ENDPOINT_STAGES)
-    tried = summary.get("predicted", 0) + failed
-    if max_failed_fraction >= 1 or not failed or failed <= max_failed_fraction * tried:
-        return None
-    return (f"stopped: {failed} of {tried} records failed at the endpoint, more than "
-            f"--failure_threshold={max_failed_fraction:g}")
 
 
 def offline_safe_runner(options: PipelineOptions):
@@ -254,7 +221,16 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    result = run_and_wait(p)
+    own_temp = functools.partial(remove_own_temp_folders,
+                                 (config.output_run_prefix, config.errors_run_prefix))
+    _OnInterrupt.cleanup = own_temp
+    try:
+        result = run_and_wait(p)
+    except BaseException:
+        _quietly(own_temp)  # a failed or stopped job's sinks never finalize
+        raise
+    finally:
+        _OnInterrupt.cleanup = None
     summary = summarize(result, config, time.monotonic() - started, started_at)
     summary["cleaned_up"] = list(plan.removed)
     crossed = endpoint_failures(summary, config.predict.failure_threshold.max_failed_fraction)
@@ -334,9 +310,24 @@ INTERRUPTED = ("batch-predict: interrupted; the predictions committed so far are
                "(rerun with --skip_existing to resume)")
 
 
+class _OnInterrupt:
+    """What to clean on Ctrl-C: the running job's `beam-temp-*` folders (None: nothing)."""
+    cleanup = None
+
+
+def _quietly(cleanup):
+    try:
+        cleanup()
+    except Exception:  # pylint: disable=broad-except  (leftovers a later run removes)
+        pass
+
+
 def exit_interrupted(signum=None, frame=None):
-    """Ctrl-C: one line and exit status 130, at once. Beam's runners turn a KeyboardInterrupt
-    raised inside a bundle into a long chained error, so the process ends here instead."""
+    """Ctrl-C: one line and exit status 130, at once, after removing the `beam-temp-*`
+    folders this run made. Beam's runners turn a KeyboardInterrupt raised inside a bundle
+    into a long chained error, so the process ends here instead."""
+    if _OnInterrupt.cleanup is not None:
+        _quietly(_OnInterrupt.cleanup)
     sys.stderr.write(INTERRUPTED + "\n")
     sys.stderr.flush()
     os._exit(130)  # pylint: disable=protected-access
