@@ -24,11 +24,11 @@ def _gs(path: Optional[str]) -> bool:
 
 def google_uses(options: PipelineOptions) -> Tuple[str, ...]:
     """The flags that make this job use Google storage or services (empty: none). gs://
-    paths do not count with STORAGE_EMULATOR_HOST set. A dry run only reads."""
+    paths do not count with STORAGE_EMULATOR_HOST set. A dry run only reads its inputs."""
     o = options.view_as(PredictOptions)
     cloud = options.view_as(GoogleCloudOptions)
     runner = options.view_as(StandardOptions).runner or ""
-    dry = is_dry_run(options) and not cloud.template_location
+    dry = is_dry_run(options)  # (DataflowRunner's own dry run, too, contacts nothing)
     storage = [f"--input {given}" for given in o.input or () if _gs(given)]
     storage += [f"--{name} {getattr(o, name)}" for name in ("label_names_file",
                                                             "retry_dead_letters")
