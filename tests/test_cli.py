@@ -1,6 +1,9 @@
 """The command line: bad invocations exit non-zero with one clear line on stderr."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
@@ -9,7 +12,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipeline.google_access import google_uses
 from pipeline.options import parse_options
 from pipeline.run import main
-from tests.helpers import cli, labelled_images, one_error_line
+from tests.helpers import cli, labelled_images, one_error_line, ROOT
 from transforms import metrics
 
 
@@ -201,3 +204,20 @@ def test_every_missing_flag_is_named_in_one_line(images, tmp_path):
     assert "--bigquery_table" in line and "--bigquery_temp_location" in line
     line = one_error_line(cli("--max_retries", "1"))
     assert "--input" in line and "--endpoint" in line and "--output" in line
+
+
+def test_the_credential_lookup_is_bounded_in_time(tmp_path):
+    """A metadata server that never answers (google-auth probes it when no ADC file is
+    found) does not hold the launcher: the lookup gives up after its timeout."""
+    env = no_credentials_env(tmp_path)
+    del env["GOOGLE_APPLICATION_CREDENTIALS"], env["NO_GCE_CHECK"]
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        env["GCE_METADATA_HOST"] = env["GCE_METADATA_IP"] = "127.0.0.1:%d" % \
+            silent.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-c", "from pipeline.google_access import find_credentials; "
+                                   "print(find_credentials(1.0))"],
+            capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert done.stdout.strip() == "none found within 1 s", done.stdout + done.stderr

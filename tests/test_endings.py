@@ -87,7 +87,7 @@ def test_unwritable_errors_is_refused_before_the_job_starts(images, tmp_path, se
 
 
 def test_auth_adc_without_credentials_is_refused_before_the_job_starts(images, tmp_path):
-    env = dict(os.environ, HOME=str(tmp_path), NO_GCE_CHECK="True",
+    env = dict(os.environ, HOME=str(tmp_path), NO_GCE_CHECK="true",
                CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
                GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"))
     line = one_error_line(cli("--input", images, "--endpoint",
