@@ -20,7 +20,8 @@ PATH_FLAGS=" --input --output --errors --config --label_names_file --retry_dead_
 from_caller() {
     case "$2" in
         /*|*://*|'') printf '%s' "$2" ;;
-        *) if [[ "$PATH_FLAGS" == *" $1 "* ]] || [[ "$1" == --model && ( "$2" == *.onnx || -e "$caller/$2" ) ]]
+        *) if [[ "$PATH_FLAGS" == *" $1 "* ]] ||
+              [[ "$1" == --model && ( "$2" == *.onnx || -e "$caller/$2" ) ]]
            then printf '%s/%s' "$caller" "$2"; else printf '%s' "$2"; fi ;;
     esac
 }

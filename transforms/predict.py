@@ -13,8 +13,8 @@ Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `
 (sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
 `connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`,
 `predicted`, `failed_predict` / `failed_parse`; distributions `latency_ms` and
-`first_request_at_ms` (epoch ms of each bundle's first request: its min is the job's first). They are updated on
-the bundle's thread, since Beam metrics are thread-local. The progress line is
+`first_request_at_ms` (epoch ms of each bundle's first request: its min is the job's first).
+They are updated on the bundle's thread, since Beam metrics are thread-local. The progress line is
 `transforms.progress`.
 
 A job whose endpoint is down or refuses everything stops early (`FailureThreshold`): each
