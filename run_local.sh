@@ -68,6 +68,7 @@ dry_run_without_server() {
     for ((i = 0; i < ${#args[@]}; i++)); do
         case "${args[$i]}" in
             --dry_run=[Ff]alse|--dry_run=0) return 1 ;;
+            --dry_run) case "${args[$((i + 1))]:-}" in [Ff]alse|0) return 1 ;; esac ;;
             --protocol=v2) return 1 ;;
             --protocol) [ "${args[$((i + 1))]:-}" != v2 ] || return 1 ;;
         esac
