@@ -67,6 +67,7 @@ def test_a_down_endpoint_stops_the_job_early_with_one_line(many_images, tmp_path
     assert lines[0].startswith("batch-predict: error: stopped early: "), lines
     assert "connection failed" in lines[0] and "while running" not in lines[0]
     assert "Traceback" not in done.stdout
+    assert not list(tmp_path.glob("beam-temp-*"))  # the stopped sinks' staging, removed
 
 
 def test_a_multi_processing_job_that_stops_early_prints_one_line(tmp_path):
