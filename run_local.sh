@@ -11,10 +11,21 @@
 #   ./run_local.sh --protocol v2 --binary_data      (the server's Open Inference Protocol)
 #   ./run_local.sh --embeddings     (the model's embeddings too; prints each photo's nearest)
 set -euo pipefail
+caller="$PWD"  # relative paths on the command line are the caller's
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
 
 SERVER_FLAGS=" --model --labels --input_size --crop_fraction --mean --std --layout --top_k "
+PATH_FLAGS=" --input --output --errors --config --label_names_file --retry_dead_letters --labels "
+# a path given relative to the caller's folder, made absolute (the script runs in the repo)
+from_caller() {
+    case "$2" in
+        /*|*://*|'') printf '%s' "$2" ;;
+        *) if [[ "$PATH_FLAGS" == *" $1 "* ]] ||
+              [[ "$1" == --model && ( "$2" == *.onnx || -e "$caller/$2" ) ]]
+           then printf '%s/%s' "$caller" "$2"; else printf '%s' "$2"; fi ;;
+    esac
+}
 args=()
 server_args=()
 embeddings=""
@@ -22,9 +33,12 @@ while [ $# -gt 0 ]; do
     name="${1%%=*}"
     if [ "$1" = --embeddings ]; then
         embeddings=1; server_args+=(--embeddings); shift
-    elif [[ "$SERVER_FLAGS" == *" $name "* ]]; then
-        if [[ "$1" == *=* ]]; then server_args+=("$name" "${1#*=}"); shift
-        else server_args+=("$1" "${2:?run_local: $1 needs a value}"); shift 2; fi
+    elif [[ "$SERVER_FLAGS$PATH_FLAGS" == *" $name "* ]]; then
+        if [[ "$1" == *=* ]]; then value="${1#*=}"; shift
+        else value="${2:?run_local: $1 needs a value}"; shift 2; fi
+        value="$(from_caller "$name" "$value")"
+        if [[ "$SERVER_FLAGS" == *" $name "* ]]; then server_args+=("$name" "$value")
+        else args+=("$name" "$value"); fi
     else
         args+=("$1"); shift
     fi
@@ -54,8 +68,24 @@ stop_server() {
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
+# a dry run sends nothing: no server (but v2 reads the model's metadata before the job)
+dry_run_without_server() {
+    local i
+    has_flag --dry_run || return 1
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case "${args[$i]}" in
+            --dry_run=[Ff]alse|--dry_run=0) return 1 ;;
+            --dry_run) case "${args[$((i + 1))]:-}" in [Ff]alse|0) return 1 ;; esac ;;
+            --protocol=v2) return 1 ;;
+            --protocol) [ "${args[$((i + 1))]:-}" != v2 ] || return 1 ;;
+        esac
+    done
+}
+
 endpoint_args=()
-if ! has_flag --endpoint; then
+if dry_run_without_server && ! has_flag --endpoint; then
+    endpoint_args=(--endpoint "http://127.0.0.1:9/v1/projects/demo/models/dry-run:predict")
+elif ! has_flag --endpoint; then
     server_log="$(mktemp)"
     "$PY" -m localserver --host 127.0.0.1 --port 0 --latency_ms 50 ${server_args[@]+"${server_args[@]}"} \
         > "$server_log" 2>&1 &
@@ -68,9 +98,10 @@ if ! has_flag --endpoint; then
         sleep 0.1
     done
     [ -n "$url" ] || { echo "run_local: the local prediction server did not start" >&2; exit 1; }
-    echo "run_local: local prediction server at $url" >&2
     model="$("$PY" -c 'import json, sys, urllib.request
 print(json.load(urllib.request.urlopen(sys.argv[1] + "/config", timeout=10))["model_name"])' "$url")"
+    echo "run_local: local prediction server at $url, model $model:" >&2
+    grep '^  ' "$server_log" >&2 || true  # its predict URLs, one protocol a line
     path="/v1/projects/demo/models/$model:predict"
     v2_path="/v2/models/$model/infer"
     for ((i = 0; i < ${#args[@]}; i++)); do  # --protocol v2: the server's v2 route
@@ -92,6 +123,8 @@ if [ -z "$output" ]; then
 fi
 if ! has_flag --input; then
     "$PY" -m localserver.demo --show "$output" >&2 || true
+else
+    "$PY" -m localserver.demo --show_top "$output" >&2 || true
 fi
 if [ -n "$embeddings" ]; then
     "$PY" -m localserver.demo --nearest "$output" >&2 || true

@@ -236,6 +236,8 @@ def load_classifier(name: str = COLOUR_MODEL, labels: Optional[str] = None,
     if name in BUILTIN_ONNX:
         path, default_labels = BUILTIN_ONNX[name]
         return OnnxClassifier(path, read_labels(labels or default_labels), pre, top_k, name)
+    if not os.path.isfile(name) and name.lower().endswith(".onnx"):
+        raise ValueError(f"--model {name}: no such file (from the folder {os.getcwd()})")
     if not os.path.isfile(name):
         raise ValueError(f"--model {name}: expected {COLOUR_MODEL}, "
                          f"{', '.join(BUILTIN_ONNX)} or an .onnx file")

@@ -191,15 +191,36 @@ def show_nearest(run_prefix: str) -> int:
     return 0
 
 
+SHOWN = 20  # images whose top label `show_top` prints
+
+
+def show_top(run_prefix: str, shown: int = SHOWN) -> int:
+    """Print the top label and score of a run's first `shown` images by key."""
+    from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
+    rows = sorted(prediction_rows(run_prefix), key=lambda r: r["key"])
+    if not rows:
+        return 0
+    folder = os.path.dirname(os.path.commonprefix([r["key"] for r in rows]))
+    more = f" (the first {shown} of {len(rows)} by name)" if len(rows) > shown else ""
+    print(f"top label and score{more}:")
+    for row in rows[:shown]:
+        name = os.path.relpath(row["key"], folder) if folder else row["key"]
+        score = "" if row["top_score"] is None else f" ({row['top_score']:.2f})"
+        print(f"  {name:<24} {row['top_label']}{score}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--show":
         return show_photos(argv[1])
     if len(argv) == 2 and argv[0] == "--nearest":
         return show_nearest(argv[1])
+    if len(argv) == 2 and argv[0] == "--show_top":
+        return show_top(argv[1])
     if not argv:
         print("usage: python -m localserver.demo DIR [COUNT]  |  --show RUN_PREFIX  |  "
-              "--nearest RUN_PREFIX", file=sys.stderr)
+              "--show_top RUN_PREFIX  |  --nearest RUN_PREFIX", file=sys.stderr)
         return 2
     folder, count = argv[0], int(argv[1]) if len(argv) > 1 else 48
     if os.path.isdir(folder) and os.listdir(folder):

@@ -1001,8 +1001,15 @@ def routes_text(url: str, config: Config, classifier) -> str:
     return "\n".join(f"  {name:<12}{url}{path}" for name, path in paths.items())
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Errors in one line (`--help` for the usage), not after a usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m localserver",
         description="Local ML Engine / AutoML / Vertex prediction server with a "
                     "deterministic colour classifier, EfficientNet-Lite0 or your own ONNX model.")

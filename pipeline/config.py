@@ -167,7 +167,7 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = run_id or new_run_id(now)
     try:
-        check_required(o)
+        check_required(options)
         sources = input_settings(o)
         check_endpoint(o.endpoint)
         check_numbers(o)
@@ -204,16 +204,32 @@ def build_config(options: PipelineOptions, run_id: Optional[str] = None) -> JobC
 
 
 REQUIRED = (
-    ("input", "--input is required (a folder, glob, gs:// prefix or row file)"),
-    ("endpoint", "--endpoint is required (the full :predict URL)"),
-    ("output", "--output is required (an output prefix, local or gs://)"),
+    ("input", "--input (a folder, glob, gs:// prefix or row file)"),
+    ("endpoint", "--endpoint (the full :predict URL)"),
+    ("output", "--output (an output prefix, local or gs://)"),
 )
 
 
-def check_required(o: PredictOptions):
-    for name, message in REQUIRED:
-        if not getattr(o, name):
-            raise ValueError(message)
+def missing_flags(options: PipelineOptions) -> Tuple[str, ...]:
+    """Each flag this command needs and lacks, with what it takes."""
+    o = options.view_as(PredictOptions)
+    missing = [message for name, message in REQUIRED if not getattr(o, name)]
+    if o.output_format == "bigquery":
+        if not o.bigquery_table:
+            missing.append("--bigquery_table (project:dataset.table, for --output_format "
+                           "bigquery)")
+        staging = o.bigquery_temp_location or options.view_as(GoogleCloudOptions).temp_location
+        if not staging or not staging.startswith("gs://"):
+            missing.append("--bigquery_temp_location gs://BUCKET/tmp (or --temp_location; "
+                           "--output_format bigquery loads through files on GCS)")
+    return tuple(missing)
+
+
+def check_required(options: PipelineOptions):
+    """ConfigError naming every missing flag at once."""
+    missing = missing_flags(options)
+    if missing:
+        raise ConfigError(f"missing {'; '.join(missing)}")
 
 
 def input_settings(o: PredictOptions) -> Tuple[InputSource, ...]:
@@ -298,7 +314,9 @@ def output_settings(o: PredictOptions, options: PipelineOptions, date: str, run_
         output=output,
         output_format=o.output_format,
         errors=errors or f"{output}-errors",
-        skip_existing=o.skip_existing,
+        # a retry of dead letters skips the keys an earlier retry already predicted
+        skip_existing=o.skip_existing or (bool(o.retry_dead_letters)
+                                          and o.output_format != "bigquery"),
         output_template=_absolute(o.output),
         errors_template=_absolute(o.errors) if o.errors else _absolute(o.output) + "-errors",
         retry_dead_letters=_absolute(o.retry_dead_letters) if o.retry_dead_letters else None,

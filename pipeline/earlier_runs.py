@@ -16,7 +16,9 @@ Checked on the launcher before the job starts. An earlier run is:
 import concurrent.futures
 import dataclasses
 import datetime
+import glob
 import logging
+import os
 import re
 import shlex
 import time
@@ -256,3 +258,26 @@ def adopt_command(program: str, argv: Sequence[str]) -> str:
         if not arg.startswith(STALE_FLAG + "="):
             args.append(arg)
     return shlex.join([*shlex.split(program), *args, STALE_FLAG, "0"])
+
+
+def own_temp_folders(run_prefix: str) -> List[str]:
+    """The `beam-temp-*` folders Beam's file sinks made for the shards of one run prefix
+    (`<output>-<run_id>` or `<errors>-<run_id>`), empty ones included where the filesystem
+    has folders."""
+    folder, _, base = run_prefix.rpartition("/")
+    pattern = f"{quote_glob(folder)}/beam-temp-{quote_glob(base)}-*"
+    found = {m.path.rpartition("/")[0] for m in _match(pattern + "/*")}
+    if FileSystems.get_scheme(run_prefix) in (None, "file"):
+        found.update(p for p in glob.glob(pattern) if os.path.isdir(p))
+    regex = re.compile(re.escape(f"{folder}/beam-temp-{base}-") + "[0-9a-f]{32}")
+    return sorted(path for path in found if regex.fullmatch(path))
+
+
+def remove_own_temp_folders(run_prefixes: Sequence[str]) -> List[str]:
+    """On an interrupted run's way out: remove the `beam-temp-*` folders it made."""
+    removed = []
+    for prefix in run_prefixes:
+        for temp in own_temp_folders(prefix):
+            delete_folder(temp)
+            removed.append(temp)
+    return removed

@@ -192,7 +192,8 @@ def _output_flags(add):
         help="Backfill: keys already present under --output are not predicted again.")
     add("--retry_dead_letters", default=None,
         help="A dead-letter prefix (e.g. <output>-errors): predict only the --input "
-             "records whose keys are in <prefix>-*.jsonl.")
+             "records whose keys are in <prefix>-*.jsonl, less those already predicted "
+             "under --output (as --skip_existing does), so a second retry adds no duplicate.")
     add("--no_prediction_column", action="store_true", default=False,
         help="Leave the model's raw prediction (the `prediction` column, JSON text) out "
              "of the outputs.")

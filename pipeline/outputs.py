@@ -69,3 +69,14 @@ def jsonl_load_command(run_prefix: str, schema_path: str, table: Optional[str] =
     if not run_prefix.startswith("gs://"):
         shards = matching(run_prefix, "-*.jsonl")
     return bq_load_command(run_prefix, schema_path, table, shards)
+
+
+def last_error(errors_run_prefix: str, stages: Sequence[str]) -> str:
+    """The `error` of one of this run's dead letters at one of `stages` ('' when none)."""
+    for path in matching(errors_run_prefix, "-*.jsonl"):
+        with FileSystems.open(path) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("stage") in stages:
+                    return row.get("error") or ""
+    return ""

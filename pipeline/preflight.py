@@ -57,7 +57,8 @@ def preflight(config: JobConfig) -> JobConfig:
             raise ConfigError(f"--retry_dead_letters: no dead letters matched {pattern}")
     if not config.dry_run:  # a dry run writes nothing, not even a probe
         check_writable(config.errors_run_prefix, "--errors")
-    if config.client.auth == "adc" and config.local:  # on Dataflow, workers use their own account
+    # a dry run sends no request; on Dataflow, workers use their own account
+    if config.client.auth == "adc" and config.local and not config.dry_run:
         check_credentials()
     if isinstance(config.protocol, V2):
         config = config.with_protocol(check_v2_model(config))

@@ -31,12 +31,14 @@ from core.paths import parts_dir
 from core.records import accounting
 from engine.engine import STOPPED_PREFIX
 from pipeline import report
-from pipeline.config import build_config, JobConfig
+from pipeline.config import build_config, check_required, JobConfig
 from pipeline.estimate import estimate, estimate_line
+from pipeline.google_access import check_google_credentials
 from pipeline.graph import build_pipeline
-from pipeline.earlier_runs import adopt_command, not_adopted_summary
+from pipeline.earlier_runs import adopt_command, not_adopted_summary, remove_own_temp_folders
+from pipeline.outcome import endpoint_failures, ENDPOINT_STAGES, first_request_at, timings
 from pipeline.options import ConfigError, DRY_RUN_FLAG, parse_options, PredictOptions
-from pipeline.outputs import jsonl_load_command, write_bigquery_schema, write_text
+from pipeline.outputs import jsonl_load_command, last_error, write_bigquery_schema, write_text
 from pipeline.owner import running_here
 from pipeline.preflight import (clean_up_leftovers, owner_of, preflight, record_job,
                                 record_owner)
@@ -150,9 +152,12 @@ def dry_run_summary(result, config: JobConfig, qps: float) -> dict:
     return summary
 
 
-def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
-    """The run summary from the job's metrics (committed where the runner has them)."""
+def summarize(result, config: JobConfig, elapsed_s: float,
+              started_at: Optional[float] = None) -> dict:
+    """The run summary from the job's metrics (committed where the runner has them);
+    `started_at`: the job's start, epoch seconds."""
     counts = counter_values(result)
+    started_at = time.time() - elapsed_s if started_at is None else started_at
     retries_by_cause = {k[len("retries_"):]: v for k, v in counts.items()
                         if k.startswith("retries_") and v}
     summary = {
@@ -166,8 +171,7 @@ def summarize(result, config: JobConfig, elapsed_s: float) -> dict:
         "splits": counts["splits"],
         "parts_committed": counts["parts_committed"],
         "adopted": counts["adopted"],
-        "elapsed_s": round(elapsed_s, 3),
-        "images_per_s": round(counts["predicted"] / elapsed_s, 1) if elapsed_s else None,
+        **timings(elapsed_s, started_at, first_request_at(result), counts["predicted"]),
         "output": config.output_run_prefix,
         "errors": config.errors_run_prefix,
     }
@@ -196,8 +200,10 @@ def offline_safe_runner(options: PipelineOptions):
 
 def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
     """Parse, check, build and run the job; returns the summary. Raises ConfigError."""
-    options, config = parse(sys.argv[1:] if argv is None else argv)
-    config = preflight(config)
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    check_required(options)  # every missing flag named before any wait for credentials
+    check_google_credentials(options)
+    config = preflight(build_config(options))
     if config.dry_run and not options.view_as(GoogleCloudOptions).template_location:
         # (with --template_location, Beam's own meaning: build the job, submit nothing)
         return dry_run(options, config, test_pipeline)
@@ -205,7 +211,7 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
         write_bigquery_schema(config.schema_path, config.passthrough_fields)
     except Exception as e:  # Beam's filesystems raise several types
         raise ConfigError(f"cannot write under --output {config.output}: {e}")
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         p = test_pipeline or beam.Pipeline(runner=offline_safe_runner(options), options=options)
     except ValueError as e:  # an unknown --runner
@@ -222,12 +228,26 @@ def run(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> dict:
                 options.view_as(GoogleCloudOptions).template_location,
                 "output": config.output_run_prefix, "errors": config.errors_run_prefix,
                 "accounted": None}
-    with running_here(config.run_id):
-        result = run_and_wait(p, functools.partial(record_job, config, owner))
-    summary = summarize(result, config, time.monotonic() - started)
+    own_temp = functools.partial(remove_own_temp_folders,
+                                 (config.output_run_prefix, config.errors_run_prefix))
+    _OnInterrupt.cleanup = own_temp
+    try:
+        with running_here(config.run_id):
+            result = run_and_wait(p, functools.partial(record_job, config, owner))
+    except BaseException:
+        _quietly(own_temp)  # a failed or stopped job's sinks never finalize
+        raise
+    finally:
+        _OnInterrupt.cleanup = None
+    summary = summarize(result, config, time.monotonic() - started, started_at)
     summary["cleaned_up"] = list(plan.removed)
     if plan.not_adopted:
         summary["not_adopted"] = not_adopted_summary(plan)
+    crossed = endpoint_failures(summary, config.predict.failure_threshold.max_failed_fraction)
+    if crossed:
+        error = last_error(config.errors_run_prefix, ENDPOINT_STAGES)
+        summary["failure_threshold_crossed"] = crossed + (f"; last error: {error}"
+                                                          if error else "")
     if config.bigquery is not None and config.commit_records:
         # the load jobs are done once the job is: this run's parts are no longer needed
         for folder in (parts_dir(config.output_run_prefix), parts_dir(config.errors_run_prefix)):
@@ -306,9 +326,24 @@ INTERRUPTED = ("batch-predict: interrupted; the predictions committed so far are
                "(rerun with --skip_existing to resume)")
 
 
+class _OnInterrupt:
+    """What to clean on Ctrl-C: the running job's `beam-temp-*` folders (None: nothing)."""
+    cleanup = None
+
+
+def _quietly(cleanup):
+    try:
+        cleanup()
+    except Exception:  # pylint: disable=broad-except  (leftovers a later run removes)
+        pass
+
+
 def exit_interrupted(signum=None, frame=None):
-    """Ctrl-C: one line and exit status 130, at once. Beam's runners turn a KeyboardInterrupt
-    raised inside a bundle into a long chained error, so the process ends here instead."""
+    """Ctrl-C: one line and exit status 130, at once, after removing the `beam-temp-*`
+    folders this run made. Beam's runners turn a KeyboardInterrupt raised inside a bundle
+    into a long chained error, so the process ends here instead."""
+    if _OnInterrupt.cleanup is not None:
+        _quietly(_OnInterrupt.cleanup)
     sys.stderr.write(INTERRUPTED + "\n")
     sys.stderr.flush()
     os._exit(130)  # pylint: disable=protected-access
@@ -327,11 +362,15 @@ class _DropMessages(logging.Filter):
 
 def quiet_logs():
     """Our INFO lines (progress) and Beam's warnings, less the ones that mean nothing here:
-    an empty dead-letter output is the normal case, not a warning."""
+    an empty dead-letter output is the normal case, not a warning; a local worker process
+    needs no semi-persistent directory."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _LOG.setLevel(logging.INFO)
     logging.getLogger("apache_beam.io.filebasedsink").addFilter(
         _DropMessages("No shards found to finalize"))
+    # DirectRunner's worker processes (multi_processing) warn of this at each start
+    logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(
+        lambda record: "No semi_persistent_directory found" not in record.getMessage())
     quiet_pillow_warnings()
 
 
@@ -353,12 +392,26 @@ def main(argv: Optional[Sequence[str]] = None, test_pipeline=None) -> int:
         print(f"batch-predict: error: {e}", file=sys.stderr)
         return 2
     except JobStoppedEarly as e:
-        print(f"batch-predict: error: {e} (the predictions committed so far are kept: rerun "
-              f"with --skip_existing; see --failure_threshold)", file=sys.stderr)
+        print(stopped_line(e), file=sys.stderr)
         return EXIT_STOPPED
     finally:
         signal.signal(signal.SIGINT, previous)
+    return print_endings(summary, argv)
+
+
+def stopped_line(reason) -> str:
+    """The one line of a job stopped early, or ended over its failure threshold."""
+    return (f"batch-predict: error: {reason} (the predictions committed so far are kept: "
+            f"rerun with --skip_existing; see --failure_threshold)")
+
+
+def print_endings(summary: dict, argv: Sequence[str]) -> int:
+    """The summary on stdout, where its files are on stderr; the exit status (`argv`: the
+    command line, for the command that adopts what this run left out)."""
     print(json.dumps(summary, indent=2))
+    if summary.get("failure_threshold_crossed"):
+        print(stopped_line(summary["failure_threshold_crossed"]), file=sys.stderr)
+        return EXIT_STOPPED
     if summary.get("dry_run"):
         print(estimate_line(summary), file=sys.stderr)
         return 0

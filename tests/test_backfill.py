@@ -195,13 +195,15 @@ def test_retry_dead_letters_predicts_only_their_keys(tmp_path, server):
     assert sorted(r["key"] for r in rows_out) == sorted(f"id-{i}" for i in range(len(truth) + 1))
     fixed = next(r for r in rows_out if r["key"] == broken_key)
     assert fixed["top_label"] == "blue" and fixed["customer"] == f"c{len(truth) % 3}"
-    # the same retry with --skip_existing finds the key predicted now: nothing to send
+    # the same retry again finds the key predicted now (a retry skips existing keys by
+    # default): nothing to send, no duplicate row
     server.reset_stats()
-    again = job(rows, server, out, *flags, "--retry_dead_letters", f"{out}-errors",
-                "--skip_existing")
+    again = job(rows, server, out, *flags, "--retry_dead_letters", f"{out}-errors")
     assert server.stats()["requests"] == 0
     assert again["skipped_by_reason"] == {"not_dead_letter": len(truth), "existing": 1}
     assert_accounted(again)
+    assert sorted(r["key"] for r in read_predictions(str(out))) == \
+        sorted(f"id-{i}" for i in range(len(truth) + 1))
 
 
 def test_passthrough_fields_reach_parquet_jsonl_and_the_schema(tmp_path, server):

@@ -52,6 +52,31 @@ def test_sigint_is_one_line_and_exit_130(make_server, tmp_path):
     assert lines[0].startswith("batch-predict: interrupted")
 
 
+def test_sigint_removes_the_beam_temp_folders_this_run_made(make_server, tmp_path):
+    slow = make_server(latency_ms=3000)
+    labelled_images(tmp_path / "images", ["red", "blue", "green", "white"] * 4)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", "--input", str(tmp_path / "images"),
+         "--endpoint", slow.endpoint("mlengine"), "--output", str(out / "p"),
+         "--max_instances_per_request", "1", "--max_concurrent_requests", "2",
+         "--output_format", "both"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("beam-temp-*")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no beam-temp folder was made"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert not list(out.glob("beam-temp-*")), list(out.iterdir())
+
+
 def test_unwritable_errors_is_refused_before_the_job_starts(images, tmp_path, server):
     (tmp_path / "a_file").write_text("not a folder")
     line = one_error_line(cli("--input", images, "--endpoint", server.endpoint("mlengine"),
@@ -62,7 +87,7 @@ def test_unwritable_errors_is_refused_before_the_job_starts(images, tmp_path, se
 
 
 def test_auth_adc_without_credentials_is_refused_before_the_job_starts(images, tmp_path):
-    env = dict(os.environ, HOME=str(tmp_path), NO_GCE_CHECK="True",
+    env = dict(os.environ, HOME=str(tmp_path), NO_GCE_CHECK="true",
                CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
                GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"))
     line = one_error_line(cli("--input", images, "--endpoint",

@@ -67,6 +67,49 @@ def test_a_down_endpoint_stops_the_job_early_with_one_line(many_images, tmp_path
     assert lines[0].startswith("batch-predict: error: stopped early: "), lines
     assert "connection failed" in lines[0] and "while running" not in lines[0]
     assert "Traceback" not in done.stdout
+    assert not list(tmp_path.glob("beam-temp-*"))  # the stopped sinks' staging, removed
+
+
+def test_a_multi_processing_job_that_stops_early_prints_one_line(tmp_path):
+    """DirectRunner's worker processes print a failed bundle's traceback on their own
+    stderr, which is the launcher's: the stop is still one line."""
+    folder = str(tmp_path / "images")
+    write_images(folder, 60)
+    done = run_job("--input", folder, "--endpoint", closed_port_endpoint(),
+                   "--output", tmp_path / "pred", "--max_instances_per_request", "1",
+                   "--max_retries", "0", "--direct_running_mode", "multi_processing",
+                   "--direct_num_workers", "2")
+    lines = error_lines(done.stderr)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("batch-predict: error: stopped early: "), lines
+
+
+def test_a_small_job_against_a_down_endpoint_exits_3_at_its_end(tmp_path):
+    """23 images make one request: too few for the early stop, but a job whose every record
+    failed at the endpoint is no success for a scheduler."""
+    folder = str(tmp_path / "images")
+    write_images(folder, 23)
+    done = run_job("--input", folder, "--endpoint", closed_port_endpoint(),
+                   "--output", tmp_path / "pred", "--max_retries", "0")
+    lines = error_lines(done.stderr)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("batch-predict: error: stopped: 23 of 23 records failed at "
+                               "the endpoint, more than --failure_threshold=0.5"), lines
+    assert "connection failed" in lines[0], lines
+    summary = json.loads(done.stdout)
+    assert (summary["predicted"], summary["failed"]) == (0, 23)
+
+
+def test_a_job_under_its_failure_threshold_exits_0(tmp_path):
+    folder = str(tmp_path / "images")
+    write_images(folder, 5)
+    done = run_job("--input", folder, "--endpoint", closed_port_endpoint(),
+                   "--output", tmp_path / "pred", "--max_retries", "0",
+                   "--failure_threshold", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["failed"] == 5
 
 
 def test_an_endpoint_refusing_everything_stops_after_few_requests(make_server, tmp_path):

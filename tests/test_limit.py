@@ -88,3 +88,15 @@ def test_bad_limit_is_a_bad_invocation(tmp_path):
     with pytest.raises(ConfigError, match="--limit must be at least 1"):
         run(["--input", str(tmp_path / "images"), "--endpoint", "http://127.0.0.1:9/m:predict",
              "--output", str(tmp_path / "o"), "--limit", "0"])
+
+
+def test_the_summary_reports_listing_apart_from_prediction(tmp_path, server):
+    """`--limit` over many files lists them all before the first request: that time is
+    `listing_s`, and images_per_s is over the time from the first request on."""
+    labelled_images(tmp_path / "images", ["red", "blue", "green", "white"] * 5)
+    summary = job(tmp_path / "images", server, tmp_path / "out" / "pred", "--limit", "6")
+    assert summary["predicted"] == 6
+    assert 0 <= summary["listing_s"] <= summary["elapsed_s"]
+    assert summary["predict_s"] == pytest.approx(summary["elapsed_s"] - summary["listing_s"],
+                                                 abs=0.002)
+    assert summary["images_per_s"] == pytest.approx(6 / summary["predict_s"], rel=0.05)

@@ -3,6 +3,7 @@ model; the demo images in demo/images, made on the first run; output under the t
 folder)."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -75,3 +76,51 @@ def test_embeddings_print_each_photos_nearest_images_its_copies_first(tmp_path):
         first = os.path.basename(near.split(",")[0].split()[0])
         assert first.startswith(photo.split(".")[0] + "_"), (photo, near)
     assert "Traceback" not in done.stderr
+def run_local_from(folder, *args):
+    """`run_local.sh` run from `folder`, as a user standing there runs it."""
+    return run_in_session(["bash", os.path.join(ROOT, "run_local.sh"), *args], RUN_TIMEOUT_S,
+                          cwd=str(folder))
+
+
+def test_relative_paths_are_the_callers_and_their_labels_are_shown(tmp_path):
+    images = labelled_images(tmp_path / "pics", ["red", "blue", "green"])
+    done = run_local_from(tmp_path, "--model", "colour", "--input", "pics",
+                          "--output", "mine/p")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["predicted"] == len(images)
+    assert summary["output"].startswith(str(tmp_path / "mine" / "p-"))
+    for path, label in images.items():  # the top label of each image
+        assert any(os.path.basename(path) in line and label in line
+                   for line in done.stderr.splitlines()), done.stderr
+    # the server's routes, the v2 one included, with the model name it serves
+    assert "/v2/models/local-color-classifier/infer" in done.stderr, done.stderr
+
+
+def test_a_users_onnx_model_and_labels_by_relative_paths(tmp_path):
+    shutil.copyfile(os.path.join(ROOT, "localserver", "models", "efficientnet_lite0.onnx"),
+                    tmp_path / "my.onnx")
+    shutil.copyfile(os.path.join(ROOT, "localserver", "models", "imagenet_labels.txt"),
+                    tmp_path / "labels.txt")
+    shutil.copytree(os.path.join(ROOT, "localserver", "photos"), tmp_path / "pics",
+                    ignore=shutil.ignore_patterns("*.md"))
+    done = run_local_from(tmp_path, "--model", "my.onnx", "--labels", "labels.txt",
+                          "--input", "pics", "--output", "mine/p")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["predicted"] == 4
+    assert any("coffee.jpg" in line and "espresso" in line for line in done.stderr.splitlines())
+
+
+def test_a_missing_model_file_is_one_line(tmp_path):
+    done = run_local_from(tmp_path, "--model", "my.onnx", "--labels", "labels.txt",
+                          "--input", "pics", "--output", "mine/p")
+    assert done.returncode != 0
+    lines = [l for l in done.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, done.stderr
+    assert f"{tmp_path / 'my.onnx'}: no such file" in lines[0]
+
+
+def test_a_dry_run_starts_no_server(tmp_path):
+    done = run_local("--output", str(tmp_path / "predictions"), "--dry_run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prediction server" not in done.stderr, done.stderr

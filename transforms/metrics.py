@@ -15,6 +15,10 @@ def counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
 
+#: Epoch milliseconds at which each bundle of Predict sent its first request.
+FIRST_REQUEST_AT_MS = "first_request_at_ms"
+
+
 def distribution(name: str):
     return Metrics.distribution(NAMESPACE, name)
 

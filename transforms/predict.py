@@ -13,10 +13,11 @@ Beam metrics (namespace `batch_predict`): counters `requests` (HTTP attempts), `
 (sent, over all attempts), `retries` and `retries_<cause>` (`http_429`, `http_503`, ...,
 `connection`, `timeout`, `non_json`, `unauthorized`, `auth`), `splits`, `throttled_ms`
 (held back by the adaptive throttler), `backoff_throttled_ms` (waits before retrying a 429 or
-503), `predicted`, `failed_predict` / `failed_parse`; distribution `latency_ms`. The two
-throttling waits are also reported in whole seconds as `cumulativeThrottlingSeconds`, the
-counter Dataflow's autoscaler reads (as Beam's own GCS, BigQuery and Datastore clients do);
-waits for a `--qps` turn are not throttling and count in neither. They are updated on
+503), `predicted`, `failed_predict` / `failed_parse`; distributions `latency_ms` and
+`first_request_at_ms` (epoch ms of each bundle's first request: its min is the job's first).
+The two throttling waits are also reported in whole seconds as `cumulativeThrottlingSeconds`,
+the counter Dataflow's autoscaler reads (as Beam's own GCS, BigQuery and Datastore clients
+do); waits for a `--qps` turn are not throttling and count in neither. They are updated on
 the bundle's thread, since Beam metrics are thread-local. The progress line is
 `transforms.progress`.
 
@@ -26,7 +27,10 @@ crosses the threshold every bundle of the process fails with `JobStopped`, which
 turns into a failed job (see docs/faults.md).
 """
 import functools
+import os
 import queue
+import sys
+import time
 from typing import Optional
 
 import apache_beam as beam
@@ -35,11 +39,40 @@ from apache_beam.utils.shared import Shared
 
 from core.records import PredictRequest, Stage
 from engine.client import Stats
-from engine.engine import Engine, JobStopped, PredictSettings
+from engine.engine import Engine, JobStopped, PredictSettings, STOPPED_PREFIX
 from transforms import metrics
 from transforms.failures import FAILED
 from transforms.passthrough import with_values
 from transforms.progress import PROGRESS
+
+class _QuietStops:
+    """A worker process's stderr, less the tracebacks of JobStopped: Beam's SDK harness
+    prints every failed bundle's traceback there (it also logs it, which the launcher
+    filters), and a DirectRunner worker's stderr is the launcher's, whose one line says it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        dropped, self._dropped = self._dropped, False
+        if text.startswith("Traceback") and f"{JobStopped.__name__}: {STOPPED_PREFIX}" in text:
+            self._dropped = True
+            return len(text)
+        if dropped and text == "\n":  # print's end after the dropped traceback
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def quiet_stopped_tracebacks():
+    """In a Beam SDK worker process (not the launcher), wrap stderr once in _QuietStops."""
+    if "CONTROL_API_SERVICE_DESCRIPTOR" in os.environ and not isinstance(sys.stderr,
+                                                                         _QuietStops):
+        sys.stderr = _QuietStops(sys.stderr)
+
 
 class _PredictFn(beam.DoFn):
     def __init__(self, settings: PredictSettings):
@@ -48,9 +81,11 @@ class _PredictFn(beam.DoFn):
         self._engine: Optional[Engine] = None
 
     def setup(self):
+        quiet_stopped_tracebacks()
         self._engine = self._shared.acquire(functools.partial(Engine, self._settings, PROGRESS))
 
     def start_bundle(self):
+        self._first_request = True
         self._done = queue.Queue()
         self._pending = 0
         self._fields = {}  # key -> --passthrough_fields values, for the requests in flight
@@ -59,6 +94,9 @@ class _PredictFn(beam.DoFn):
         self._raise_if_stopped()
         if request.fields:
             self._fields.update(zip(request.keys, request.fields))
+        if self._first_request:  # the job's earliest is the distribution's min
+            self._first_request = False
+            _FIRST_REQUEST.update(int(time.time() * 1000))
         self._engine.submit(request, self._done)
         self._pending += 1
         yield from self._emit(block=False)
@@ -102,6 +140,7 @@ class _PredictFn(beam.DoFn):
 
 _LATENCY = metrics.distribution("latency_ms")
 _THROTTLING = metrics.ThrottlingSeconds()
+_FIRST_REQUEST = metrics.distribution(metrics.FIRST_REQUEST_AT_MS)
 
 
 def _count(outcomes, stats: Stats):
