@@ -45,7 +45,8 @@ def vector_of(value: Any, spec: EmbeddingSpec) -> np.ndarray:
     if array.ndim != 1 or array.dtype.kind not in "fiu" or not array.size:
         raise LabelError(f"embedding is not a non-empty list of numbers ({array.dtype.name} "
                          f"{list(array.shape)})")
-    values = array.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf
+        values = array.astype(np.float32)
     if not np.isfinite(values).all():
         bad = int(np.argmin(np.isfinite(values)))
         raise LabelError(f"embedding value {bad} ({array[bad]!r}) is not a finite float32 "
