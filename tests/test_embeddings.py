@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import threading
 
 import numpy as np
@@ -32,13 +33,16 @@ from protocols.embedding import (EmbeddingSpec, take_vector, vector_of, vector_o
 from protocols.google import Multimodal
 from protocols.labels import LabelError, LabelSpec
 from protocols.v2 import V2
-from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, read_dead_letters,
-                           read_predictions, reply, serving, write_poison_jpeg)
+from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, labelled_images,
+                           read_dead_letters, read_predictions, reply, serving,
+                           write_poison_jpeg)
+from tests.test_crashsafe import committed_rows, kill_when, part_rows
 
 TOLERANCE = 1e-6
 WIDTH = 1280
 PHOTOS = sorted(PHOTO_CLASSES)
 ONNX_PATH = os.path.join(MODELS_DIR, "efficientnet_lite0.onnx")
+KILL_JOB = 400
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -216,6 +220,30 @@ def test_skip_existing_and_retry_dead_letters_keep_vectors(tmp_path, lite0, sess
     assert_accounted(again)
     expected = {os.path.abspath(p): features(session, p) for p in glob.glob(f"{folder}/*")}
     assert_vectors(str(out), expected)
+
+
+def test_crash_resume_adopts_committed_vectors(tmp_path, make_server):
+    """Killed once a quarter is committed, resumed: the shards hold every key once, each
+    with its vector (the adopted parts' ones included)."""
+    folder = tmp_path / "many"
+    keys = sorted(labelled_images(folder, ["red"] * KILL_JOB, fmt_cycle=("png",),
+                                  size=(8, 8)))
+    out = tmp_path / "out" / "pred"
+    slow = make_server(latency_ms=50, constant_embedding=16)
+    command = [sys.executable, "-m", "pipeline.run", "--input", str(folder),
+               "--endpoint", slow.endpoint("mlengine"), "--output", str(out),
+               "--skip_existing", "--commit_every_s", "0.05", "--max_instances_per_request",
+               "4", "--max_concurrent_requests", "4", "--embedding_field", "embedding"]
+    kill_when(command, lambda: committed_rows(out) >= KILL_JOB // 4, "a quarter committed")
+    committed = part_rows(out)
+    assert committed and all(len(r["embedding"]) == 16 for r in committed)
+    resumed = run(command[3:] + ["--parts_stale_after_s", "0"])
+    assert_accounted(resumed)
+    assert resumed["adopted"] == len(committed)
+    rows = read_predictions(str(out))
+    assert sorted(r["key"] for r in rows) == keys
+    fixed = embeddings.constant_vector(16)
+    assert all(np.asarray(r["embedding"], np.float32).tolist() == fixed for r in rows)
 
 
 # -- the multimodal request, field by field ----------------------------------------------
