@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 
@@ -16,7 +17,7 @@ import numpy as np
 import onnxruntime
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery
+from google.cloud import bigquery, storage
 from PIL import Image
 
 from core.records import bigquery_schema, prediction_json, prediction_record, utc_now
@@ -33,9 +34,12 @@ from protocols.embedding import (EmbeddingSpec, take_vector, vector_of, vector_o
 from protocols.google import Multimodal
 from protocols.labels import LabelError, LabelSpec
 from protocols.v2 import V2
-from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, labelled_images,
-                           read_dead_letters, read_predictions, reply, serving,
+from tests.conftest import listening
+from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, EMULATOR_BUCKET,
+                           EMULATOR_PROJECT, labelled_images, read_dead_letters,
+                           read_predictions, reply, serving, STUB_CREDENTIALS,
                            write_poison_jpeg)
+from tests.servers import free_port, stop
 from tests.test_crashsafe import committed_rows, kill_when, part_rows
 
 TOLERANCE = 1e-6
@@ -332,25 +336,70 @@ def test_a_vector_of_another_length_is_a_parse_dead_letter(tmp_path):
     assert "129" in dead["error"] and "128" in dead["error"]
 
 
-def test_gcs_inputs_go_as_their_uri_and_are_never_read(tmp_path, gcs):
+@pytest.fixture
+def logged_gcs(tmp_path, monkeypatch):
+    """A gcp-storage-emulator of this test's own that logs every request, and the job's
+    environment for it; yields (a fresh bucket, a function counting object reads so far)."""
+    log_path = tmp_path / "emulator.log"
+    program = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([program, "start", "--host=127.0.0.1", f"--port={port}",
+                                    "--in-memory"], stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert listening(port, process)
+        stub = tmp_path / "stub-adc.json"
+        stub.write_text(json.dumps(STUB_CREDENTIALS))
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(stub))
+        client = storage.Client(credentials=AnonymousCredentials(), project=EMULATOR_PROJECT)
+        bucket = client.create_bucket(EMULATOR_BUCKET)
+
+        def object_reads():
+            return log_path.read_text(errors="replace").count("alt=media")
+
+        yield bucket, object_reads
+    finally:
+        stop(process)
+
+
+def test_gcs_inputs_go_as_their_uri_and_are_never_read(tmp_path, logged_gcs, session):
+    """With --send_uri the server reads each gs:// image (through the emulator) and the
+    workers none: the emulator serves exactly the server's reads."""
+    bucket, object_reads = logged_gcs
     for name in PHOTOS:
-        gcs.blob(f"photos/{name}").upload_from_filename(os.path.join(PHOTOS_DIR, name))
-    gcs.blob("photos/not-an-image.jpg").upload_from_string(b"never read, never decoded")
-    gcs.blob("photos/odd.webp").upload_from_string(b"a WebP the model does not take")
+        bucket.blob(f"photos/{name}").upload_from_filename(os.path.join(PHOTOS_DIR, name))
+    bucket.blob("photos/odd.webp").upload_from_string(b"a WebP the model does not take")
     out = tmp_path / "out" / "pred"
-    with LocalServer(model=EFFICIENTNET_LITE0, read_gcs=0) as server:
-        summary = job(f"gs://{gcs.name}/photos/**", server.endpoint("multimodal"), out,
+    with LocalServer(model=EFFICIENTNET_LITE0) as server:  # reads through the emulator
+        summary = job(f"gs://{bucket.name}/photos/**", server.endpoint("multimodal"), out,
                       "--send_uri", "--parameters", '{"dimension": 128}')
-        stats = server.stats()
-    assert summary["predicted"] == 5 and summary["failed"] == 1
+        server_reads = server.stats()["gcs_reads"]
+    assert summary["predicted"] == 4 and summary["failed"] == 1
     assert_accounted(summary)
-    assert stats["gcs_reads"] == 0
+    assert server_reads == 4 and object_reads() == 4
     (dead,) = read_dead_letters(f"{out}-errors")
     assert dead["key"].endswith("odd.webp") and dead["stage"] == "encode"
     found = vectors(str(out), "parquet")
-    for key, vector in found.items():  # the server saw the URI only: its vector says so
-        expected = embeddings.project(embeddings.uri_features(key, WIDTH), 128)
+    assert len(found) == 4
+    for key, vector in found.items():
+        name = key.rsplit("/", 1)[1]
+        expected = embeddings.project(features(session, os.path.join(PHOTOS_DIR, name)), 128)
         np.testing.assert_allclose(vector, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_without_send_uri_gcs_inputs_are_read_and_sent_as_bytes(tmp_path, logged_gcs):
+    bucket, object_reads = logged_gcs
+    bucket.blob("photos/cat.jpg").upload_from_filename(os.path.join(PHOTOS_DIR, "cat.jpg"))
+    out = tmp_path / "out" / "pred"
+    with LocalServer(model=EFFICIENTNET_LITE0) as server:
+        summary = job(f"gs://{bucket.name}/photos/**", server.endpoint("multimodal"), out,
+                      "--parameters", '{"dimension": 128}')
+        assert server.stats()["gcs_reads"] == 0
+    assert summary["predicted"] == 1 and object_reads() >= 1  # the worker read it
 
 
 # -- start-up -------------------------------------------------------------------------------
