@@ -20,7 +20,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery, storage
 from PIL import Image
 
-from core.records import bigquery_schema, prediction_json, prediction_record, utc_now
+from core.records import (bigquery_schema, ImageRef, prediction_json, prediction_record,
+                          utc_now)
+from imaging.decode import ImageError
 from localserver import embeddings, LocalServer
 from localserver.classifiers import EFFICIENTNET_LITE0, MODELS_DIR, Preprocessing, to_tensor
 from localserver.demo import PHOTO_CLASSES, PHOTOS_DIR
@@ -40,6 +42,7 @@ from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, EM
                            read_predictions, reply, serving, STUB_CREDENTIALS,
                            write_poison_jpeg)
 from tests.servers import free_port, stop
+from transforms.encode import encode_instance, uri_instance
 from tests.test_crashsafe import committed_rows, kill_when, part_rows
 
 TOLERANCE = 1e-6
@@ -133,6 +136,21 @@ def test_labels_and_the_servers_vector_in_one_row(tmp_path, lite0, session, name
         assert row["top_label"] in PHOTO_CLASSES[name_], row["key"]
         assert len(row["labels"]) > 1
         assert row["prediction"] is None  # left empty on embedding rows by default
+
+
+def test_classified_scores_beside_a_binary_vector_with_its_prediction_text(tmp_path, lite0,
+                                                                          session):
+    folder = photo_folder(tmp_path)
+    out = tmp_path / "out" / "pred"
+    summary = job(folder, lite0.endpoint("v2"), out, "--protocol", "v2", "--binary_data",
+                  "--classification", "3", "--keep_embedding_prediction")
+    assert summary["predicted"] == 5 and summary["failed"] == 0
+    expected = {os.path.abspath(p): features(session, p) for p in glob.glob(f"{folder}/*")}
+    assert_vectors(str(out), expected)
+    for row in read_predictions(str(out)):
+        assert len(row["labels"]) == 3  # the embedding output is not asked to classify
+        answer = json.loads(row["prediction"])
+        np.testing.assert_allclose(answer["embedding"], row["embedding"], atol=TOLERANCE)
 
 
 def test_multimodal_vectors_are_the_servers_projection(tmp_path, lite0, session):
@@ -431,6 +449,24 @@ def test_the_multimodal_instance_and_its_uri_form():
 
 
 # -- reading vectors --------------------------------------------------------------------------
+
+def test_multimodal_takes_four_formats_and_20_mb():
+    protocol = Multimodal({})
+    webp, png = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (300, 240), (10, 200, 30)).save(webp, "WEBP")
+    Image.new("RGB", (300, 240), (10, 200, 30)).save(png, "PNG")
+    for data, fmt in ((webp.getvalue(), "JPEG"), (png.getvalue(), "PNG")):
+        instance = encode_instance("k", data, protocol, 1_500_000)
+        sent = base64.b64decode(json.loads(instance.body)["image"]["bytesBase64Encoded"])
+        with Image.open(io.BytesIO(sent)) as img:
+            assert img.format == fmt
+    assert png.getvalue() == base64.b64decode(json.loads(encode_instance(
+        "k", png.getvalue(), protocol, 1_500_000).body)["image"]["bytesBase64Encoded"])
+    big = ImageRef("gs://b/big.jpg", "gs://b/big.jpg", size=21 * 1024 * 1024)
+    with pytest.raises(ImageError, match="over the"):
+        uri_instance(big, Multimodal({}, send_uri=True))
+    assert uri_instance(big._replace(size=1000), Multimodal({}, send_uri=True)) is not None
+
 
 def test_vectors_are_finite_float32_lists_of_numbers():
     spec = EmbeddingSpec("e")
