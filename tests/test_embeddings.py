@@ -41,7 +41,7 @@ from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, EM
                            EMULATOR_PROJECT, labelled_images, read_dead_letters,
                            read_predictions, reply, serving, STUB_CREDENTIALS,
                            write_poison_jpeg)
-from tests.servers import free_port, stop
+from tests.servers import free_port, ROOT, stop
 from transforms.encode import encode_instance, uri_instance
 from tests.test_crashsafe import committed_rows, kill_when, part_rows
 
@@ -266,6 +266,26 @@ def test_crash_resume_adopts_committed_vectors(tmp_path, make_server):
     assert sorted(r["key"] for r in rows) == keys
     fixed = embeddings.constant_vector(16)
     assert all(np.asarray(r["embedding"], np.float32).tolist() == fixed for r in rows)
+
+
+def test_two_worker_processes_write_every_vector(tmp_path, make_server):
+    """Records carry their vectors between worker processes (DirectRunner multi_processing):
+    each key once, each with the server's vector."""
+    server = make_server(constant_embedding=32)
+    folder = photo_folder(tmp_path)
+    out = tmp_path / "out" / "pred"
+    argv = [sys.executable, "-m", "pipeline.run", "--input", str(folder), "--endpoint",
+            server.endpoint("v2"), "--protocol", "v2", "--binary_data", "--output", str(out),
+            "--output_format", "both", "--max_instances_per_request", "1",
+            "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["predicted"] == 5
+    assert_accounted(summary)
+    fixed = np.asarray(embeddings.constant_vector(32), np.float32)
+    assert_vectors(str(out), {os.path.abspath(p): fixed for p in glob.glob(f"{folder}/*")})
 
 
 # -- the multimodal request, field by field ----------------------------------------------
