@@ -7,8 +7,9 @@ the same job writing labels only.
 Writes tiny JPEGs (8x8) under --workdir (benchmarks/memory.py's `write_images`), starts the
 project's local server twice: `--constant_embedding 1280` (every answer one fixed 1,280-float
 vector: no image decoded, no model run) and the colour model (labels only, equally cheap).
-Each job runs `python -m pipeline.run --protocol v2 --binary_data` in its own subprocess
-(peak RSS from its rusage, as benchmarks/memory.py measures it). Reports, for each count:
+Each job runs `python -m pipeline.run --protocol v2 --binary_data` (or, with `--protocol
+mlengine`, ML Engine JSON with `--embedding_field embedding`) in its own subprocess (peak RSS
+from its rusage, as benchmarks/memory.py measures it). Reports, for each count:
 
 - Parquet bytes per image of the embedding job's shards, against the target
   1.1 x 4 x 1280 + the key's length. The constant vector is the same in every row, which
@@ -45,8 +46,13 @@ TARGET_BYTES_FACTOR = 1.1
 TARGET_RSS_RATIO = 1.3
 TARGET_SPEED_RATIO = 0.8
 RANDOM_ROWS = 10_000
-JOB_FLAGS = ("--protocol", "v2", "--binary_data", "--max_instances_per_request", "32",
-             "--output_format", "parquet")
+JOB_FLAGS = ("--max_instances_per_request", "32", "--output_format", "parquet")
+# Per --protocol: the flags of the embedding job and of the labels-only job.
+PROTOCOL_FLAGS = {
+    "v2": (("--protocol", "v2", "--binary_data"), ("--protocol", "v2", "--binary_data")),
+    "mlengine": (("--protocol", "mlengine", "--embedding_field", "embedding"),
+                 ("--protocol", "mlengine")),
+}
 
 
 def parquet_bytes(prefix: str) -> int:
@@ -74,8 +80,8 @@ def random_vectors_bytes_per_image(folder: str, rows: int = RANDOM_ROWS) -> floa
     return len(buffer.getvalue()) / len(records)
 
 
-def run_jobs(server: LocalServer, folder: str, out: str, extra) -> dict:
-    result = measure(folder, out, server.endpoint("v2"), [*JOB_FLAGS, *extra])
+def run_jobs(server: LocalServer, folder: str, out: str, protocol: str, flags) -> dict:
+    result = measure(folder, out, server.endpoint(protocol), [*JOB_FLAGS, *flags])
     summary = result["summary"]
     if not summary["accounted"] or summary["failed"]:
         raise RuntimeError(f"unexpected summary {summary}")
@@ -86,7 +92,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--protocol", default="v2", choices=sorted(PROTOCOL_FLAGS),
+                        help="v2 (binary tensors) or mlengine (JSON, the vector as numbers)")
     args, extra = parser.parse_known_args(argv)
+    vector_flags, label_flags = PROTOCOL_FLAGS[args.protocol]
     workdir = args.workdir or tempfile.mkdtemp(prefix="bp-embeddings-")
     figures = {}
     try:
@@ -97,9 +106,11 @@ def main(argv=None) -> int:
             out = os.path.join(workdir, f"out-{count}")
             shutil.rmtree(out, ignore_errors=True)  # this run's shards only
             with LocalServer(constant_embedding=WIDTH, latency_ms=0, capacity=64) as server:
-                vectors = run_jobs(server, folder, os.path.join(out, "emb"), extra)
+                vectors = run_jobs(server, folder, os.path.join(out, "emb"), args.protocol,
+                                   [*vector_flags, *extra])
             with LocalServer(latency_ms=0, capacity=64) as server:
-                labels = run_jobs(server, folder, os.path.join(out, "labels"), extra)
+                labels = run_jobs(server, folder, os.path.join(out, "labels"), args.protocol,
+                                  [*label_flags, *extra])
             key = key_length(folder)
             stored = parquet_bytes(os.path.join(out, "emb")) / count
             figures[count] = {

@@ -192,8 +192,12 @@ class Protocol:
         return self.request_size(len(instance_sizes), sum(instance_sizes))
 
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
-        """The response body as data (ValueError when it is unreadable)."""
-        return with_model_id(answers.loads(raw) if raw else None, headers)
+        """The response body as data (ValueError when it is unreadable); each prediction's
+        text kept, unless every row will be a vector's, whose text is left out."""
+        if not raw:
+            return with_model_id(None, headers)
+        texts_wanted = not self.embedding.field or self.embedding.keep_prediction
+        return with_model_id(answers.loads(raw) if texts_wanted else json.loads(raw), headers)
 
     def parse(self, response: Any, count: int) -> List[Parsed]:
         """One Parsed per instance, in order; ResponseError when that is not what came."""
