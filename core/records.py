@@ -6,11 +6,12 @@ are built by `dead_letter()`. Nothing downstream formats strings by hand.
 """
 import datetime
 import enum
+import json
 import operator
 from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
-
 
 
 class Stage(str, enum.Enum):
@@ -60,6 +61,9 @@ BOX_TYPE = pa.struct([("label", pa.string()), ("score", pa.float64()),
                       ("x_min", pa.float64()), ("x_max", pa.float64()),
                       ("y_min", pa.float64()), ("y_max", pa.float64())])
 
+EMBEDDING = "embedding"
+EMBEDDING_TYPE = pa.list_(pa.float32())
+
 PREDICTION_SCHEMA = pa.schema([
         pa.field("key", pa.string(), nullable=False),
         pa.field("labels", pa.list_(LABEL_TYPE)),
@@ -71,6 +75,9 @@ PREDICTION_SCHEMA = pa.schema([
         # The model's own prediction for the instance as compact JSON text; null with
         # --no_prediction_column (the column stays, so every run has one schema).
         pa.field("prediction", pa.string()),
+        # The image's vector when the model returns one (null otherwise): float32, one length
+        # a run. A record holds it as a numpy array, which Arrow converts as a whole.
+        pa.field(EMBEDDING, EMBEDDING_TYPE),
 ])
 
 
@@ -126,10 +133,12 @@ def prediction_record(
         model: str,
         predicted_at: datetime.datetime,
         boxes: Optional[Sequence[dict]] = None,
-        prediction: Optional[str] = None) -> dict:
-    """A prediction row: labels sorted by score descending, top label and score alongside;
-    `boxes` (detection only, else None) as BOX_TYPE dicts; `prediction` the model's own
-    answer as JSON text (None when left out)."""
+        prediction: Optional[str] = None,
+        embedding: Optional[np.ndarray] = None) -> dict:
+    """A prediction row: labels sorted by score descending, top label and score alongside
+    (None when there are no labels: an embedding-only answer); `boxes` (detection only,
+    else None) as BOX_TYPE dicts; `prediction` the model's own answer as JSON text (None
+    when left out); `embedding` a float32 vector (None when the model gave none)."""
     ranked = sorted([(str(l), float(s)) for l, s in labels], key=_SCORE, reverse=True)
     top_label, top_score = ranked[0] if ranked else (None, None)
     return {
@@ -141,6 +150,7 @@ def prediction_record(
             "predicted_at": predicted_at,
             "boxes": None if boxes is None else list(boxes),
             "prediction": prediction,
+            EMBEDDING: embedding,
     }
 
 
@@ -195,11 +205,39 @@ def to_json_row(record: dict) -> dict:
         row.pop("boxes", None)  # classification: no boxes key (BigQuery: an empty REPEATED)
     if row.get("prediction") is None:
         row.pop("prediction", None)  # --no_prediction_column: left out of the line
+    if row.get(EMBEDDING) is None:
+        row.pop(EMBEDDING, None)  # no vector: no key (BigQuery: an empty REPEATED)
+    else:
+        row[EMBEDDING] = vector(row[EMBEDDING]).tolist()
     return row
 
 
-_BIGQUERY_TYPES = {pa.string(): "STRING", pa.float64(): "FLOAT", pa.int64(): "INTEGER",
-                   pa.bool_(): "BOOLEAN"}
+def vector(values) -> np.ndarray:
+    """An embedding as a flat float32 array (a record's own array, or a list read back)."""
+    return np.asarray(values, dtype=np.float32).reshape(-1)
+
+
+def embedding_json(values) -> str:
+    """A vector as a JSON list of numbers, each with the 9 significant digits that give its
+    float32 back (the values are finite: checked when the answer was read)."""
+    array = vector(values)
+    return "[" + ",".join(["%.9g"] * array.size) % tuple(array.tolist()) + "]"
+
+
+def prediction_json(record: dict) -> str:
+    """A prediction record as one compact BigQuery-loadable JSON line (no newline); the
+    vector written from its float32 values."""
+    values = record.get(EMBEDDING)
+    row = to_json_row({**record, EMBEDDING: None})
+    text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+    if values is None:
+        return text
+    return f'{text[:-1]},"{EMBEDDING}":{embedding_json(values)}}}'
+
+
+
+_BIGQUERY_TYPES = {pa.string(): "STRING", pa.float64(): "FLOAT", pa.float32(): "FLOAT64",
+                   pa.int64(): "INTEGER", pa.bool_(): "BOOLEAN"}
 
 
 def bigquery_field(field: pa.Field) -> dict:

@@ -41,6 +41,7 @@ from engine.auth import AuthError, TokenSource
 from engine.ratelimit import RateLimiter, THROTTLE_DELAY_S, THROTTLE_WINDOW_S, Throttler
 from engine.retry import parse_retry_after, RetryPolicy
 from protocols.base import error_message, named_instance, Parsed, Protocol, ResponseError
+from protocols.embedding import VectorLength
 
 SPLIT_STATUSES = frozenset((400, 413))  # request-level refusals one instance may cause
 #: Retry causes that mean the endpoint is throttling: their backoff is `Stats.backed_off_s`.
@@ -228,12 +229,16 @@ def culprit(message: str, status: Optional[int], count: int) -> Optional[int]:
 
 
 def outcome(key: str, parsed: Parsed, model: str, now, status: Optional[int],
-            attempts: int) -> Outcome:
-    """One instance's prediction record, or its `parse` dead letter when it was refused."""
-    if parsed.error is not None:
-        return Outcome(False, dead_letter(key, Stage.PARSE, parsed.error, status, attempts))
+            attempts: int, lengths: Optional[VectorLength] = None) -> Outcome:
+    """One instance's prediction record, or its `parse` dead letter when it was refused
+    (or its vector is not of the run's one length, `lengths`)."""
+    error = parsed.error
+    if error is None and parsed.embedding is not None and lengths is not None:
+        error = lengths.refusal(parsed.embedding)
+    if error is not None:
+        return Outcome(False, dead_letter(key, Stage.PARSE, error, status, attempts))
     return Outcome(True, prediction_record(key, parsed.labels, model, now, parsed.boxes,
-                                           parsed.prediction))
+                                           parsed.prediction, parsed.embedding))
 
 
 def failed(keys: Sequence[str], stage: Stage, error: str, status: Optional[int],
@@ -243,9 +248,10 @@ def failed(keys: Sequence[str], stage: Stage, error: str, status: Optional[int],
 
 
 def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: Answer,
-                attempts: int) -> List[Outcome]:
+                attempts: int, lengths: Optional[VectorLength] = None) -> List[Outcome]:
     """One Outcome per key out of a request's last answer (a `parse` dead letter for each
-    prediction that cannot be read); RequestFailed when it carries no predictions to read."""
+    prediction that cannot be read, or whose vector is not of the length `lengths` holds);
+    RequestFailed when it carries no predictions to read."""
     if answer.error is not None:
         raise RequestFailed(answer.error, Stage.PREDICT)
     try:
@@ -257,7 +263,8 @@ def read_answer(protocol: Protocol, endpoint: str, keys: Sequence[str], answer: 
         raise RequestFailed(f"unreadable response: {type(e).__name__}: {e}", Stage.PARSE)
     model = writable(protocol.model_name(answer.body, endpoint))
     now = utc_now()
-    return [outcome(k, p, model, now, answer.status, attempts) for k, p in zip(keys, parsed)]
+    return [outcome(k, p, model, now, answer.status, attempts, lengths)
+            for k, p in zip(keys, parsed)]
 
 
 class PredictClient:
@@ -267,6 +274,7 @@ class PredictClient:
                  throttler: Optional[Throttler] = None, rng: Optional[random.Random] = None):
         self._settings = settings
         self._protocol = settings.protocol
+        self._lengths = VectorLength(settings.protocol.embedding.dimension)
         self._policy = settings.retry
         self._limiter = limiter
         self._throttler = throttler or Throttler(settings.throttle_window_s)
@@ -309,7 +317,8 @@ class PredictClient:
         answer, tries = await self._send(body, headers, len(keys), stats, retries)
         attempts = prior_attempts + tries
         try:
-            return read_answer(self._protocol, self._settings.endpoint, keys, answer, attempts)
+            return read_answer(self._protocol, self._settings.endpoint, keys, answer, attempts,
+                               self._lengths)
         except RequestFailed as e:
             failure = e
         if len(keys) > 1 and splittable(answer):

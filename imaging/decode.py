@@ -136,8 +136,17 @@ def exif_orientation(raw: Optional[bytes]) -> int:
         return 1
 
 
-def needs_normalising(img: Image.Image, image_size: Optional[Tuple[int, int]]) -> bool:
-    return (img.format not in SENDABLE_FORMATS
+def sendable(fmt: Optional[str], formats: Optional[Tuple[str, ...]] = None) -> bool:
+    """Does a model that takes `formats` (None: SENDABLE_FORMATS) take this format as it is?
+    (An MPO is a JPEG to any decoder.)"""
+    if formats is None:
+        return fmt in SENDABLE_FORMATS
+    return fmt in formats or (fmt == "MPO" and "JPEG" in formats)
+
+
+def needs_normalising(img: Image.Image, image_size: Optional[Tuple[int, int]],
+                      formats: Optional[Tuple[str, ...]] = None) -> bool:
+    return (not sendable(img.format, formats)
             or img.mode not in SENDABLE_MODES
             or orientation(img) != 1
             or (image_size is not None and img.size != image_size))
@@ -175,12 +184,14 @@ def encode_image(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None) -> Prepared:
-    """The bytes to send for one image file."""
+def prepare(data: bytes, image_size: Optional[Tuple[int, int]] = None,
+            formats: Optional[Tuple[str, ...]] = None) -> Prepared:
+    """The bytes to send for one image file (`formats`: those the model takes as they are;
+    None: SENDABLE_FORMATS; others are re-encoded as PNG or JPEG)."""
     if as_it_is(data, image_size):
         return Prepared(data, SENDABLE_FORMATS["JPEG"])
     img = open_image(data)
-    if not needs_normalising(img, image_size):
+    if not needs_normalising(img, image_size, formats):
         return Prepared(data, SENDABLE_FORMATS[img.format])
     fmt = "PNG" if img.format in ("PNG", "GIF", "BMP", "TIFF") else "JPEG"
     return Prepared(encode_image(normalised(img, image_size), fmt), SENDABLE_FORMATS[fmt])

@@ -27,8 +27,9 @@ from imaging.tensor import TensorRequest
 from pipeline.label_names import check_label_names, load_label_names
 from pipeline.options import ConfigError, is_dry_run, PredictOptions
 from pipeline.workers import runs_in_one_process, runs_locally, worker_processes
-from protocols import make_protocol
+from protocols import is_multimodal_endpoint, make_protocol
 from protocols.base import Protocol
+from protocols.embedding import EmbeddingSpec
 from protocols.labels import check_field_path, LabelSpec
 from transforms.listing import escaped_key
 from transforms.read import input_sources, InputSource, TFRECORD
@@ -270,9 +271,9 @@ def client_settings(o: PredictOptions, request: Optional[TensorRequest]) -> Clie
     tensor = request.spec(source=f"--protocol {o.protocol}") \
         if request is not None and o.protocol != "v2" else None
     protocol = make_protocol(
-        o.protocol, o.instance_format, label_spec(o), o.score_threshold,
+        *wire_format(o), label_spec(o), o.score_threshold,
         not o.no_prediction_column, parse_parameters(o.parameters), tensor,
-        o.tensor_input_name or "", **_v2_options(o))
+        o.tensor_input_name or "", embedding_spec(o), o.send_uri, **_v2_options(o))
     return ClientSettings(
         endpoint=o.endpoint,
         protocol=protocol,
@@ -369,6 +370,22 @@ def tensor_request(o: PredictOptions, image_size) -> Optional[TensorRequest]:
     return TensorRequest(image_size, o.tensor_layout, o.tensor_dtype, o.resize,
                          o.crop_fraction, o.pad_value, o.resample, o.channel_order,
                          o.normalize, o.mean, o.std)
+
+
+def wire_format(o: PredictOptions) -> Tuple[str, str]:
+    """(--protocol, --instance_format); vertex multimodal for a Vertex multimodal embeddings
+    endpoint left at the default instance format (b64) with --protocol vertex or the
+    default mlengine."""
+    if (o.instance_format == "b64" and o.protocol in ("vertex", "mlengine")
+            and is_multimodal_endpoint(o.endpoint)):
+        return "vertex", "multimodal"
+    return o.protocol, o.instance_format
+
+
+def embedding_spec(o: PredictOptions) -> EmbeddingSpec:
+    """Where the vector is and what is done with it (--embedding_field and its flags)."""
+    return EmbeddingSpec(check_field_path(o.embedding_field, "--embedding_field"),
+                         o.normalize_embedding, o.keep_embedding_prediction)
 
 
 def _v2_options(o: PredictOptions) -> dict:

@@ -9,6 +9,7 @@ import urllib.parse
 from typing import Any, List, Mapping, Optional, Sequence
 
 from imaging.tensor import stated_by_shape, TensorRequest, TensorSpec
+from protocols.embedding import EmbeddingSpec, stated_length, vector_output
 from protocols.labels import LabelSpec
 from protocols.v2 import model_path, TENSOR_DTYPES, V2
 
@@ -37,13 +38,34 @@ def check_model(protocol: V2, endpoint: str, headers: Optional[Mapping[str, str]
     inputs = _tensors(metadata, "inputs")
     name = protocol.input_name or _only_input(inputs)
     tensor = _input_tensor(protocol, name, inputs, tensors)
-    outputs = [t["name"] for t in _tensors(metadata, "outputs")]
+    listed = _tensors(metadata, "outputs")
+    outputs = [t["name"] for t in listed]
     _check_fields(protocol.labels, outputs)
     if protocol.classification and not outputs:
         raise ValueError("--classification needs the output names, and the model metadata "
                          "lists none")
     wanted = outputs if (protocol.binary or protocol.classification) else ()
-    return protocol.with_model(name, wanted, tensor)
+    return protocol.with_model(name, wanted, tensor, vector_spec(protocol, listed))
+
+
+def vector_spec(protocol: V2, outputs: List[dict]) -> EmbeddingSpec:
+    """Where the model's vector is, and its length when the metadata states it: the output
+    --embedding_field names (which must be one), else the one output named like a vector
+    when no labels flag names the outputs (`protocols.embedding.vector_output`)."""
+    spec, labels = protocol.embedding, protocol.labels
+    listed = {str(t["name"]): t for t in outputs}
+    if spec.field:
+        if listed and spec.field not in listed:
+            raise ValueError(f"--embedding_field {spec.field}: the model's outputs are "
+                             f"{', '.join(listed)}")
+        length = stated_length(listed.get(spec.field, {}).get("shape"))
+        return spec._replace(dimension=spec.dimension or length)
+    if labels.labels_field or labels.scores_field:
+        return spec
+    found = vector_output(outputs)
+    if found is None:
+        return spec
+    return spec._replace(field=found[0], dimension=found[1])
 
 
 def _get(url: str, what: str, headers, timeout_s: float, max_bytes: int) -> Any:

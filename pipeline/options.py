@@ -15,6 +15,7 @@ from engine.auth import AUTH_MODES
 from imaging.tensor import CHANNEL_ORDERS, DTYPES, LAYOUTS, PRESETS, RESAMPLING, RESIZE_MODES
 from pipeline.earlier_runs import DEFAULT_STALE_AFTER_S
 from protocols.base import INSTANCE_FORMATS, PROTOCOLS
+from protocols.embedding import NORMALIZATIONS
 from transforms.commit import DEFAULT_COMMIT_RECORDS, DEFAULT_COMMIT_SECONDS
 from transforms.read import INPUT_FORMATS
 from transforms.tfrecords import DEFAULT_FEATURE
@@ -81,7 +82,9 @@ def _endpoint_flags(add):
     add("--instance_format", default="b64", **enumerated(INSTANCE_FORMATS),
         help="ML Engine instance form: {b64}, {key, image: {b64}}, or RGB nested lists; "
              "v2: a BYTES tensor of image files (b64) or an RGB tensor [n, H, W, 3] "
-             "(tensor).")
+             "(tensor); --protocol vertex multimodal: Vertex multimodal embeddings "
+             "{image: {bytesBase64Encoded}}, one a request (the default for a "
+             "publishers/google/models/multimodalembedding@...:predict endpoint).")
     add("--binary_data", action="store_true", default=False,
         help="v2: send and ask for tensors through the binary tensor data extension "
              "instead of JSON (no base64: about a quarter fewer bytes).")
@@ -115,6 +118,24 @@ def _endpoint_flags(add):
              "the name of the score output tensor.")
     add("--score_threshold", type=float, default=None,
         help="AutoML params.score_threshold / Vertex confidenceThreshold.")
+    _embedding_flags(add)
+
+
+def _embedding_flags(add):
+    """Vectors: the `embedding` column (docs/outputs.md)."""
+    add("--embedding_field", default=None,
+        help="Where the image's vector is: a dotted path in a prediction (e.g. embedding), "
+             "or a v2 output's name (default: a v2 model's one float output [-1, d] named "
+             "embedding, embeddings, features, image_embeds or pooler_output when no "
+             "--labels_field/--scores_field is given; multimodal: imageEmbedding).")
+    add("--normalize_embedding", default="none", **enumerated(NORMALIZATIONS),
+        help="Scale each vector to unit length (l2) before it is written, or not (none).")
+    add("--keep_embedding_prediction", action="store_true", default=False,
+        help="Keep the `prediction` text (the model's answer as JSON, vector included) on "
+             "rows with an embedding; by default it is left empty there.")
+    add("--send_uri", action="store_true", default=False,
+        help="--instance_format multimodal: send gs:// inputs as {image: {gcsUri}} "
+             "(never read by the workers); local files and inline rows are sent as bytes.")
 
 
 def _tensor_flags(add):

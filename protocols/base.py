@@ -14,11 +14,12 @@ from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Seq
 from core.records import writable
 from imaging.tensor import TensorSpec
 from protocols import answers
-from protocols.labels import (LabelError, Labels, LabelSpec, read_labels, unicode_labels,
-                              warn_if_indexed)
+from protocols.embedding import EmbeddingSpec, has_label_fields, take_vector
+from protocols.labels import (LabelError, Labels, LabelScores, LabelSpec, read_labels,
+                              unicode_labels, warn_if_indexed)
 
 PROTOCOLS = ("mlengine", "automl", "vertex", "v2")
-INSTANCE_FORMATS = ("b64", "named", "tensor")
+INSTANCE_FORMATS = ("b64", "named", "tensor", "multimodal")
 DEPLOYED_MODEL_HEADER = "X-Vertex-AI-Deployed-Model-id"
 
 
@@ -39,6 +40,7 @@ class Parsed(NamedTuple):
     boxes: Optional[List[dict]] = None
     prediction: Optional[str] = None  # None when --no_prediction_column
     error: Optional[str] = None
+    embedding: Any = None  # the vector, a float32 numpy array, when the model gives one
 
 
 def refused(error: str) -> Parsed:
@@ -55,7 +57,7 @@ def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
             return compact
     try:
         text = json.dumps(prediction, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+                          allow_nan=False, default=_as_list)
     except ValueError:
         raise LabelError("prediction holds a non-finite number (NaN or Infinity), which is "
                          "not JSON: it is never written (--no_prediction_column leaves the "
@@ -63,19 +65,36 @@ def prediction_text(prediction: Any, sent: Optional[str] = None) -> str:
     return writable(text)  # a lone surrogate in a string, as its escape: "\ud800"
 
 
+def _as_list(value: Any) -> Any:
+    """A numpy array (a binary v2 output) as JSON can write it."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def read_prediction(prediction: Any, spec: LabelSpec, keep_prediction: bool,
-                    reader=read_labels, sent: Optional[str] = None) -> Parsed:
+                    reader=read_labels, sent: Optional[str] = None,
+                    vectors: EmbeddingSpec = EmbeddingSpec(),
+                    labels_in=has_label_fields) -> Parsed:
     """One instance's Parsed, or its refusal (`reader`: how this protocol's predictions
     become labels, `read_labels` unless it has its own shape; `sent`: the prediction's JSON
-    text in the response, if known)."""
+    text in the response, if known; `vectors`: where its embedding is, if it has one).
+    Beside a vector, labels are read from the rest of the prediction when `labels_in` it
+    (or a labels flag points at them); a row with a vector keeps its `prediction` text only
+    with --keep_embedding_prediction."""
     try:
-        named = warn_if_indexed(unicode_labels(reader(prediction, spec)))
-        text = prediction_text(prediction, sent) if keep_prediction else None
+        embedding, rest = take_vector(prediction, vectors)
+        if embedding is None or spec.labels_field or spec.scores_field or labels_in(rest):
+            named = warn_if_indexed(unicode_labels(reader(rest, spec)))
+        else:
+            named = LabelScores([])
+        keep = keep_prediction and (embedding is None or vectors.keep_prediction)
+        text = prediction_text(prediction, sent) if keep else None
     except LabelError as e:
         return refused(str(e))
     except RecursionError:
         return refused("prediction is nested too deeply to read")
-    return Parsed(named.labels, prediction=text)
+    return Parsed(named.labels, prediction=text, embedding=embedding)
 
 
 def dumps(obj: Any) -> bytes:
@@ -129,7 +148,17 @@ class Protocol:
 
     name: ClassVar[str] = ""
     max_instances: ClassVar[Optional[int]] = None  # the protocol's own cap, if any
+    # Image formats the model takes as they are (others are re-encoded; None: the usual
+    # ones, imaging.decode.SENDABLE_FORMATS) and the largest image file it takes.
+    image_formats: ClassVar[Optional[Tuple[str, ...]]] = None
+    max_image_bytes: ClassVar[Optional[int]] = None
     tensor: Optional[TensorSpec] = None  # instances are tensors prepared so (None: image files)
+    embedding: EmbeddingSpec = EmbeddingSpec()  # where the vector is (no field: none read)
+
+    def uri_instance(self, key: str, uri: str) -> Optional[bytes]:
+        """The instance that names the image by `uri` instead of carrying its bytes, when
+        this protocol sends such instances for it (None: the bytes are read and sent)."""
+        return None
 
     def set_fields(self, **fields):
         """Normalise fields in `__post_init__` (the dataclass is frozen)."""
@@ -163,8 +192,12 @@ class Protocol:
         return self.request_size(len(instance_sizes), sum(instance_sizes))
 
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
-        """The response body as data (ValueError when it is unreadable)."""
-        return with_model_id(answers.loads(raw) if raw else None, headers)
+        """The response body as data (ValueError when it is unreadable); each prediction's
+        text kept, unless every row will be a vector's, whose text is left out."""
+        if not raw:
+            return with_model_id(None, headers)
+        texts_wanted = not self.embedding.field or self.embedding.keep_prediction
+        return with_model_id(answers.loads(raw) if texts_wanted else json.loads(raw), headers)
 
     def parse(self, response: Any, count: int) -> List[Parsed]:
         """One Parsed per instance, in order; ResponseError when that is not what came."""

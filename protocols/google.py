@@ -1,9 +1,11 @@
 """The Google endpoint protocols: Cloud ML Engine / AI Platform `instances`, Vertex AI
 endpoints and AutoML Vision v1beta1 (../../shared/PROTOCOLS.md has their wire facts)."""
 import dataclasses
+import re
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from imaging.tensor import TensorSpec
+from protocols.embedding import EmbeddingSpec, MULTIMODAL_FIELD, multimodal_dimension
 from protocols.base import (b64, b64_json, dumps, error_message, INSTANCE_FORMATS, json_snippet,
                             parameters_field, Parsed, prediction_predictions, prediction_text,
                             Protocol, read_prediction, refused, ResponseError, sent_texts,
@@ -24,9 +26,10 @@ class MLEngine(Protocol):
     parameters: Dict[str, Any] = parameters_field()
     tensor: Optional[TensorSpec] = None
     tensor_input_name: str = ""
+    embedding: EmbeddingSpec = EmbeddingSpec()
 
     def __post_init__(self):
-        if self.instance_format not in INSTANCE_FORMATS:
+        if self.instance_format not in INSTANCE_FORMATS or self.instance_format == "multimodal":
             raise ValueError(f"unknown instance format {self.instance_format!r}")
         if (self.instance_format == "tensor") != (self.tensor is not None):
             raise ValueError("--instance_format tensor needs --image_size WxH (and only "
@@ -52,7 +55,8 @@ class MLEngine(Protocol):
 
     def parse(self, response, count):
         predictions = prediction_predictions(response, count)
-        return [read_prediction(p, self.labels, self.keep_prediction, sent=text)
+        return [read_prediction(p, self.labels, self.keep_prediction, sent=text,
+                                vectors=self.embedding)
                 for p, text in zip(predictions, sent_texts(predictions))]
 
 
@@ -64,6 +68,7 @@ class Vertex(Protocol):
     parameters: Dict[str, Any] = parameters_field()
     labels: LabelSpec = LabelSpec()
     keep_prediction: bool = True
+    embedding: EmbeddingSpec = EmbeddingSpec()
 
     def __post_init__(self):
         self.set_fields(parameters=dict(self.parameters or {}))
@@ -76,8 +81,63 @@ class Vertex(Protocol):
 
     def parse(self, response, count):
         predictions = prediction_predictions(response, count)
-        return [parse_vertex_prediction(p, self.labels, self.keep_prediction, text)
+        return [parse_vertex_prediction(p, self.labels, self.keep_prediction, text,
+                                        self.embedding)
                 for p, text in zip(predictions, sent_texts(predictions))]
+
+
+MULTIMODAL_FORMATS = ("BMP", "GIF", "JPEG", "PNG")
+MULTIMODAL_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Multimodal(Protocol):
+    """Vertex AI multimodal embeddings (`publishers/google/models/multimodalembedding@...`):
+    one `{"image": {"bytesBase64Encoded"}}` instance a request, or `{"image": {"gcsUri"}}`
+    for a gs:// input with `send_uri` (its bytes never read); `parameters` such as
+    `{"dimension": 512}`; the answer's `predictions[0].imageEmbedding` is the vector."""
+
+    name: ClassVar[str] = "vertex"
+    max_instances: ClassVar[Optional[int]] = 1
+    image_formats: ClassVar[Optional[Tuple[str, ...]]] = MULTIMODAL_FORMATS
+    max_image_bytes: ClassVar[Optional[int]] = MULTIMODAL_MAX_IMAGE_BYTES
+    parameters: Dict[str, Any] = parameters_field()
+    keep_prediction: bool = True
+    embedding: EmbeddingSpec = EmbeddingSpec(MULTIMODAL_FIELD)
+    send_uri: bool = False
+
+    def __post_init__(self):
+        parameters = dict(self.parameters or {})
+        vectors = self.embedding
+        if vectors.field is None:
+            vectors = vectors._replace(field=MULTIMODAL_FIELD)
+        if vectors.dimension is None:
+            vectors = vectors._replace(dimension=multimodal_dimension(parameters))
+        self.set_fields(parameters=parameters, embedding=vectors)
+
+    def instance(self, key, data, mime_type, tensor=None):
+        return b'{"image":{"bytesBase64Encoded":' + b64_json(data) + b"}}"
+
+    def uri_instance(self, key, uri):
+        if self.send_uri and uri.startswith("gs://"):
+            return b'{"image":{"gcsUri":' + dumps(uri) + b"}}"
+        return None
+
+    def body_parts(self):
+        return b'{"instances":[', _instances_suffix(self.parameters)
+
+    def parse(self, response, count):
+        predictions = prediction_predictions(response, count)
+        return [read_prediction(p, LabelSpec(), self.keep_prediction, sent=text,
+                                vectors=self.embedding)
+                for p, text in zip(predictions, sent_texts(predictions))]
+
+
+def is_multimodal_endpoint(endpoint: str) -> bool:
+    """A Vertex publisher URL of the multimodal embeddings model."""
+    path = endpoint.split("?", 1)[0]
+    return re.search(r"/publishers/google/models/multimodalembedding(@[^/:]+)?:predict$",
+                     path) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +193,11 @@ def _instances_suffix(parameters: dict) -> bytes:
 
 
 def parse_vertex_prediction(prediction: Any, labels: LabelSpec = LabelSpec(),
-                            keep_prediction: bool = True, sent: Optional[str] = None) -> Parsed:
-    """A Vertex prediction: classification labels, plus boxes for object detection."""
-    parsed = read_prediction(prediction, labels, keep_prediction, sent=sent)
+                            keep_prediction: bool = True, sent: Optional[str] = None,
+                            vectors: EmbeddingSpec = EmbeddingSpec()) -> Parsed:
+    """A Vertex prediction: classification labels, plus boxes for object detection (and
+    its vector, when `vectors` says where it is)."""
+    parsed = read_prediction(prediction, labels, keep_prediction, sent=sent, vectors=vectors)
     bboxes = prediction.get("bboxes") if isinstance(prediction, dict) else None
     if parsed.error is not None or bboxes is None:
         return parsed

@@ -18,10 +18,13 @@ import re
 import struct
 from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
+import numpy as np
+
 from imaging.tensor import DTYPES, TensorSpec
 from protocols.base import (b64_json, dumps, error_message, json_snippet, parameters_field,
                             Protocol, read_prediction, ResponseError, tensor_numbers,
                             with_model_id)
+from protocols.embedding import EmbeddingSpec
 from protocols.labels import (FIELD_FLAGS, is_triton_classes, LabelError, labels_with_scores,
                               LabelScores, LabelSpec, triton_classes)
 
@@ -58,6 +61,7 @@ class V2(Protocol):
     parameters: Dict[str, Any] = parameters_field()
     outputs: Sequence[str] = ()
     classification: int = 0
+    embedding: EmbeddingSpec = EmbeddingSpec()
 
     def __post_init__(self):
         if self.instance_format not in ("b64", "tensor"):
@@ -74,11 +78,13 @@ class V2(Protocol):
         return self.tensor.dtype if self.tensor is not None else "a tensor"
 
     def with_model(self, input_name: str, outputs: Sequence[str],
-                   tensor: Optional[TensorSpec] = None) -> "V2":
-        """This protocol with the input and output names (and the tensor) the model's
-        metadata completed."""
+                   tensor: Optional[TensorSpec] = None,
+                   embedding: Optional[EmbeddingSpec] = None) -> "V2":
+        """This protocol with the input and output names (and the tensor, and where the
+        vector is) the model's metadata completed."""
         return dataclasses.replace(self, input_name=input_name, outputs=tuple(outputs),
-                                   tensor=tensor if tensor is not None else self.tensor)
+                                   tensor=tensor if tensor is not None else self.tensor,
+                                   embedding=embedding or self.embedding)
 
     # Request -----------------------------------------------------------------------------
 
@@ -106,7 +112,7 @@ class V2(Protocol):
             parameters = {}
             if self.binary:
                 parameters["binary_data"] = True
-            if self.classification:
+            if self.classification and name != self.embedding.field:
                 parameters["classification"] = self.classification
             requested.append({"name": name, **({"parameters": parameters} if parameters else {})})
         return requested
@@ -153,7 +159,8 @@ class V2(Protocol):
     # Response ----------------------------------------------------------------------------
 
     def decode(self, raw: bytes, headers: Mapping[str, str]) -> Any:
-        return decode_response(raw, headers)
+        arrays = (self.embedding.field,) if self.embedding.field else ()
+        return decode_response(raw, headers, arrays)
 
     def parse(self, response, count):
         message = error_message(response)
@@ -164,7 +171,8 @@ class V2(Protocol):
             if not tensor.shape or tensor.shape[0] != count:
                 raise ResponseError(f"output {tensor.name!r} has shape {list(tensor.shape)} "
                                     f"for {count} images")
-        return [read_prediction(outputs, self.labels, self.keep_prediction, read_outputs)
+        return [read_prediction(outputs, self.labels, self.keep_prediction, read_outputs,
+                                vectors=self.embedding, labels_in=bool)
                 for outputs in instance_outputs(tensors, count)]
 
     def model_name(self, response, endpoint):
@@ -194,28 +202,33 @@ def is_raw_predict(endpoint: str) -> bool:
 # Responses -------------------------------------------------------------------------------
 
 
-def decode_response(raw: bytes, headers: Mapping[str, str]) -> Any:
-    """The response JSON, with binary output parts decoded into each output's `data`."""
+def decode_response(raw: bytes, headers: Mapping[str, str], arrays: Sequence[str] = ()) -> Any:
+    """The response JSON, with binary output parts decoded into each output's `data` (the
+    numeric outputs named in `arrays` as numpy arrays over the body's bytes, not lists)."""
     length = headers.get(HEADER_LENGTH)
     if length is None:
         return with_model_id(json.loads(raw) if raw else None, headers)
     size = int(length)
     response = json.loads(raw[:size])
     try:
-        _inline_binary(response, raw[size:])
+        _inline_binary(response, raw[size:], arrays)
     except (AttributeError, TypeError) as e:  # a header field of the wrong JSON type
         raise ValueError(f"malformed binary output header: {e}")
     return with_model_id(response, headers)
 
 
-def _inline_binary(response: Any, tail: bytes):
+def _inline_binary(response: Any, tail: bytes, arrays: Sequence[str] = ()):
     at = 0
     for output in response.get("outputs") or [] if isinstance(response, dict) else []:
         size = ((output.get("parameters") or {}).get("binary_data_size")
                 if isinstance(output, dict) else None)
         if size is None:
             continue
-        output["data"] = unpack(output.get("datatype", ""), tail[at:at + size])
+        datatype = output.get("datatype", "")
+        if output.get("name") in arrays and datatype in NUMERIC and datatype != "BOOL":
+            output["data"] = unpack_array(datatype, tail[at:at + size])
+        else:
+            output["data"] = unpack(datatype, tail[at:at + size])
         at += size
     if at != len(tail):
         raise ValueError(f"binary outputs declare {at} bytes, the body carries {len(tail)}")
@@ -227,6 +240,15 @@ def unpack(datatype: str, part: bytes) -> list:
         return _unpack(datatype, part)
     except struct.error as e:
         raise ValueError(f"malformed binary {datatype} output: {e}")
+
+
+def unpack_array(datatype: str, part: bytes):
+    """A numeric binary part as a flat numpy array viewing its bytes (ValueError when its
+    length is no whole number of elements)."""
+    dtype = np.dtype("<" + NUMERIC[datatype])
+    if len(part) % dtype.itemsize:
+        raise ValueError(f"malformed binary {datatype} output: {len(part)} bytes")
+    return np.frombuffer(part, dtype)
 
 
 def _unpack(datatype: str, part: bytes) -> list:
@@ -263,6 +285,8 @@ def output_tensors(response: Any) -> List[Tensor]:
 
 
 def _flat(data: Any) -> list:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1)
     if not isinstance(data, list):
         raise TypeError("data is not a list")
     if any(isinstance(v, list) for v in data):

@@ -27,7 +27,7 @@ from tests.servers import (free_port, kserve_onnx_raw_server, listening,
 LONGEST_MODULES = ("test_crashsafe.py", "test_backfill.py", "test_odd_inputs.py",
                    "test_multiworker.py", "test_dataflow.py", "test_packaging.py")
 MODEL_SERVER_MODULES = ("test_model_servers.py", "test_raw_model_servers.py", "test_tensor_e2e.py",
-                        "test_faults.py")
+                        "test_faults.py", "test_embedding_servers.py")
 
 
 def module_rank(item) -> int:

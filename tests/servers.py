@@ -187,32 +187,39 @@ RAW_MODEL_PATH = os.path.join(ROOT, "localserver", "models", "efficientnet_lite0
 # EfficientNet-Lite0's tensors, which both raw servers check against the graph.
 RAW_INPUT = {"name": "image", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
 RAW_OUTPUT = {"name": "scores", "datatype": "FP32", "shape": [-1, 1000]}
+RAW_EMBEDDING = {"name": "embedding", "datatype": "FP32", "shape": [-1, 1280]}
 
 
-def kserve_onnx_raw_server(model_name: str = RAW_MODEL) -> ServerProcess:
+def kserve_onnx_raw_server(model_name: str = RAW_MODEL, embeddings: bool = False
+                           ) -> ServerProcess:
     """KServe's ModelServer running EfficientNet-Lite0 on tensors as received
-    (`tests/model_servers/kserve_onnx_raw.py`) as MODEL; `.url` is its base URL."""
+    (`tests/model_servers/kserve_onnx_raw.py`) as MODEL, answering its `embedding` output
+    too with `embeddings`; `.url` is its base URL."""
     script = os.path.join(MODEL_SERVERS, "kserve_onnx_raw.py")
 
     def command():
         port = free_port()
         return ([server_python("kserve"), script, "--model_name", model_name,
-                 "--model_path", RAW_MODEL_PATH, "--http_port", str(port)],
+                 "--model_path", RAW_MODEL_PATH, "--http_port", str(port),
+                 *(["--embeddings"] if embeddings else [])],
                 f"http://127.0.0.1:{port}")
 
     return ServerProcess(command, f"/v2/models/{model_name}/ready", _env())
 
 
-def mlserver_onnx_raw_server(folder: str, model_name: str = RAW_MODEL) -> ServerProcess:
+def mlserver_onnx_raw_server(folder: str, model_name: str = RAW_MODEL,
+                             embeddings: bool = False) -> ServerProcess:
     """MLServer running EfficientNet-Lite0 on tensors as received
     (`tests/model_servers/mlserver_onnx_raw.py`) as MODEL, its settings written under
-    `folder`; `.url` is its base URL."""
+    `folder` (declaring the `embedding` output too with `embeddings`); `.url` is its base
+    URL."""
     model_dir = os.path.join(folder, model_name)
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "model-settings.json"), "w", encoding="utf-8") as f:
         json.dump({"name": model_name, "implementation": "mlserver_onnx_raw.OnnxRawRuntime",
                    "parameters": {"uri": RAW_MODEL_PATH},
-                   "inputs": [RAW_INPUT], "outputs": [RAW_OUTPUT]}, f)
+                   "inputs": [RAW_INPUT],
+                   "outputs": [RAW_OUTPUT, *([RAW_EMBEDDING] if embeddings else [])]}, f)
     return _mlserver(folder, model_name)
 
 

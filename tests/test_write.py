@@ -154,6 +154,7 @@ def test_bigquery_schema_of_the_prediction_rows():
          "fields": [nullable("label", "STRING")] + [nullable(n, "FLOAT") for n in (
              "score", "x_min", "x_max", "y_min", "y_max")]},
         nullable("prediction", "STRING"),
+        {"name": "embedding", "type": "FLOAT64", "mode": "REPEATED"},
         nullable("customer", "STRING"),
     ]
 

@@ -30,6 +30,9 @@ from transforms.progress import PROGRESS
 # 1.5 MB): a stray multi-GB file must not cost a worker that much memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
+# The format a file sent by its URI is taken to be, by its extension.
+URI_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "png": "PNG", "gif": "GIF",
+               "bmp": "BMP", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF"}
 
 
 def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes: int,
@@ -43,14 +46,14 @@ def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes
                          f"{shown(protocol.tensor.size)} takes a request of "
                          f"{protocol.body_size([len(body)])} bytes, over --max_request_bytes="
                          f"{max_request_bytes} (--binary_data sends tensors as raw bytes)")
-    prepared = prepare(data, image_size)
+    prepared = prepare(data, image_size, protocol.image_formats)
     body = protocol.instance(key, prepared.data, prepared.mime_type)
-    if _fits(protocol, body, max_request_bytes):
+    if _fits(protocol, body, max_request_bytes, len(prepared.data)):
         return Instance(key, body)
     min_side = min(image_size) if image_size else MIN_SIDE
     for smaller, mime_type in smaller_versions(prepared.data, min_side):
         body = protocol.instance(key, smaller, mime_type)
-        if _fits(protocol, body, max_request_bytes):
+        if _fits(protocol, body, max_request_bytes, len(smaller)):
             return Instance(key, body)
     raise ImageError(
         Stage.ENCODE, f"image of {len(data)} bytes does not fit --max_request_bytes="
@@ -58,8 +61,31 @@ def encode_instance(key: str, data: bytes, protocol: Protocol, max_request_bytes
         f"{protocol.body_size([len(body)])} bytes)")
 
 
-def _fits(protocol: Protocol, body: bytes, max_request_bytes: int) -> bool:
-    return protocol.body_size([len(body)]) <= max_request_bytes
+def _fits(protocol: Protocol, body: bytes, max_request_bytes: int,
+          image_bytes: int = 0) -> bool:
+    return (protocol.body_size([len(body)]) <= max_request_bytes
+            and image_bytes <= (protocol.max_image_bytes or image_bytes))
+
+
+def uri_instance(ref: ImageRef, protocol: Protocol) -> Optional[Instance]:
+    """The instance naming the image by its URI (its bytes never read), when the protocol
+    sends one for it (multimodal --send_uri, gs:// inputs); ImageError(Stage.ENCODE) when
+    the file cannot go unread: a format the model does not take, or too large."""
+    if ref.uri is None or ref.inline_b64 is not None:
+        return None
+    body = protocol.uri_instance(ref.key, ref.uri)
+    if body is None:
+        return None
+    extension = os.path.splitext(ref.uri)[1].lower().lstrip(".")
+    fmt = URI_FORMATS.get(extension)
+    if fmt not in (protocol.image_formats or (fmt,)):
+        raise ImageError(Stage.ENCODE, f"--send_uri sends the file unread, and the model "
+                         f"takes {', '.join(protocol.image_formats or ())} only: "
+                         f"{_shown(ref)} (without --send_uri it is re-encoded)")
+    if ref.size is not None and protocol.max_image_bytes and ref.size > protocol.max_image_bytes:
+        raise ImageError(Stage.ENCODE, f"file of {ref.size} bytes is over the "
+                         f"{protocol.max_image_bytes} the model takes: {_shown(ref)}")
+    return Instance(ref.key, body)
 
 
 def read_bytes(ref: ImageRef) -> bytes:
@@ -162,9 +188,10 @@ class _EncodeFn(beam.DoFn):
 
     def process(self, ref: ImageRef):
         try:
-            data = read_bytes(ref)
-            instance = encode_instance(ref.key, data, self._protocol,
-                                       self._max_request_bytes, self._image_size)
+            instance = uri_instance(ref, self._protocol)
+            if instance is None:
+                instance = encode_instance(ref.key, read_bytes(ref), self._protocol,
+                                           self._max_request_bytes, self._image_size)
             yield instance._replace(fields=ref.fields) if ref.fields else instance
             self._counts.inc("encoded")
         except ImageError as e:

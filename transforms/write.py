@@ -20,7 +20,7 @@ from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.io.textio import WriteToText
 from apache_beam.transforms.window import GlobalWindows
 
-from core.records import bigquery_schema, prediction_schema, to_json_row
+from core.records import bigquery_schema, prediction_json, prediction_schema, to_json_row
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "both", "bigquery")
 FILE_FORMATS = {"parquet": ("parquet",), "jsonl": ("jsonl",), "both": ("parquet", "jsonl"),
@@ -99,7 +99,7 @@ def json_line(row: dict) -> str:
 
 
 def prediction_json_line(record: dict) -> str:
-    return json_line(to_json_row(record))
+    return prediction_json(record)
 
 
 class _RowsToTables(beam.DoFn):

@@ -5,8 +5,9 @@ and runs `mlserver start` from the mlserver virtualenv with this folder on PYTHO
 
 v2 `POST /v2/models/NAME/infer` with one FP32 input `image` [n, 3, 224, 224] (NCHW, already
 resized, cropped and normalised by the client) in JSON; answers `scores` (FP32 [n, 1000], the
-softmax of the graph's logits, ImageNet class order). The metadata is the model settings'
-`inputs` / `outputs`, which load() checks against the graph. Another datatype or shape (an
+softmax of the graph's logits, ImageNet class order), and the graph's `embedding` (FP32
+[n, 1280]) when the settings declare it. The metadata is the model settings' `inputs` /
+`outputs`, which load() checks against the graph. Another datatype or shape (an
 NHWC tensor, say) fails the request with MLServerError (HTTP 400, `{"error": ...}`).
 """
 from mlserver import MLModel
@@ -28,9 +29,11 @@ def declared(tensors) -> list:
 
 class OnnxRawRuntime(MLModel):
     async def load(self) -> bool:
-        self.classifier = RawClassifier(await get_model_uri(self.settings))
-        graph = [self.classifier.input, self.classifier.output]
         settings = declared(self.settings.inputs) + declared(self.settings.outputs)
+        embeddings = any(t.name == "embedding" for t in settings)
+        self.classifier = RawClassifier(await get_model_uri(self.settings),
+                                        embeddings=embeddings)
+        graph = [self.classifier.input, *self.classifier.outputs]
         if settings != graph:
             raise MLServerError(f"model-settings.json declares {settings}; the graph has "
                                 f"{graph}")
@@ -42,8 +45,9 @@ class OnnxRawRuntime(MLModel):
         tensor = payload.inputs[0]
         try:
             self.classifier.check(tensor.name, datatype(tensor), tensor.shape)
-            scores = self.classifier.scores(NumpyCodec.decode_input(tensor))
+            answer = self.classifier.answer(NumpyCodec.decode_input(tensor))
         except ValueError as e:
             raise MLServerError(str(e))
-        output = NumpyCodec.encode_output(self.classifier.output.name, scores)
-        return InferenceResponse(model_name=self.name, id=payload.id, outputs=[output])
+        outputs = [NumpyCodec.encode_output(meta.name, answer[meta.name])
+                   for meta in self.classifier.outputs]
+        return InferenceResponse(model_name=self.name, id=payload.id, outputs=outputs)
