@@ -3,7 +3,6 @@ MLServer (tests/model_servers/*_onnx_raw.py, from the tests' server virtualenvs)
 `embedding` output beside its scores, fed the pipeline's own tensors. Every vector written, in
 Parquet and JSONL, equals onnxruntime's `embedding` for the tensor the pipeline prepared (to
 1e-6); the vector output is found in the model's metadata; a bad image fails alone."""
-import glob
 import os
 import shutil
 
