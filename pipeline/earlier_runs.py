@@ -160,8 +160,9 @@ def plan_leftovers(output_template: str, errors_template: str, current_run_id: s
         if run_id == current_run_id:
             continue
         errors_folder = parts_dir(output_prefix(errors_template, run_id))
+        temp_folders = _temp_folders(run, output_prefix(errors_template, run_id))
         if is_finished(run):
-            for folder in run.temp_folders + _parts_folders(run, errors_folder):
+            for folder in temp_folders + _parts_folders(run, errors_folder):
                 delete_folder(folder)
                 removed.append(folder)
             continue
@@ -172,7 +173,7 @@ def plan_leftovers(output_template: str, errors_template: str, current_run_id: s
                 not_adopted.append(NotAdopted(run_id, why, count_rows(run.part_files)))
             continue
         dead.append((run_id, why))
-        for folder in run.temp_folders:
+        for folder in temp_folders:
             delete_folder(folder)
             removed.append(folder)
         if adopt and run.part_files:
@@ -203,6 +204,15 @@ def count_rows(paths: Sequence[str]) -> int:
     """Rows in prediction parts, from their Parquet footers (read a few at a time)."""
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_READS) as pool:
         return sum(pool.map(_rows_in, paths))
+
+
+def _temp_folders(run: EarlierRun, errors_prefix: str) -> List[str]:
+    """A run's `beam-temp-*` folders: those holding files, and (local) the empty ones a
+    killed run's sinks made before they wrote."""
+    found = set(run.temp_folders)
+    for prefix in (run.output_prefix, errors_prefix):
+        found.update(own_temp_folders(prefix))
+    return sorted(found)
 
 
 def _parts_folders(run: EarlierRun, errors_folder: str) -> List[str]:

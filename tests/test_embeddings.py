@@ -36,12 +36,11 @@ from protocols.embedding import (EmbeddingSpec, take_vector, vector_of, vector_o
 from protocols.google import Multimodal
 from protocols.labels import LabelError, LabelSpec
 from protocols.v2 import V2
-from tests.conftest import listening
 from tests.helpers import (assert_accounted, check_jsonl_against_schema_file, EMULATOR_BUCKET,
                            EMULATOR_PROJECT, labelled_images, read_dead_letters,
                            read_predictions, reply, serving, STUB_CREDENTIALS,
                            write_poison_jpeg)
-from tests.servers import free_port, ROOT, stop
+from tests.servers import free_port, listening, ROOT, stop
 from transforms.encode import encode_instance, uri_instance
 from tests.test_crashsafe import committed_rows, kill_when, part_rows
 
@@ -387,7 +386,7 @@ def logged_gcs(tmp_path, monkeypatch):
                                    stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        assert listening(port, process)
+        assert listening(port, process, 20.0, "gcp-storage-emulator")
         stub = tmp_path / "stub-adc.json"
         stub.write_text(json.dumps(STUB_CREDENTIALS))
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")

@@ -249,3 +249,21 @@ def test_without_proc_only_a_process_id_no_longer_in_use_tells(sleeper):
     sleeper.kill()
     sleeper.wait(WAIT_S)
     assert liveness(owner, here)[0] is Liveness.GONE
+
+
+def test_a_gone_runs_empty_temp_folders_are_removed_too(tmp_path, sleeper):
+    """Beam's sinks make `beam-temp-*` folders before they write; a kill can leave them empty."""
+    out = str(tmp_path / "out" / "pred")
+    run_id = new_run_id()
+    folder = parts_dir(f"{out}-{run_id}")
+    write_owner(folder, owner_for(sleeper))
+    empty = [tmp_path / "out" / f"beam-temp-pred-{run_id}-{'a' * 32}",
+             tmp_path / "out" / f"beam-temp-pred-errors-{run_id}-{'b' * 32}"]
+    for temp in empty:
+        temp.mkdir()
+    sleeper.kill()
+    sleeper.wait(WAIT_S)
+    plan = plan_leftovers(out, out + "-errors", new_run_id(), adopt=False,
+                          here=this_process("DirectRunner", IN_PROCESS))
+    assert not any(temp.exists() for temp in empty)
+    assert {str(temp) for temp in empty} <= set(plan.removed)

@@ -5,6 +5,7 @@ Every TFRecord file is written here by an independent writer: the `tfrecord` pac
 (its TFRecordWriter, its CRC from the `crc32c` package, its protoc-generated `example_pb2`),
 not by the Beam code and hand-built descriptors the pipeline reads with.
 """
+import glob
 import gzip
 import os
 import struct
@@ -22,6 +23,7 @@ from localserver.demo import LABEL_COLOURS
 from pipeline.config import build_config
 from pipeline.options import ConfigError, parse_options
 from pipeline.run import run
+from tests.test_crashsafe import job_command, kill_when
 from tests.helpers import (assert_accounted, counters, EMULATOR_BUCKET as BUCKET, exactly_once,
                            jpeg, LOCAL_RUNNER, read_dead_letters, read_predictions)
 from transforms import examples, tfrecords
@@ -437,3 +439,23 @@ def test_ten_thousand_records_end_to_end(tmp_path, server):
     assert server.stats()["instances"] == count
     assert_accounted(summary)
     print(f"\n10,000 TFRecord records end to end: {elapsed:.1f} s")
+
+
+def test_a_killed_tfrecord_job_resumes_whole_under_its_record_keys(tmp_path, make_server):
+    """SIGKILL once half the records were answered; the same command at once writes every
+    `file:index` key exactly once into its own shards and re-sends at most 10 % extra."""
+    count = 1000
+    path = str(tmp_path / "set" / "a.tfrecord")
+    write_examples(path, [example(i) for i in range(count)])
+    out = tmp_path / "out" / "p"
+    slow = make_server(latency_ms=20)
+    command = job_command(path, slow.endpoint("mlengine"), out)
+    kill_when(command, lambda: slow.stats()["instances"] >= count // 2, "half way")
+    answered = slow.stats()["instances"]
+    slow.reset_stats()
+    resumed = run(command[3:])
+    assert_accounted(resumed)
+    assert slow.stats()["instances"] <= count - answered + count // 10
+    keys = [r["key"] for r in read_predictions(str(out))]
+    assert exactly_once(keys) == {} and set(keys) == set(truth_of(path, count))
+    assert glob.glob(f"{out}-*.parts") == []
