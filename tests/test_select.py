@@ -1,5 +1,7 @@
 """SelectTodo, the job's one keyed step: one record per key, --limit, backfill selection and
 the --passthrough_fields trim together, every record counted once."""
+import pickle
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,6 +90,17 @@ def test_an_entry_two_patterns_matched_differently_is_read_whichever_comes_first
         gather = _GatherKey()
         one = gather.add_input(gather.create_accumulator(), first)
         other = gather.add_input(gather.create_accumulator(), second)
-        assert gather.add_input(one, second).entry == MatchedEntry(5)
-        assert gather.merge_accumulators([other, gather.add_input(
-            gather.create_accumulator(), first)]).entry == MatchedEntry(5)
+        assert gather.extract_output(gather.add_input(one, second)).entry == MatchedEntry(5)
+        assert gather.extract_output(gather.merge_accumulators([other, gather.add_input(
+            gather.create_accumulator(), first)])).entry == MatchedEntry(5)
+
+
+def test_the_accumulator_that_crosses_the_shuffle_holds_only_plain_values():
+    gather = _GatherKey()
+    state = gather.add_input(gather.create_accumulator(), MatchedEntry(5))
+    state = gather.add_input(state, Row((False, "/r.csv", 3), ImageRef("k", "/i/k.jpg")))
+    pickled = pickle.dumps(state)
+    assert b"transforms" not in pickled and b"core.records" not in pickled
+    records = gather.extract_output(state)
+    assert records.entry == MatchedEntry(5) and records.best.ref == ImageRef("k", "/i/k.jpg")
+    assert records.rows == 1
