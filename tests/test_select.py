@@ -14,7 +14,7 @@ from tests.helpers import counters, LOCAL_RUNNER
 from transforms.limit import _LastKeyFn
 from transforms.listing import MatchedEntry
 from transforms.read import Outputs
-from transforms.select import _GatherKey, SelectTodo
+from transforms.select import _GatherKey, Row, SelectTodo
 
 
 def entry(key, listed):
