@@ -59,7 +59,7 @@ def keyed_mark(key: str, mark: Mark) -> Tuple[str, Any]:
 def record_key(element) -> Iterable[str]:
     """The key of a value that is a record to predict: a row, or a readable image entry."""
     key, value = element
-    if isinstance(value, Row) or (isinstance(value, MatchedEntry) and value.readable):
+    if isinstance(value, Row) or (isinstance(value, tuple) and MatchedEntry(*value).readable):
         yield key
 
 
@@ -91,15 +91,16 @@ class KeyRecords:
     retry: bool = False
 
     def add(self, value) -> "KeyRecords":
-        if isinstance(value, MatchedEntry):
-            self.entry = better_entry(self.entry, value)
-        elif isinstance(value, Row):
+        """Count in one value: a Row, a Mark, or an image entry (a MatchedEntry's fields)."""
+        if isinstance(value, Row):
             self.best = better_row(self.best, value)
             self.rows += 1
         elif value is Mark.DONE:
             self.done = True
-        else:
+        elif value is Mark.RETRY:
             self.retry = True
+        else:
+            self.entry = better_entry(self.entry, MatchedEntry(*value))
         return self
 
     def merge(self, other: "KeyRecords") -> "KeyRecords":
