@@ -140,8 +140,8 @@ def match_pattern(pattern: str) -> Iterator[Tuple[str, Any]]:
     """(key, a MatchedEntry's fields as a plain tuple) for every entry the pattern matches,
     with why it is skipped: one element per listed file reaches the keyed step, and plain
     tuples took 6 % less peak memory there at 50,000 images than the named type
-    (benchmarks/README.md, "Named types in the keyed step"). (Hinted as Any, here and below:
-    from a NamedTuple hint Beam would infer a row schema.)"""
+    (benchmarks/README.md: named types across the shuffle). Hinted as Any, here and below:
+    from a NamedTuple hint Beam would infer a row schema."""
     root = glob_root(pattern)
     for key, listed in list_pattern(pattern):
         if listed.readable:

@@ -115,7 +115,7 @@ class KeyRecords:
 def key_state(records: KeyRecords) -> list:
     """KeyRecords as the accumulator that crosses the shuffle: a plain list of plain tuples.
     Pickled, the dataclass of named tuples took 147 bytes a key against 17, and 5 % more
-    peak memory at 50,000 images (benchmarks/README.md, "Named types in the keyed step")."""
+    peak memory at 50,000 images (benchmarks/README.md: named types across the shuffle)."""
     best = records.best
     return [None if records.entry is None else tuple(records.entry),
             None if best is None else (best.rank, tuple(best.ref)),
