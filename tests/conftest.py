@@ -16,6 +16,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from localserver import LocalServer
+from localserver.classifiers import EFFICIENTNET_LITE0
 from tests.helpers import (DEFAULT_SWITCHES, EMULATOR_BUCKET as BUCKET,
                            EMULATOR_PROJECT as PROJECT, STUB_CREDENTIALS)
 from tests.servers import (free_port, kserve_onnx_raw_server, listening,
@@ -144,4 +145,13 @@ def raw_kserve():
 def raw_mlserver(tmp_path_factory):
     """MLServer running EfficientNet-Lite0 on tensors exactly as received."""
     with mlserver_onnx_raw_server(str(tmp_path_factory.mktemp("mlserver-raw"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def lite0_module():
+    """The local server with EfficientNet-Lite0 serving its embeddings (a test's own
+    `lite0` fixture sets the switches it needs)."""
+    with LocalServer(model=EFFICIENTNET_LITE0, model_name=EFFICIENTNET_LITE0,
+                     embeddings=1) as server:
         yield server

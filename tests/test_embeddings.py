@@ -58,13 +58,6 @@ def session():
     return onnxruntime.InferenceSession(ONNX_PATH, providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module")
-def lite0_module():
-    with LocalServer(model=EFFICIENTNET_LITE0, model_name=EFFICIENTNET_LITE0,
-                     embeddings=1) as server:
-        yield server
-
-
 @pytest.fixture
 def lite0(lite0_module):
     lite0_module.configure(embeddings=1, constant_embedding=0, v2_outputs="labels_scores")

@@ -26,6 +26,22 @@ def images(tmp_path):
     return str(tmp_path / "images")
 
 
+def interrupt_when(process: subprocess.Popen, ready, what: str) -> str:
+    """Ctrl-C `process` once `ready()` holds (within 120 s); its stderr once it ended."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready() and process.poll() is None:
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return stderr
+
+
 def test_sigint_is_one_line_and_exit_130(make_server, tmp_path):
     slow = make_server(latency_ms=3000)
     labelled_images(tmp_path / "images", ["red", "blue", "green", "white"] * 4)
@@ -34,17 +50,8 @@ def test_sigint_is_one_line_and_exit_130(make_server, tmp_path):
          "--endpoint", slow.endpoint("mlengine"), "--output", str(tmp_path / "o"),
          "--max_instances_per_request", "1", "--max_concurrent_requests", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while slow.stats()["requests"] == 0 and process.poll() is None:
-            assert time.monotonic() < deadline, "no request reached the server"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stderr = interrupt_when(process, lambda: slow.stats()["requests"] > 0,
+                            "no request reached the server")
     lines = [l for l in stderr.splitlines() if l.strip()]
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
@@ -62,17 +69,8 @@ def test_sigint_removes_the_beam_temp_folders_this_run_made(make_server, tmp_pat
          "--max_instances_per_request", "1", "--max_concurrent_requests", "2",
          "--output_format", "both"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("beam-temp-*")) and process.poll() is None:
-            assert time.monotonic() < deadline, "no beam-temp folder was made"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stderr = interrupt_when(process, lambda: list(out.glob("beam-temp-*")),
+                            "no beam-temp folder was made")
     assert process.returncode == 130, stderr
     assert not list(out.glob("beam-temp-*")), list(out.iterdir())
 

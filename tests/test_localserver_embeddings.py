@@ -100,13 +100,6 @@ def assert_google_error(status, body, code, google_status):
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
-@pytest.fixture(scope="module")
-def lite0_module():
-    with LocalServer(model=EFFICIENTNET_LITE0, model_name=EFFICIENTNET_LITE0,
-                     embeddings=1) as server:
-        yield server
-
-
 @pytest.fixture
 def lite0(lite0_module):
     lite0_module.configure(**LITE0_SWITCHES)
