@@ -19,6 +19,7 @@ peak RSS, the job's time and the request bytes per image (the body; target at mo
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from memory import PEAK_LINE, RUN_REPORTING_PEAK  # noqa: E402
 from preprocess import write_jpegs  # noqa: E402
 
 MODEL = "efficientnet_lite0"
@@ -154,24 +156,31 @@ class Loopback:
 
 
 def job(folder: str, output: str, endpoint: str, extra) -> dict:
-    """One job in a subprocess: its peak RSS (MiB), wall time and summary."""
-    command = [sys.executable, "-m", "pipeline.run", "--input", folder, "--endpoint", endpoint,
-               "--output", output, "--protocol", "v2", "--instance_format", "tensor",
+    """One job in a subprocess: its peak RSS (MiB, its own VmHWM: see memory.py), wall time
+    and summary."""
+    command = [sys.executable, "-c", RUN_REPORTING_PEAK, "--input", folder, "--endpoint",
+               endpoint, "--output", output, "--protocol", "v2", "--instance_format", "tensor",
                "--resize", "crop", "--resample", "bicubic", "--normalize", "imagenet",
                "--tensor_layout", "NCHW", "--tensor_dtype", "FP32", "--binary_data",
                "--max_concurrent_requests", "16", *extra]
-    started = time.monotonic()
+    started, cpu = time.monotonic(), children_cpu_s()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.PIPE, text=True)
     timer = threading.Timer(JOB_TIMEOUT_S, process.kill)
     timer.start()
-    stdout = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    stdout, stderr = process.communicate()
     timer.cancel()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"job failed with status {status}: {' '.join(command)}")
-    return {"peak_rss_mib": usage.ru_maxrss / 1024, "wall_s": time.monotonic() - started,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "summary": json.loads(stdout)}
+    if process.returncode != 0:
+        raise RuntimeError(f"job failed with status {process.returncode}: {' '.join(command)}")
+    peak_kb = next(int(line[len(PEAK_LINE):]) for line in stderr.splitlines()
+                   if line.startswith(PEAK_LINE))
+    return {"peak_rss_mib": peak_kb / 1024, "wall_s": time.monotonic() - started,
+            "cpu_s": children_cpu_s() - cpu, "summary": json.loads(stdout)}
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def server_for(name: str):
