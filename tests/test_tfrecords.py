@@ -444,7 +444,7 @@ def test_ten_thousand_records_end_to_end(tmp_path, server):
 def test_a_killed_tfrecord_job_resumes_whole_under_its_record_keys(tmp_path, make_server):
     """SIGKILL once half the records were answered; the same command at once writes every
     `file:index` key exactly once into its own shards and re-sends at most 10 % extra."""
-    count = 1000
+    count = 2000
     path = str(tmp_path / "set" / "a.tfrecord")
     write_examples(path, [example(i) for i in range(count)])
     out = tmp_path / "out" / "p"
