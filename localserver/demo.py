@@ -125,7 +125,7 @@ def make_demo_set_whole(folder: str, count: int = 48) -> int:
 
 def show_photos(run_prefix: str) -> int:
     """Print the demo photos' top label and score from a run's prediction files."""
-    from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
+    from pipeline.run_files import prediction_rows  # pylint: disable=import-outside-toplevel
     rows = [r for r in prediction_rows(run_prefix) if is_demo_photo(r["key"])]
     if rows:
         print("demo photos (localserver/photos/SOURCES.md), top label and score:")
@@ -161,9 +161,9 @@ def nearest_images(run_prefix: str, count: int = 3):
     """{demo photo's key: [(other key, cosine similarity)], most similar first}, by the
     run's embeddings."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+    from pipeline.vectors import unit_rows  # pylint: disable=import-outside-toplevel
     keys, vectors = run_embeddings(run_prefix)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = vectors / np.where(norms > 0, norms, 1.0)
+    unit = unit_rows(vectors)
     found = {}
     for i, key in enumerate(keys):
         if not is_demo_photo(key):
@@ -196,7 +196,7 @@ SHOWN = 20  # images whose top label `show_top` prints
 
 def show_top(run_prefix: str, shown: int = SHOWN) -> int:
     """Print the top label and score of a run's first `shown` images by key."""
-    from pipeline.report import prediction_rows  # pylint: disable=import-outside-toplevel
+    from pipeline.run_files import prediction_rows  # pylint: disable=import-outside-toplevel
     rows = sorted(prediction_rows(run_prefix), key=lambda r: r["key"])
     if not rows:
         return 0

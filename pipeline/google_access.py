@@ -51,6 +51,12 @@ def google_uses(options: PipelineOptions) -> Tuple[str, ...]:
     return tuple(services + storage)
 
 
+def first_line(error: Exception) -> str:
+    """An exception's message as one line for a user: its first line, at most 300 chars."""
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
 def find_credentials(timeout_s: float = ADC_TIMEOUT_S) -> Optional[str]:
     """None when google.auth finds Application Default Credentials within `timeout_s`;
     otherwise why not (one line)."""
@@ -62,8 +68,7 @@ def find_credentials(timeout_s: float = ADC_TIMEOUT_S) -> Optional[str]:
             google.auth.default()
             outcome["found"] = True
         except Exception as e:  # google.auth.exceptions.DefaultCredentialsError, ...
-            text = str(e).strip().splitlines()
-            outcome["error"] = f"{type(e).__name__}: {text[0][:200] if text else ''}"
+            outcome["error"] = f"{type(e).__name__}: {first_line(e)}"
 
     thread = threading.Thread(target=look, name="adc-check", daemon=True)
     thread.start()

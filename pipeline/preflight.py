@@ -16,9 +16,10 @@ from engine.auth import AuthError, SCOPES, TokenSource
 from imaging.tensor import PRESETS
 from pipeline.config import JobConfig
 from pipeline.earlier_runs import plan_leftovers
-from pipeline.owner import ELSEWHERE, Owner, this_process, where_job_lives, write_owner
+from pipeline.google_access import first_line
 from pipeline.model_check import check_model, NotReady
 from pipeline.options import ConfigError
+from pipeline.owner import ELSEWHERE, Owner, this_process, where_job_lives, write_owner
 from protocols.v2 import is_raw_predict, V2
 from transforms.backfill import any_match
 from transforms.listing import first_match, open_path
@@ -73,7 +74,7 @@ def check_writable(prefix: str, flag: str):
         FileSystems.create(probe).close()
         FileSystems.delete([quote_glob(probe)])  # Beam's delete takes a pattern
     except Exception as e:  # Beam's filesystems raise several types
-        raise ConfigError(f"cannot write under {flag} {prefix}: {_first_line(e)}")
+        raise ConfigError(f"cannot write under {flag} {prefix}: {first_line(e)}")
 
 
 CREDENTIALS_TIMEOUT_S = 20
@@ -89,13 +90,8 @@ def check_credentials():
         credentials.refresh(functools.partial(request, timeout=CREDENTIALS_TIMEOUT_S))
     except Exception as e:  # google.auth.exceptions.DefaultCredentialsError, RefreshError, ...
         raise ConfigError(f"--auth adc: no usable Application Default Credentials "
-                          f"({type(e).__name__}: {_first_line(e)}); run `gcloud auth "
+                          f"({type(e).__name__}: {first_line(e)}); run `gcloud auth "
                           f"application-default login`, or use --auth none")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
 
 
 def check_v2_model(config: JobConfig) -> V2:
@@ -164,7 +160,7 @@ def record_owner(config: JobConfig, owner: Owner):
     try:
         write_owner(parts_dir(config.output_run_prefix), owner)
     except Exception as e:  # Beam's filesystems raise several types
-        raise ConfigError(f"cannot write under --output {config.output}: {_first_line(e)}")
+        raise ConfigError(f"cannot write under --output {config.output}: {first_line(e)}")
 
 
 def record_job(config: JobConfig, owner: Owner, result):
@@ -176,4 +172,4 @@ def record_job(config: JobConfig, owner: Owner, result):
         write_owner(parts_dir(config.output_run_prefix),
                     dataclasses.replace(owner, job_id=job_id()))
     except Exception as e:  # the job runs on; a re-run then judges its parts by their age
-        _LOG.warning("could not record the job id beside its parts: %s", _first_line(e))
+        _LOG.warning("could not record the job id beside its parts: %s", first_line(e))
