@@ -25,7 +25,7 @@ from engine.retry import RetryPolicy
 from imaging.decode import parse_size
 from imaging.tensor import TensorRequest
 from pipeline.label_names import check_label_names, load_label_names
-from pipeline.options import ConfigError, is_dry_run, PredictOptions
+from pipeline.options import ConfigError, is_dry_run, PredictOptions, TENSOR_DEFAULTS
 from pipeline.workers import runs_in_one_process, runs_locally, worker_processes
 from protocols import is_multimodal_endpoint, make_protocol
 from protocols.base import Protocol
@@ -360,11 +360,9 @@ TENSOR_FLAGS = ("resize", "crop_fraction", "pad_value", "resample", "tensor_layo
 def tensor_request(o: PredictOptions, image_size) -> Optional[TensorRequest]:
     """The tensor flags as given, for --instance_format tensor; None (and every tensor flag
     refused) for image files."""
-    defaults = {"resize": "fit", "crop_fraction": 0.875, "pad_value": 0,
-                "resample": "bilinear"}
     if o.instance_format != "tensor":
         for name in TENSOR_FLAGS:
-            if getattr(o, name) not in (None, defaults.get(name)):
+            if getattr(o, name) not in (None, TENSOR_DEFAULTS.get(name)):
                 raise ValueError(f"--{name} applies to --instance_format tensor")
         return None
     return TensorRequest(image_size, o.tensor_layout, o.tensor_dtype, o.resize,

@@ -12,7 +12,8 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from engine.auth import AUTH_MODES
-from imaging.tensor import CHANNEL_ORDERS, DTYPES, LAYOUTS, PRESETS, RESAMPLING, RESIZE_MODES
+from imaging.tensor import (CHANNEL_ORDERS, DTYPES, LAYOUTS, PRESETS, RESAMPLING, RESIZE_MODES,
+                            TensorRequest)
 from pipeline.earlier_runs import DEFAULT_STALE_AFTER_S
 from protocols.base import INSTANCE_FORMATS, PROTOCOLS
 from protocols.embedding import NORMALIZATIONS
@@ -138,18 +139,22 @@ def _embedding_flags(add):
              "(never read by the workers); local files and inline rows are sent as bytes.")
 
 
+TENSOR_DEFAULTS = TensorRequest._field_defaults  # pylint: disable=protected-access
+
+
 def _tensor_flags(add):
     """How an image becomes the tensor a model was trained on (--instance_format tensor);
     see docs/servers.md, "Preparing tensors"."""
-    add("--resize", default="fit", **enumerated(RESIZE_MODES),
+    add("--resize", default=TENSOR_DEFAULTS["resize"], **enumerated(RESIZE_MODES),
         help="Tensors: fit (exactly --image_size), crop (shorter side to size / "
              "--crop_fraction, then the centre), pad (letterbox with --pad_value) or "
              "stretch.")
-    add("--crop_fraction", type=float, default=0.875,
+    add("--crop_fraction", type=float, default=TENSOR_DEFAULTS["crop_fraction"],
         help="--resize crop: the share of the resized image kept (0.875: torchvision's "
              "Resize(256) + CenterCrop(224)).")
-    add("--pad_value", type=int, default=0, help="--resize pad: the border's pixel value.")
-    add("--resample", default="bilinear", **enumerated(tuple(RESAMPLING)),
+    add("--pad_value", type=int, default=TENSOR_DEFAULTS["pad_value"],
+        help="--resize pad: the border's pixel value.")
+    add("--resample", default=TENSOR_DEFAULTS["resample"], **enumerated(tuple(RESAMPLING)),
         help="Tensors: the resampling filter (with Pillow's antialiasing).")
     add("--tensor_layout", default=None, **enumerated(LAYOUTS),
         help="Tensors: NHWC or NCHW (default: the v2 model's metadata, else NHWC).")

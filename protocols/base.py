@@ -237,7 +237,7 @@ def named_instance(message: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def prediction_predictions(response: Any, count: int) -> list:
+def response_predictions(response: Any, count: int) -> list:
     message = error_message(response)
     if message is not None:
         raise ResponseError(message)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 from imaging.tensor import TensorSpec
 from protocols.embedding import EmbeddingSpec, MULTIMODAL_FIELD, multimodal_dimension
 from protocols.base import (b64, b64_json, dumps, error_message, INSTANCE_FORMATS, json_snippet,
-                            parameters_field, Parsed, prediction_predictions, prediction_text,
+                            parameters_field, Parsed, response_predictions, prediction_text,
                             Protocol, read_prediction, refused, ResponseError, sent_texts,
                             tensor_json)
 from protocols.labels import (LabelError, Labels, LabelScores, LabelSpec, score, snippet,
@@ -54,7 +54,7 @@ class MLEngine(Protocol):
         return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
-        predictions = prediction_predictions(response, count)
+        predictions = response_predictions(response, count)
         return [read_prediction(p, self.labels, self.keep_prediction, sent=text,
                                 vectors=self.embedding)
                 for p, text in zip(predictions, sent_texts(predictions))]
@@ -80,7 +80,7 @@ class Vertex(Protocol):
         return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
-        predictions = prediction_predictions(response, count)
+        predictions = response_predictions(response, count)
         return [parse_vertex_prediction(p, self.labels, self.keep_prediction, text,
                                         self.embedding)
                 for p, text in zip(predictions, sent_texts(predictions))]
@@ -127,7 +127,7 @@ class Multimodal(Protocol):
         return b'{"instances":[', _instances_suffix(self.parameters)
 
     def parse(self, response, count):
-        predictions = prediction_predictions(response, count)
+        predictions = response_predictions(response, count)
         return [read_prediction(p, LabelSpec(), self.keep_prediction, sent=text,
                                 vectors=self.embedding)
                 for p, text in zip(predictions, sent_texts(predictions))]
